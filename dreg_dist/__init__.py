@@ -1,0 +1,3 @@
+"""dreg-dist: distributed large-batch training of image classifiers with DReg."""
+
+__version__ = "0.1.0"

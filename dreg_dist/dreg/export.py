@@ -1,0 +1,131 @@
+"""Best-path export: a dual-path model -> an ordinary model of the original architecture.
+
+After training, the path with the higher validation accuracy is kept (Figure 1d of the
+paper). The export directory holds three files:
+
+* ``model_state.pt``: the plain ``state_dict`` (loads with ``strict=True`` into the model
+  that ``dreg_dist.models.build_model(arch, num_classes)`` returns);
+* ``model.pt2``: a ``torch.export`` program of the eval-mode model, loadable with PyTorch
+  alone (``torch.export.load(path).module()``), dynamic in the batch dimension;
+* ``meta.json``: architecture, classes, chosen path, DReg layer, the validation
+  accuracies the choice was made on, and the input normalization.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path as FsPath
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from dreg_dist.dreg.dual_path import DualPathModel, Path
+
+PathChoice = Union[Path, Literal["auto"]]
+
+STATE_FILE = "model_state.pt"
+PROGRAM_FILE = "model.pt2"
+META_FILE = "meta.json"
+
+
+def choose_path(val_acc: Mapping[str, float], path: PathChoice = "auto") -> Path:
+    """``R`` or ``L``: the given one, or for ``auto`` the higher validation accuracy (ties: R)."""
+    if path in ("R", "L"):
+        return path  # type: ignore[return-value]
+    if path != "auto":
+        raise ValueError(f"path must be 'auto', 'R' or 'L', got {path!r}")
+    missing = [p for p in ("R", "L") if p not in val_acc]
+    if missing:
+        raise ValueError(
+            f"path 'auto' needs the validation accuracy of both paths (missing {missing}); "
+            "evaluate first or pass path='R' or 'L'"
+        )
+    return "L" if val_acc["L"] > val_acc["R"] else "R"
+
+
+def path_state_dict(model: DualPathModel, path: Path) -> dict[str, Tensor]:
+    """The plain model's state_dict with ``path``'s branch (and per-path norm) in place."""
+    state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    for module_path, module in model.branch_modules(path).items():
+        for key, value in module.state_dict().items():
+            state[f"{module_path}.{key}"] = value.detach().clone()
+    return state
+
+
+def plain_model(model: DualPathModel, path: Path) -> nn.Module:
+    """A deep copy of the original architecture carrying ``path``'s weights."""
+    plain = copy.deepcopy(model.net)
+    plain.load_state_dict(path_state_dict(model, path), strict=True)
+    return plain
+
+
+def export_program(plain: nn.Module, example: Tensor, file: Union[str, os.PathLike[str]]) -> None:
+    """Save a ``torch.export`` program of ``plain`` in eval mode, batch dimension dynamic."""
+    was_training = plain.training
+    plain.eval()
+    try:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.export.export(plain, (example,), dynamic_shapes=({0: batch},))
+    except Exception:
+        # Some architectures specialize on the batch size; a fixed-shape program still runs.
+        program = torch.export.export(plain, (example,))
+    finally:
+        plain.train(was_training)
+    torch.export.save(program, str(file))
+
+
+def write_export(
+    model: DualPathModel,
+    out_dir: Union[str, os.PathLike[str]],
+    *,
+    arch: str,
+    num_classes: int,
+    val_acc: Mapping[str, float],
+    path: PathChoice = "auto",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    input_shape: Sequence[int] = (3, 32, 32),
+    extra_meta: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """Write ``model_state.pt``, ``model.pt2`` and ``meta.json`` to ``out_dir``; return the meta.
+
+    Files are written to temporaries and renamed, so an interrupted export never leaves a
+    half-written file under the final name.
+    """
+    chosen = choose_path(val_acc, path)
+    out = FsPath(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plain = plain_model(model, chosen).cpu().float().eval()
+    state = plain.state_dict()
+
+    tmp = out / f".{STATE_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / STATE_FILE)
+
+    example = torch.zeros(2, *input_shape)
+    tmp = out / f".tmp-{PROGRAM_FILE}"  # torch.export.save wants a .pt2 suffix
+    export_program(plain, example, tmp)
+    os.replace(tmp, out / PROGRAM_FILE)
+
+    meta: dict[str, Any] = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "path": chosen,
+        "path_requested": path,
+        "dreg_layer": model.layer_path,
+        "dreg_norm": model.norm_mode,
+        "val_acc": {k: float(v) for k, v in val_acc.items()},
+        "input_shape": list(input_shape),
+        "normalization": {"mean": list(map(float, mean)), "std": list(map(float, std))},
+        "files": {"state_dict": STATE_FILE, "program": PROGRAM_FILE},
+        "torch_version": torch.__version__,
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+    tmp = out / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / META_FILE)
+    return meta
