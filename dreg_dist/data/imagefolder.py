@@ -167,6 +167,6 @@ class ImageFolderDataModule(DataModule):
 
     def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
         dataset = self._pool if split == "val" else self._test
-        keys: list[list[Key]] = [[(i, None) for i in chunk.tolist()] for chunk in chunks if chunk.numel()]
+        keys: list[list[Key]] = [[(i, None) for i in chunk.tolist()] for chunk in chunks]
         for batch in self._loader(dataset, keys):
             yield self._finish(batch)

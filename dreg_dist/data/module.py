@@ -10,6 +10,7 @@ normalization never touch the host during training.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from dreg_dist.data.errors import DataError
 Batch = tuple[Tensor, Tensor]
 
 
-class DataModule:
+class DataModule(ABC):
     """Dataset-independent part: sizes, metadata and the sampling contract.
 
     Attributes: ``num_classes``, ``classes`` (names), ``train_size``/``val_size``/
@@ -93,13 +94,13 @@ class DataModule:
         return self._eval_iter(split, sampling.eval_chunks(ids, rank, world_size, batch_size))
 
     # Subclass hooks -------------------------------------------------------------------
+    @abstractmethod
     def _train_iter(self, epoch: int, ids: Tensor) -> Iterator[list[Batch]]:
         """Yield one list of micro-batches per row of ``ids`` [steps, accumulation, micro]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
         """Yield one unaugmented batch per id chunk ('val' ids index the train pool)."""
-        raise NotImplementedError
 
 
 class InMemoryDataModule(DataModule):

@@ -126,8 +126,8 @@ def eval_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def eval_chunks(ids: Tensor, rank: int, world_size: int, batch_size: int) -> list[Tensor]:
-    """This rank's share of ``ids`` cut into batches of at most ``batch_size``."""
+    """This rank's share of ``ids`` cut into non-empty batches of at most ``batch_size``."""
     if batch_size <= 0:
         raise DataError(f"train.eval_batch_size must be positive, got {batch_size}")
     start, stop = eval_shard(int(ids.numel()), rank, world_size)
-    return list(ids[start:stop].split(batch_size))
+    return [chunk for chunk in ids[start:stop].split(batch_size) if chunk.numel()]

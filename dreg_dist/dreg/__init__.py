@@ -17,7 +17,13 @@ from dreg_dist.config.schema import DRegConfig
 from dreg_dist.dreg.contrast import DRegObjective, branch_stats, contrast_term
 from dreg_dist.dreg.cost import CostReport, cost_report
 from dreg_dist.dreg.dual_path import DualPathModel, UnsupportedModelError, trace, unwrap
-from dreg_dist.dreg.export import choose_path, path_state_dict, plain_model, write_export
+from dreg_dist.dreg.export import (
+    choose_path,
+    path_state_dict,
+    plain_model,
+    write_export,
+    write_plain_export,
+)
 from dreg_dist.dreg.layer_select import DRegLayerError, level_candidates, resolve_layer
 from torch import nn
 
@@ -58,4 +64,5 @@ __all__ = [
     "trace",
     "unwrap",
     "write_export",
+    "write_plain_export",
 ]

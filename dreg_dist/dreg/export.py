@@ -77,6 +77,56 @@ def export_program(plain: nn.Module, example: Tensor, file: Union[str, os.PathLi
     torch.export.save(program, str(file))
 
 
+def write_plain_export(
+    plain: nn.Module,
+    out_dir: Union[str, os.PathLike[str]],
+    *,
+    arch: str,
+    num_classes: int,
+    val_acc: Mapping[str, float],
+    path: Optional[str],
+    dreg_layer: Optional[str],
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    input_shape: Sequence[int] = (3, 32, 32),
+    extra_meta: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """Write ``model_state.pt``, ``model.pt2`` and ``meta.json`` for a plain model.
+
+    Each file is written to a temporary name and renamed, so an interrupted export never
+    leaves a half-written file under the final name.
+    """
+    out = FsPath(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plain = copy.deepcopy(plain).cpu().float().eval()
+    state = plain.state_dict()
+
+    tmp = out / f".{STATE_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / STATE_FILE)
+
+    tmp = out / f".tmp-{PROGRAM_FILE}"  # torch.export.save wants a .pt2 suffix
+    export_program(plain, torch.zeros(2, *input_shape), tmp)
+    os.replace(tmp, out / PROGRAM_FILE)
+
+    meta: dict[str, Any] = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "path": path,
+        "dreg_layer": dreg_layer,
+        "val_acc": {k: float(v) for k, v in val_acc.items()},
+        "input_shape": list(input_shape),
+        "normalization": {"mean": list(map(float, mean)), "std": list(map(float, std))},
+        "files": {"state_dict": STATE_FILE, "program": PROGRAM_FILE},
+        "torch_version": torch.__version__,
+    }
+    meta.update(extra_meta or {})
+    tmp = out / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / META_FILE)
+    return meta
+
+
 def write_export(
     model: DualPathModel,
     out_dir: Union[str, os.PathLike[str]],
@@ -90,42 +140,18 @@ def write_export(
     input_shape: Sequence[int] = (3, 32, 32),
     extra_meta: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Write ``model_state.pt``, ``model.pt2`` and ``meta.json`` to ``out_dir``; return the meta.
-
-    Files are written to temporaries and renamed, so an interrupted export never leaves a
-    half-written file under the final name.
-    """
+    """Export the chosen path of ``model`` (``auto``: higher validation accuracy)."""
     chosen = choose_path(val_acc, path)
-    out = FsPath(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plain = plain_model(model, chosen).cpu().float().eval()
-    state = plain.state_dict()
-
-    tmp = out / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / STATE_FILE)
-
-    example = torch.zeros(2, *input_shape)
-    tmp = out / f".tmp-{PROGRAM_FILE}"  # torch.export.save wants a .pt2 suffix
-    export_program(plain, example, tmp)
-    os.replace(tmp, out / PROGRAM_FILE)
-
-    meta: dict[str, Any] = {
-        "arch": arch,
-        "num_classes": num_classes,
-        "path": chosen,
-        "path_requested": path,
-        "dreg_layer": model.layer_path,
-        "dreg_norm": model.norm_mode,
-        "val_acc": {k: float(v) for k, v in val_acc.items()},
-        "input_shape": list(input_shape),
-        "normalization": {"mean": list(map(float, mean)), "std": list(map(float, std))},
-        "files": {"state_dict": STATE_FILE, "program": PROGRAM_FILE},
-        "torch_version": torch.__version__,
-    }
-    if extra_meta:
-        meta.update(extra_meta)
-    tmp = out / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / META_FILE)
-    return meta
+    return write_plain_export(
+        plain_model(model, chosen),
+        out_dir,
+        arch=arch,
+        num_classes=num_classes,
+        val_acc=val_acc,
+        path=chosen,
+        dreg_layer=model.layer_path,
+        mean=mean,
+        std=std,
+        input_shape=input_shape,
+        extra_meta={"path_requested": path, "dreg_norm": model.norm_mode, **(extra_meta or {})},
+    )

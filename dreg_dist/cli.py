@@ -1,0 +1,17 @@
+"""Console scripts installed with the package (``dreg-train``, ``dreg-export``)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def train_main() -> None:
+    from dreg_dist.train.run import main
+
+    sys.exit(main())
+
+
+def export_main() -> None:
+    from dreg_dist.train.export_cli import main
+
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Distributed plumbing: process groups, backend/device choice, Slurm mapping."""
+
+from dreg_dist.distributed.env import (
+    DistEnv,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    init_distributed,
+    launch_world,
+    pick_device,
+    shutdown,
+)
+
+__all__ = [
+    "DistEnv",
+    "all_reduce_sum",
+    "any_rank",
+    "barrier",
+    "init_distributed",
+    "launch_world",
+    "pick_device",
+    "shutdown",
+]

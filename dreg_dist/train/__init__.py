@@ -1,0 +1,1 @@
+"""The training service: trainer loop, evaluation, checkpoints, records, entry point."""

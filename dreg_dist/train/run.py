@@ -1,0 +1,113 @@
+"""Entry point shared by ``launch/train.py`` and the ``dreg-train`` console script.
+
+Order matters: the config is loaded and validated, and the run directory checked,
+*before* the process group is created, so a typo fails in well under a second with one
+line on stderr and exit status 2 instead of a hung rendezvous or K tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from dreg_dist.config import Config, ConfigError, config_to_dict, load_config, save_config
+from dreg_dist.config.validate import validate_config
+from dreg_dist.distributed import init_distributed, launch_world, shutdown
+from dreg_dist.train.checkpoint import CheckpointError, resume_candidates
+from dreg_dist.train.preemption import REQUEUE_EXIT_CODE
+
+CONFIG_ERROR_EXIT_CODE = 2
+
+# Keys that may change between a run and its resumption without making it another run.
+_RESUMABLE_CHANGES = ("train.epochs", "train.stop_after_steps", "train.resume", "run_dir", "log.", "checkpoint.",
+                      "train.eval_every_epochs", "train.eval_batch_size", "data.num_workers", "data.root",
+                      "data.download")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Refuse to mix two different runs in one directory; never delete anything."""
+    saved = run_dir / "config.yaml"
+    has_checkpoint = bool(resume_candidates(run_dir / "checkpoints"))
+    if not has_checkpoint or not saved.is_file():
+        return
+    if cfg.train.resume == "never":
+        raise ConfigError(
+            f"run dir '{run_dir}' already holds checkpoints; pass a new --run-dir or set train.resume=auto"
+        )
+    before = _flatten(yaml.safe_load(saved.read_text()) or {})
+    now = _flatten(config_to_dict(cfg))
+    changed = [k for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and not k.startswith(_RESUMABLE_CHANGES)]
+    if changed and cfg.train.resume == "auto":
+        raise ConfigError(
+            f"run dir '{run_dir}' holds a run with a different config (differs in {', '.join(changed[:5])}); "
+            "pass a new --run-dir to start another run"
+        )
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train an image classifier with DReg (or a comparison method) on 1..K workers.",
+        epilog="Overrides use dotted keys, e.g. train.epochs=3 dreg.lam=0.01 optim.lr=0.2",
+    )
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--run-dir", default=None, help="output folder (default: runs/<config name>)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or cfg.run_dir or Path("runs") / Path(args.config).stem)
+    cfg.run_dir = str(run_dir)
+    _, world_size, _ = launch_world()
+    validate_config(cfg, world_size)
+    prepare_run_dir(cfg, run_dir)
+    return cfg, run_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    rank, _, _ = launch_world()
+    try:
+        cfg, run_dir = resolve(args)
+    except (ConfigError, CheckpointError) as err:
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT_CODE
+
+    from dreg_dist.train.trainer import NonFiniteLossError, Trainer
+
+    env = init_distributed(cfg.train.device)
+    trainer = None
+    try:
+        if env.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        trainer = Trainer(cfg, run_dir, env)
+        summary = trainer.fit()
+    except NonFiniteLossError as err:
+        if env.is_main:
+            print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if trainer is not None:
+            trainer.close()
+        shutdown()
+    if summary.get("status") == "stopped" and summary.get("preempted"):
+        return REQUEUE_EXIT_CODE
+    return 0
