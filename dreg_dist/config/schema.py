@@ -134,6 +134,28 @@ class DRegConfig:
 
 
 @dataclass
+class MethodsConfig:
+    """Hyperparameters of the comparison methods; each method reads only its own keys."""
+
+    gradnorm_lam: float = 0.01
+    """gradnorm: weight lambda of the micro-batch penalty ||grad CE_M||^2 (Novack et al. 2023)."""
+    fisher_lam: float = 0.01
+    """fisher: weight lambda of the micro-batch Fisher-trace penalty (labels sampled from the model)."""
+    penalty_micro_batch_size: int = 128
+    """gradnorm/fisher: micro-batch size m; each rank's batch is cut into chunks of m (paper: 128)."""
+    sam_rho: float = 0.05
+    """sam: radius rho of the per-worker ascent step e = rho * g / ||g|| (m-sharpness, m = B/K)."""
+    extragradient_gamma: Optional[float] = None
+    """extragradient: local extrapolation step u = w - gamma * g_local; null = the current learning rate."""
+    gradientmix_strength: float = 1.0
+    """gradientmix: 0 = plain averaging, 1 = random convex weights; in between blends the two."""
+    gradientmix_alpha: float = 1.0
+    """gradientmix: Dirichlet concentration of the random worker weights (large = close to the mean)."""
+    gradientmix_seed: Optional[int] = None
+    """gradientmix: seed of the per-step weights (the same on every rank); null = train.seed."""
+
+
+@dataclass
 class LogConfig:
     every_steps: int = 20
     tensorboard: bool = True
@@ -156,6 +178,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dreg: DRegConfig = field(default_factory=DRegConfig)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method: str = "auto"

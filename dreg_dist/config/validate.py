@@ -19,6 +19,12 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     """Raise :class:`ConfigError` for the first problem found."""
     t, o, d = cfg.train, cfg.optim, cfg.dreg
@@ -58,7 +64,13 @@ def validate_config(cfg: Config, world_size: int) -> None:
         raise ConfigError(f"config key 'dreg.lam' must be >= 0, got {d.lam} (the loss subtracts lambda * contrast)")
     if d.init_scale <= 0:
         raise ConfigError(f"config key 'dreg.init_scale' must be > 0, got {d.init_scale}; try 0.01")
-    if t.amp == "fp16" and t.device == "cpu":
+    on_cpu = t.device == "cpu" or (t.device == "auto" and not _cuda_available())
+    if t.sync_bn and world_size > 1 and on_cpu:
+        raise ConfigError(
+            "train.sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU set "
+            "train.sync_bn=false or use a BN-free model such as cnn_small_gn"
+        )
+    if t.amp == "fp16" and on_cpu:
         raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 or none on CPU")
 
     from dreg_dist.data import DataError, check_data_available

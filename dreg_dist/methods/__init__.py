@@ -21,7 +21,45 @@ def _vanilla(cfg: Config) -> Method:
     return Vanilla(cfg)
 
 
-METHODS: dict[str, Callable[[Config], Method]] = {"vanilla": _vanilla, "dreg": _dreg}
+def _gradnorm(cfg: Config) -> Method:
+    from dreg_dist.methods.gradnorm import GradNorm
+
+    return GradNorm(cfg)
+
+
+def _fisher(cfg: Config) -> Method:
+    from dreg_dist.methods.fisher import Fisher
+
+    return Fisher(cfg)
+
+
+def _sam(cfg: Config) -> Method:
+    from dreg_dist.methods.sam import SAM
+
+    return SAM(cfg)
+
+
+def _extragradient(cfg: Config) -> Method:
+    from dreg_dist.methods.extragradient import Extragradient
+
+    return Extragradient(cfg)
+
+
+def _gradientmix(cfg: Config) -> Method:
+    from dreg_dist.methods.gradientmix import GradientMix
+
+    return GradientMix(cfg)
+
+
+METHODS: dict[str, Callable[[Config], Method]] = {
+    "vanilla": _vanilla,
+    "dreg": _dreg,
+    "gradnorm": _gradnorm,
+    "fisher": _fisher,
+    "sam": _sam,
+    "extragradient": _extragradient,
+    "gradientmix": _gradientmix,
+}
 
 
 def resolve_method_name(cfg: Config) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,14 @@ class StepContext:
     """The same model unwrapped (parameters, branch weights)."""
     autocast: Callable[[], ContextManager[Any]]
     scaler: torch.amp.GradScaler
+    lr: Optional[float] = None
+    """Learning rate this step's update uses (``optimizer.param_groups[0]["lr"]`` before
+    the scheduler steps); None when the caller does not pass it. Extragradient uses it as
+    its default extrapolation step."""
+    step: Optional[int] = None
+    """0-based index of this optimizer step over the whole run (the trainer's global step
+    before it is incremented); None when unknown. Seeds per-step randomness (Fisher label
+    sampling, GradientMix weights) so that it is identical on all ranks and across resumes."""
 
     def no_sync(self, last: bool) -> ContextManager[Any]:
         """Skip DDP's all-reduce on all but the last micro-batch of a step."""
@@ -54,6 +62,10 @@ class Method:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Model surgery done once at start-up (before DDP wrapping)."""
         return model
+
+    def configure_ddp(self, ddp_model: DDP) -> None:
+        """Called once right after DDP wrapping, before the first forward (e.g. to register
+        a communication hook). Not called for a single process."""
 
     def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
         loss = F.cross_entropy(outputs.float(), target, label_smoothing=self.label_smoothing)

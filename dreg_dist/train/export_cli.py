@@ -1,0 +1,73 @@
+"""Export any checkpoint: ``python launch/export.py CHECKPOINT [--path auto|R|L] [--out DIR]``.
+
+``auto`` picks the path with the higher validation accuracy. With ``--evaluate`` the
+accuracies are recomputed on the run's validation split (the data must be reachable);
+otherwise the ones stored in the checkpoint at its last validation are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from dreg_dist.config import ConfigError, config_from_dict
+from dreg_dist.dreg import DualPathModel, write_export, write_plain_export
+from dreg_dist.methods import build_method
+from dreg_dist.models import build_model
+from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write the inference export of a dreg-dist checkpoint.")
+    parser.add_argument("checkpoint", help="a checkpoint file (RUN_DIR/checkpoints/best.pt or last.pt)")
+    parser.add_argument("--path", choices=["auto", "R", "L"], default="auto", help="which path to export")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export-<checkpoint name>)")
+    parser.add_argument("--evaluate", action="store_true", help="recompute validation accuracy of both paths")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        state = load_checkpoint(args.checkpoint)
+        cfg = config_from_dict(state["config"])
+    except (CheckpointError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ckpt_path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt_path.parent.parent / f"export-{ckpt_path.stem}"
+    model = build_method(cfg).prepare_model(build_model(cfg.model.arch, cfg.model.num_classes))
+    model.load_state_dict(state["model"])
+    model.eval()
+
+    from dreg_dist.data import DataError, build_data
+    from dreg_dist.train.evaluate import evaluate
+
+    val = state.get("last_val") or {}
+    try:
+        data = build_data(cfg.data, seed=cfg.train.seed, device=torch.device("cpu"), num_classes=cfg.model.num_classes)
+    except DataError as err:
+        if args.evaluate:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        data = None
+    if args.evaluate and data is not None:
+        val = evaluate(model, data.eval_batches("val", 0, 1, cfg.train.eval_batch_size), torch.device("cpu"))
+    val_acc = {p: r["acc"] for p, r in val.items()}
+    norm = {"mean": data.mean, "std": data.std, "input_shape": data.input_shape} if data else {}
+    extra = {"checkpoint": str(ckpt_path), "epoch": state["epoch"], "global_step": state["global_step"]}
+    common = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, extra_meta=extra, **norm)
+    try:
+        if isinstance(model, DualPathModel):
+            meta = write_export(model, out, val_acc=val_acc, path=args.path, **common)
+        else:
+            meta = write_plain_export(model, out, val_acc=val_acc, path=None, dreg_layer=None, **common)
+    except ValueError as err:  # e.g. 'auto' without validation accuracies
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported path {meta['path']} (val acc {val_acc}) to {out}")
+    return 0

@@ -1,0 +1,54 @@
+"""Shared test fixtures: launch real training jobs as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small, fast job: synthetic data, tiny CNN, a few steps per epoch.
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_train_size=320",
+    "data.val_size=64",
+    "data.synthetic_test_size=64",
+    "data.synthetic_noise=4.0",
+    "train.global_batch_size=64",
+    "train.epochs=2",
+    "log.every_steps=1",
+    "log.tensorboard=false",
+    "model.arch=cnn_small_gn",
+    "optim.warmup_epochs=0",
+]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def launch(
+    nproc: int, config: str, run_dir: Path, overrides: Sequence[str] = (), timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run launch/train.py with ``nproc`` workers (torchrun when > 1), as a user would."""
+    train = [str(REPO / "launch" / "train.py"), "--config", str(REPO / config), "--run-dir", str(run_dir)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+    else:
+        cmd = [sys.executable, *train]
+    return subprocess.run(
+        [*cmd, *overrides], capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO
+    )
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

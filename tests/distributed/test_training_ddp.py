@@ -1,0 +1,108 @@
+"""Real multi-process training runs (torchrun, gloo): K-independence, export, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreg_dist.config import load_config
+from dreg_dist.data import build_data
+from dreg_dist.models import build_model
+from dreg_dist.train.evaluate import evaluate
+
+from ..conftest import REPO, launch
+
+pytestmark = pytest.mark.distributed
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _assert_ok(done) -> None:  # type: ignore[no-untyped-def]
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+
+
+def test_two_workers_reach_the_weights_of_one(tmp_path: Path, tiny: list[str]) -> None:
+    # BN-free model (GroupNorm), so the split of the batch cannot matter. (With BN the
+    # same holds with train.sync_bn, which PyTorch supports on CUDA only.) A large
+    # contrast (lambda 1, branches initialised far apart) makes adding its gradient K
+    # times or 1/K times move the branch weights far beyond the tolerance.
+    overrides = tiny + [
+        "model.arch=cnn_small_gn", "train.epochs=1", "dreg.lam=1.0", "dreg.init_scale=0.5", "optim.lr=0.4",
+    ]
+    one = launch(1, QUICKSTART, tmp_path / "k1", overrides)
+    _assert_ok(one)
+    two = launch(2, QUICKSTART, tmp_path / "k2", overrides)
+    _assert_ok(two)
+    w1, w2 = _weights(tmp_path / "k1"), _weights(tmp_path / "k2")
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        if w1[key].is_floating_point():
+            assert torch.allclose(w1[key], w2[key], atol=1e-4, rtol=0), key
+    # The branches did move apart, so the check above covered the contrast gradient.
+    assert not torch.allclose(w1["net.conv4.weight"], w1["branch_L.weight"], atol=1e-2)
+
+
+def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
+    run_dir = tmp_path / "quick"
+    done = launch(2, QUICKSTART, run_dir, ["train.epochs=2", "data.synthetic_train_size=1024",
+                                          "data.synthetic_noise=3.0", "log.every_steps=1"])
+    _assert_ok(done)
+    assert "resumed" not in done.stdout
+    assert "val acc: R" in done.stdout and "img/s" in done.stdout
+
+    meta = json.loads((run_dir / "export" / "meta.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert meta["path"] in ("R", "L") and meta["path"] == summary["best"]["path"]
+    assert meta["dreg_layer"] == "conv4"
+
+    cfg = load_config(run_dir / "config.yaml")
+    plain = build_model(meta["arch"], meta["num_classes"])
+    plain.load_state_dict(torch.load(run_dir / "export" / "model_state.pt", weights_only=True), strict=True)
+    data = build_data(cfg.data, seed=cfg.train.seed, device=torch.device("cpu"), num_classes=cfg.model.num_classes)
+    val = evaluate(plain, data.eval_batches("val", 0, 1, 256), torch.device("cpu"))["model"]
+    assert val["count"] == cfg.data.val_size
+    assert val["acc"] == pytest.approx(meta["val_acc"][meta["path"]], abs=0.5 / cfg.data.val_size)
+    test = evaluate(plain, data.eval_batches("test", 0, 1, 256), torch.device("cpu"))["model"]
+    assert test["acc"] == pytest.approx(summary["test"]["acc"], abs=0.5 / test["count"])
+    assert summary["test"]["acc"] > 0.2  # learned something (10 classes)
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"loss_R", "loss_L", "contrast", "branch_distance", "lr", "images_per_sec"} <= train[-1].keys()
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [0, 1]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in (run_dir / "tb").glob("events.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    expected = {"train/loss_R", "train/loss_L", "train/contrast", "train/branch_distance", "train/lr",
+                "train/images_per_sec", "val/acc_R", "val/acc_L", "val/best_acc"}
+    assert expected <= tags, expected - tags
+
+
+def test_resume_from_last_gives_the_uninterrupted_weights(tmp_path: Path, tiny: list[str]) -> None:
+    overrides = tiny + ["train.epochs=2"]  # 4 steps per epoch
+    full = launch(2, QUICKSTART, tmp_path / "full", overrides)
+    _assert_ok(full)
+    first = launch(2, QUICKSTART, tmp_path / "split", overrides + ["train.stop_after_steps=3"])
+    _assert_ok(first)
+    assert "stopped (stop_after_steps) at global step 3" in first.stdout
+    assert not (tmp_path / "split" / "summary.json").exists()
+    second = launch(2, QUICKSTART, tmp_path / "split", overrides)
+    _assert_ok(second)
+    assert "resumed from" in second.stdout and "global step 3" in second.stdout
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["global_steps"] == 8

@@ -1,0 +1,291 @@
+"""Comparison methods (gradnorm, fisher, sam, extragradient, gradientmix), single process.
+
+Each method's gradient on a tiny float64 MLP is checked against a reference written
+here from the method's formula, then every method runs end to end through the real
+trainer for two steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreg_dist.config.load import ConfigError, load_config
+from dreg_dist.config.schema import Config
+from dreg_dist.methods import METHODS, StepContext, build_method
+from dreg_dist.methods._util import seed_from
+from dreg_dist.methods.gradientmix import mix_weights
+
+REPO = Path(__file__).resolve().parents[2]
+DT = torch.float64
+NEW_METHODS = ["gradnorm", "fisher", "sam", "extragradient", "gradientmix"]
+
+
+def _mlp(seed: int = 0, bn: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(6, 5)]
+    if bn:
+        layers.append(nn.BatchNorm1d(5))
+    layers += [nn.Tanh(), nn.Linear(5, 3)]
+    return nn.Sequential(*layers).to(DT)
+
+
+def _data(n: int = 10, seed: int = 1) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g)
+
+
+def _ctx(model: nn.Module, lr: float | None = None, step: int | None = None) -> StepContext:
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return StepContext(model, model, contextlib.nullcontext, scaler, lr=lr, step=step)
+
+
+def _cfg(method: str, **methods: object) -> Config:
+    cfg = Config()
+    cfg.method = method
+    cfg.train.seed = 3
+    for key, value in methods.items():
+        setattr(cfg.methods, key, value)
+    return cfg
+
+
+def _method_grads(method_name: str, model: nn.Module, batches: list[tuple[Tensor, Tensor]], **kw: object):
+    cfg = _cfg(method_name, **kw.pop("methods", {}))  # type: ignore[arg-type]
+    method = build_method(cfg)
+    parts = method.compute_gradients(_ctx(model, **kw), batches)  # type: ignore[arg-type]
+    return [p.grad.detach().clone() for p in model.parameters()], parts
+
+
+def _close(a: list[Tensor], b: list[Tensor]) -> None:
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def _split(x: Tensor, y: Tensor, sizes: list[int]) -> list[tuple[Tensor, Tensor]]:
+    return list(zip(x.split(sizes), y.split(sizes)))
+
+
+# --------------------------------------------------------------------- references
+def _ref_penalty(model: nn.Module, batches, m: int, lam: float, fisher: bool, seed: int, step: int):
+    """Hand-written double backprop over the same micro-batch split."""
+    params = list(model.parameters())
+    total_n = sum(len(y) for _, y in batches)
+    objective = torch.zeros((), dtype=DT)
+    penalties = []
+    position = 0
+    for x, y in batches:
+        for s in range(0, len(y), m):
+            xm, ym = x[s : s + m], y[s : s + m]
+            logits = model(xm)
+            ce = F.cross_entropy(logits, ym)
+            if fisher:
+                gen = torch.Generator().manual_seed(seed_from(seed, step, position + s))
+                probs = torch.softmax(logits.detach(), dim=1)
+                labels = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                r = F.cross_entropy(logits, labels)
+            else:
+                r = ce
+            g = torch.autograd.grad(r, params, create_graph=True)
+            p = sum((gi**2).sum() for gi in g)
+            penalties.append(float(p.detach()) * len(ym) / total_n)
+            objective = objective + (ce + lam * p) * len(ym) / total_n
+        position += len(y)
+    return list(torch.autograd.grad(objective, params)), sum(penalties)
+
+
+def _mean_loss_grad(model: nn.Module, batches) -> list[Tensor]:
+    loss = sum(F.cross_entropy(model(x), y) for x, y in batches) / len(batches)
+    return list(torch.autograd.grad(loss, list(model.parameters())))
+
+
+def _grad_at(model: nn.Module, batches, deltas: list[Tensor]) -> list[Tensor]:
+    shifted = _copy(model)
+    with torch.no_grad():
+        for p, d in zip(shifted.parameters(), deltas):
+            p.add_(d)
+    return _mean_loss_grad(shifted, batches)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+# --------------------------------------------------------------------- gradnorm / fisher
+@pytest.mark.parametrize("fisher", [False, True])
+def test_penalty_matches_double_backprop(fisher: bool) -> None:
+    model = _mlp()
+    x, y = _data(10)
+    batches = _split(x, y, [6, 4])  # two accumulation micro-batches; m=4 cuts them into 4+2 and 4
+    name, lam = ("fisher", 0.3) if fisher else ("gradnorm", 0.2)
+    methods = {"penalty_micro_batch_size": 4, f"{name}_lam": lam}
+    ref, ref_pen = _ref_penalty(_copy(model), batches, 4, lam, fisher, seed=3, step=5)
+    got, parts = _method_grads(name, model, batches, methods=methods, step=5)
+    _close(got, ref)
+    assert float(parts["penalty"]) == pytest.approx(ref_pen, rel=1e-6)  # logged in float32
+    assert float(parts["loss"]) == pytest.approx(float(F.cross_entropy(_mlp()(x), y).detach()), rel=1e-6)
+
+
+def test_penalty_zero_lambda_is_plain_gradient() -> None:
+    model = _mlp()
+    batches = _split(*_data(8), [8])
+    got, _ = _method_grads("gradnorm", model, batches, methods={"gradnorm_lam": 0.0, "penalty_micro_batch_size": 3})
+    _close(got, _mean_loss_grad(_mlp(), batches))  # equal-weighted chunks of 3, 3, 2 recompose the mean CE
+
+
+def test_fisher_sampling_is_seeded_per_step() -> None:
+    batches = _split(*_data(12), [12])
+    methods = {"fisher_lam": 1.0, "penalty_micro_batch_size": 4}
+    a, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=7)
+    b, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=7)
+    c, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=8)
+    _close(a, b)
+    assert any(not torch.allclose(u, v) for u, v in zip(a, c))
+
+
+def test_penalty_methods_refuse_compile() -> None:
+    cfg = _cfg("gradnorm")
+    cfg.train.compile = True
+    with pytest.raises(ConfigError, match="compile"):
+        build_method(cfg)
+
+
+# --------------------------------------------------------------------- sam / extragradient
+def test_sam_two_step_formula_and_exact_restore() -> None:
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = _split(*_data(10), [5, 5])
+    rho = 0.07
+    ref_model = _mlp()
+    g = _mean_loss_grad(ref_model, batches)
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    ref = _grad_at(ref_model, batches, [rho * gi / (norm + 1e-12) for gi in g])
+    got, parts = _method_grads("sam", model, batches, methods={"sam_rho": rho})
+    _close(got, ref)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)  # weights restored bit for bit
+    assert set(parts) == {"loss", "loss_perturbed", "local_grad_norm"}
+    assert float(parts["local_grad_norm"]) == pytest.approx(float(norm), rel=1e-6)
+    assert float(parts["loss_perturbed"]) > float(parts["loss"])  # an ascent step
+
+
+def test_sam_leaves_batchnorm_stats_of_the_ascent_pass_out() -> None:
+    model = _mlp(bn=True)
+    x, y = _data(10)
+    got, _ = _method_grads("sam", model, [(x, y)], methods={"sam_rho": 0.05})
+    # Reference: only the second forward (at w + e) may move the running statistics.
+    ref_model = _mlp(bn=True)
+    g = _mean_loss_grad(_copy(ref_model), [(x, y)])
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    ref = _grad_at(ref_model, [(x, y)], [0.05 * gi / (norm + 1e-12) for gi in g])
+    _close(got, ref)
+    shifted = _copy(_mlp(bn=True))
+    with torch.no_grad():
+        for p, gi in zip(shifted.parameters(), g):
+            p.add_(0.05 * gi / (norm + 1e-12))
+    shifted(x)
+    torch.testing.assert_close(model[1].running_mean, shifted[1].running_mean)
+    assert int(model[1].num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("explicit_gamma", [None, 0.5])
+def test_extragradient_formula(explicit_gamma: float | None) -> None:
+    model = _mlp()
+    batches = _split(*_data(10), [10])
+    lr = 0.3
+    gamma = explicit_gamma if explicit_gamma is not None else lr
+    ref_model = _mlp()
+    g = _mean_loss_grad(ref_model, batches)
+    ref = _grad_at(ref_model, batches, [-gamma * gi for gi in g])
+    got, parts = _method_grads("extragradient", model, batches, methods={"extragradient_gamma": explicit_gamma}, lr=lr)
+    _close(got, ref)
+    assert "loss_extrapolated" in parts
+    assert float(parts["loss_extrapolated"]) < float(parts["loss"])  # a descent step on the same batch
+
+
+def test_extragradient_needs_lr_or_gamma() -> None:
+    with pytest.raises(RuntimeError, match="lr="):
+        _method_grads("extragradient", _mlp(), _split(*_data(4), [4]))
+
+
+def test_sam_rejects_negative_rho() -> None:
+    with pytest.raises(ConfigError, match="sam_rho"):
+        build_method(_cfg("sam", sam_rho=-1.0))
+
+
+# --------------------------------------------------------------------- gradientmix
+def test_gradientmix_single_worker_is_plain_gradient() -> None:
+    batches = _split(*_data(10), [4, 6])
+    got, parts = _method_grads("gradientmix", _mlp(), batches, step=3)
+    _close(got, _mean_loss_grad(_mlp(), batches))
+    assert float(parts["mix_weight_max"]) == 1.0
+
+
+def test_mix_weights() -> None:
+    a = mix_weights(seed=0, step=4, world_size=4, alpha=1.0, strength=1.0)
+    assert a.shape == (4,) and a.sum() == pytest.approx(1.0) and (a >= 0).all()
+    np.testing.assert_array_equal(a, mix_weights(0, 4, 4, 1.0, 1.0))  # same on every rank
+    assert not np.allclose(a, mix_weights(0, 5, 4, 1.0, 1.0))
+    np.testing.assert_allclose(mix_weights(0, 4, 4, 1.0, 0.0), np.full(4, 0.25))
+    half = mix_weights(0, 4, 4, 1.0, 0.5)
+    np.testing.assert_allclose(half, 0.5 * 0.25 + 0.5 * a)  # linear in the strength
+    np.testing.assert_array_equal(mix_weights(0, 4, 1, 1.0, 1.0), [1.0])
+    mean = np.mean([mix_weights(0, t, 3, 1.0, 1.0) for t in range(3000)], axis=0)
+    np.testing.assert_allclose(mean, np.full(3, 1 / 3), atol=0.02)  # unbiased on average
+
+
+# --------------------------------------------------------------------- registry and config
+def test_registry_and_config_keys(tmp_path: Path) -> None:
+    for name in NEW_METHODS:
+        assert name in METHODS
+    cfg = load_config(None, ["method=sam", "methods.sam_rho=0.1", "methods.extragradient_gamma=0.02",
+                             "methods.penalty_micro_batch_size=64"])
+    assert build_method(cfg).name == "sam"
+    assert cfg.methods.sam_rho == 0.1 and cfg.methods.extragradient_gamma == 0.02
+    assert build_method(load_config(None, [])).name == "dreg"  # method auto + dreg.enabled
+    with pytest.raises(ConfigError, match="methods.sam_rh"):
+        load_config(None, ["methods.sam_rh=0.1"])
+    with pytest.raises(ConfigError, match="gradientmix_strength"):
+        build_method(_cfg("gradientmix", gradientmix_strength=2.0))
+
+
+# --------------------------------------------------------------------- end to end
+E2E = [
+    "--config", str(REPO / "configs" / "quickstart.yaml"),
+    "model.arch=cnn_small_gn", "data.name=synthetic", "data.synthetic_train_size=192", "data.val_size=64",
+    "data.synthetic_test_size=64", "train.epochs=1", "train.global_batch_size=64", "train.eval_batch_size=64",
+    "train.device=cpu", "log.tensorboard=false", "log.every_steps=1", "log.progress=lines", "optim.warmup_epochs=0",
+    "methods.penalty_micro_batch_size=32",
+]
+OWN_KEY = {"gradnorm": "penalty", "fisher": "penalty", "sam": "loss_perturbed",
+           "extragradient": "loss_extrapolated", "gradientmix": "mix_weight_max"}
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_method_trains_end_to_end(tmp_path: Path, name: str) -> None:
+    """Two optimizer steps of the real trainer; extragradient needs the trainer to pass ``lr``
+    in the StepContext (its default gamma is the current learning rate)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    script = "import sys\nfrom dreg_dist.train.run import main\nsys.exit(main(sys.argv[1:]))\n"
+    run = tmp_path / name
+    proc = subprocess.run([sys.executable, "-c", script, "--run-dir", str(run), *E2E, f"method={name}"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == name and summary["global_steps"] == 2
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "train"]
+    assert len(train) == 2
+    assert all(OWN_KEY[name] in r and np.isfinite(r[OWN_KEY[name]]) for r in train)
