@@ -9,6 +9,7 @@ from dreg_dist.config.load import (
     save_config,
 )
 from dreg_dist.config.schema import (
+    MethodsConfig,
     CheckpointConfig,
     Config,
     DataConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "DataConfig",
     "DRegConfig",
     "LogConfig",
+    "MethodsConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",

@@ -182,6 +182,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method: str = "auto"
-    """Training method: auto (dreg when dreg.enabled, else vanilla) | vanilla | dreg."""
+    """Training method: auto (dreg when dreg.enabled, else vanilla) | vanilla | dreg | gradnorm |
+    fisher | sam | extragradient | gradientmix (see dreg_dist/methods/)."""
     run_dir: Optional[str] = None
     """Where outputs go; default runs/<config file stem>."""

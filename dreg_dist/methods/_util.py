@@ -131,7 +131,9 @@ class LocalPerturbationMethod(PlainLoss):
     def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor) -> Optional[list[Tensor]]:
         raise NotImplementedError
 
-    def local_gradient(self, ctx: StepContext, batches: list[Batch], params: list[nn.Parameter]) -> tuple[list[Tensor], Tensor]:
+    def local_gradient(
+        self, ctx: StepContext, batches: list[Batch], params: list[nn.Parameter]
+    ) -> tuple[list[Tensor], Tensor]:
         """(g_local, mean local loss) at the current weights, on this worker only."""
         n = len(batches)
         total: Optional[list[Tensor]] = None

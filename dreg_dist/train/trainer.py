@@ -112,6 +112,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
+            self.method.configure_ddp(model_for_step)
         if t.compile:
             model_for_step = torch.compile(model_for_step)
         self.model = model_for_step
@@ -216,7 +217,8 @@ class Trainer:
     def _train_step(self, batches: list[tuple[Tensor, Tensor]]) -> None:
         if self.memory_format is torch.channels_last:
             batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-        ctx = StepContext(self.model, self.module, self.autocast, self.scaler)
+        ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
+                          lr=self.optimizer.param_groups[0]["lr"], step=self.global_step)
         parts = self.method.compute_gradients(ctx, batches)
         loss = parts["loss"]
         if any_rank(not bool(torch.isfinite(loss).item()), self.device):

@@ -10,7 +10,6 @@ all-reduces as a vanilla step, and that both replicas hold identical weights aft
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import socket

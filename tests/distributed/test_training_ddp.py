@@ -51,8 +51,8 @@ def test_two_workers_reach_the_weights_of_one(tmp_path: Path, tiny: list[str]) -
 
 def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     run_dir = tmp_path / "quick"
-    done = launch(2, QUICKSTART, run_dir, ["train.epochs=2", "data.synthetic_train_size=1024",
-                                          "data.synthetic_noise=3.0", "log.every_steps=1"])
+    done = launch(2, QUICKSTART, run_dir, ["train.epochs=2", "data.synthetic_train_size=2048", "data.val_size=256",
+                                          "data.synthetic_noise=3.0", "optim.warmup_epochs=0", "log.every_steps=1"])
     _assert_ok(done)
     assert "resumed" not in done.stdout
     assert "val acc: R" in done.stdout and "img/s" in done.stdout

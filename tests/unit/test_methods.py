@@ -245,6 +245,21 @@ def test_mix_weights() -> None:
     np.testing.assert_allclose(mean, np.full(3, 1 / 3), atol=0.02)  # unbiased on average
 
 
+# --------------------------------------------------------------------- loss scaling
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_grad_scaler_scales_only_the_final_gradient(name: str) -> None:
+    """With fp16-style loss scaling, .grad holds scale * gradient (the trainer unscales it)
+    while the inner local gradients (penalty, SAM/extrapolation step) are unscaled."""
+    batches = _split(*_data(8), [4, 4])
+    methods = {"penalty_micro_batch_size": 4, "gradnorm_lam": 0.5, "fisher_lam": 0.5, "sam_rho": 0.2}
+    plain, _ = _method_grads(name, _mlp(), batches, methods=methods, lr=0.4, step=2)
+    model = _mlp()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    ctx = StepContext(model, model, contextlib.nullcontext, scaler, lr=0.4, step=2)
+    build_method(_cfg(name, **methods)).compute_gradients(ctx, batches)
+    _close([p.grad / 1024.0 for p in model.parameters()], plain)
+
+
 # --------------------------------------------------------------------- registry and config
 def test_registry_and_config_keys(tmp_path: Path) -> None:
     for name in NEW_METHODS:
