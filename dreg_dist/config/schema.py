@@ -67,6 +67,8 @@ class TrainConfig:
     """null = on for CUDA, off on CPU."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    grad_compression: Literal["none", "fp16", "bf16"] = "none"
+    """DDP gradient all-reduce in fp16/bf16 (PyTorch's compress hooks; half the bytes, update stays fp32); multi-worker only."""
     eval_every_epochs: int = 1
     eval_batch_size: int = 1024
     """Validation/test images per worker per forward."""

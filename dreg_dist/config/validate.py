@@ -25,6 +25,21 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check_grad_compression(cfg: Config) -> None:
+    """``train.grad_compression`` replaces DDP's all-reduce with a compress hook; a method that
+    registers its own hook (gradientmix with strength > 0) cannot be combined with it."""
+    if cfg.train.grad_compression == "none":
+        return
+    from dreg_dist.methods import resolve_method_name
+
+    if resolve_method_name(cfg) == "gradientmix" and cfg.methods.gradientmix_strength > 0:
+        raise ConfigError(
+            f"train.grad_compression={cfg.train.grad_compression} and method gradientmix can't be combined: "
+            "both replace DDP's gradient all-reduce with a communication hook; set "
+            "train.grad_compression=none (or methods.gradientmix_strength=0)"
+        )
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     """Raise :class:`ConfigError` for the first problem found."""
     t, o, d = cfg.train, cfg.optim, cfg.dreg
@@ -82,6 +97,7 @@ def validate_config(cfg: Config, world_size: int) -> None:
     except DataError as err:
         raise ConfigError(str(err)) from None
     method = build_method(cfg)
+    check_grad_compression(cfg)
     try:
         model = build_model(cfg.model.arch, cfg.model.num_classes)
     except UnknownModelError as err:

@@ -77,8 +77,12 @@ class RunRecorder:
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
 
-    def scalars(self, kind: str, values: Mapping[str, float], *, step: int, epoch: int) -> None:
-        """Log ``values`` (tag suffix -> number) under ``kind/`` at ``step``."""
+    def scalars(self, kind: str, values: Mapping[str, float], *, step: int, epoch: float) -> None:
+        """Log ``values`` (tag suffix -> number) under ``kind/`` at ``step``.
+
+        ``epoch`` counts epochs of training done (fractional within an epoch), so train
+        and validation records share one x axis.
+        """
         if not self.enabled:
             return
         record: dict[str, Any] = {"kind": kind, "step": step, "epoch": epoch, "time": time.time()}

@@ -22,10 +22,12 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config.load import config_to_dict
 from dreg_dist.config.schema import Config
+from dreg_dist.config.validate import check_grad_compression
 from dreg_dist.data import build_data
 from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank, barrier
 from dreg_dist.dreg import DualPathModel
@@ -37,6 +39,10 @@ from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.evaluate import evaluate
 from dreg_dist.train.preemption import PreemptionFlag
 from dreg_dist.train.records import RunRecorder
+
+
+_COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
+"""train.grad_compression -> DDP communication hook (cast, all-reduce, cast back to fp32)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,6 +118,10 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
+            if t.grad_compression != "none":
+                # A method with its own comm hook (gradientmix) is refused here as in validation.
+                check_grad_compression(cfg)
+                model_for_step.register_comm_hook(None, _COMPRESSION_HOOKS[t.grad_compression])
             self.method.configure_ddp(model_for_step)
         if t.compile:
             model_for_step = torch.compile(model_for_step)
@@ -260,7 +270,8 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_sec"] = ips
         if self.env.is_main:
-            self.recorder.scalars("train", values, step=self.global_step, epoch=self.epoch)
+            self.recorder.scalars("train", values, step=self.global_step,
+                                  epoch=self.global_step / self.steps_per_epoch)
             remaining = (self.cfg.train.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
             eta = remaining * self.cfg.train.global_batch_size / max(ips, 1e-9)
             shown = {"loss": values["loss"], "img/s": ips}

@@ -76,7 +76,8 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert {"loss_R", "loss_L", "contrast", "branch_distance", "lr", "images_per_sec"} <= train[-1].keys()
-    assert [r["epoch"] for r in records if r["kind"] == "val"] == [0, 1]
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
+    assert 0 < train[0]["epoch"] < 1 and train[-1]["epoch"] == 2
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Step time of the dual-path (DReg) model over the vanilla model, next to the FLOP floor.
+
+One training step = forward + loss + backward + SGD step (momentum 0.9, weight decay, the
+service's own optimizer builder) + zero_grad, on one process, at a fixed batch of random
+CIFAR-shaped tensors. Vanilla: the plain CIFAR model with cross-entropy. DReg: the same
+architecture wrapped in ``DualPathModel`` (layer R1, per-path norm) with the Eq. 3 objective
+(both cross-entropies minus lambda times the contrast). Variants are timed interleaved
+(vanilla, dreg, vanilla, dreg, ...); the overhead is the median of the per-round ratios.
+The floor is ``cost_report(...).extra_train_pct``: the extra matmul/conv FLOPs of a
+training step counted by FlopCounterMode.
+
+    PYTHONPATH=. python bench/dreg_overhead.py            # resnet18, vgg16, mobilenet_v2, batch 32
+    PYTHONPATH=. python bench/dreg_overhead.py --quick    # resnet18 at batch 8, < 30 s
+    PYTHONPATH=. python bench/dreg_overhead.py --device cuda --batch 128 --rounds 20   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+import torch
+import torch.nn.functional as F
+
+from _common import fmt_ratio, interleave, paired_ratio, print_machine, write_json
+from dreg_dist.config.schema import OptimConfig
+from dreg_dist.dreg import DualPathModel
+from dreg_dist.dreg.contrast import DRegObjective
+from dreg_dist.dreg.cost import cost_report
+from dreg_dist.models import build_model
+from dreg_dist.optim import build_optimizer
+
+TARGET_PP = 3.0
+"""Target: measured overhead at most this many percentage points above the FLOP floor."""
+
+
+def make_step(model: torch.nn.Module, dual: bool, x: torch.Tensor, y: torch.Tensor, steps: int) -> Callable[[], None]:
+    opt = build_optimizer(model, OptimConfig(), lr=0.01)
+    objective = DRegObjective()
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+    def step() -> None:
+        for _ in range(steps):
+            if dual:
+                logits_r, logits_l = model(x)
+                loss, _ = objective(logits_r, logits_l, y, model)  # type: ignore[arg-type]
+            else:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+
+    return step
+
+
+def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    plain = build_model(arch, 10).to(device).train()
+    dual = DualPathModel(build_model(arch, 10), args.layer).to(device).train()
+    t0 = time.perf_counter()
+    cost = cost_report(DualPathModel(build_model(arch, 10), args.layer))
+    cost_s = time.perf_counter() - t0
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        plain = plain.to(memory_format=torch.channels_last)
+        dual = dual.to(memory_format=torch.channels_last)
+    variants = {
+        "vanilla": make_step(plain, False, x, y, args.steps_per_round),
+        "dreg": make_step(dual, True, x, y, args.steps_per_round),
+    }
+    times = interleave(variants, args.rounds, args.warmup_rounds)
+    ratio = paired_ratio(times["dreg"], times["vanilla"])
+    per_step = {k: 1e3 * sorted(v)[len(v) // 2] / args.steps_per_round for k, v in times.items()}
+    measured_pct = 100.0 * (ratio["median"] - 1.0)
+    floor_pct = cost.extra_train_pct
+    gap = measured_pct - floor_pct
+    print(f"{arch:<13} layer {dual.layer_path:<22} batch {args.batch}: vanilla {per_step['vanilla']:8.1f} ms/step, "
+          f"dreg {per_step['dreg']:8.1f} ms/step")
+    print(f"{'':<13} dreg/vanilla step time = {fmt_ratio(ratio)}")
+    print(f"{'':<13} overhead measured {measured_pct:+.1f}% vs FLOP floor +{floor_pct:.1f}% "
+          f"(params +{cost.extra_params_pct:.1f}%): gap {gap:+.1f} pp "
+          f"[{'met' if gap <= TARGET_PP else 'NOT met'}: <= {TARGET_PP:.0f} pp] (FLOP count took {cost_s:.1f}s)")
+    return {
+        "arch": arch, "layer": dual.layer_path, "batch": args.batch, "ms_per_step": per_step,
+        "ratio": ratio, "measured_pct": measured_pct, "floor_pct": floor_pct, "gap_pp": gap,
+        "extra_params_pct": cost.extra_params_pct, "met": gap <= TARGET_PP,
+        "times_s": times,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", default="resnet18,vgg16,mobilenet_v2")
+    p.add_argument("--layer", default="R1", help="DReg layer (dreg.layer)")
+    p.add_argument("--batch", type=int, default=32, help="per-worker batch")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (vanilla, dreg) per arch")
+    p.add_argument("--warmup-rounds", type=int, default=1)
+    p.add_argument("--steps-per-round", type=int, default=1)
+    p.add_argument("--threads", type=int, default=_common.default_threads(), help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--quick", action="store_true", help="resnet18 at batch 8, 3 rounds (< 30 s)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    if args.quick:
+        args.archs, args.batch, args.rounds = "resnet18", 8, 3
+    torch.set_num_threads(args.threads)
+    print_machine()
+    print(f"dreg_overhead: step = fwd + bwd + SGD step, batch {args.batch}, threads {args.threads}, "
+          f"device {args.device}, interleaved rounds {args.rounds} (+{args.warmup_rounds} warm-up)")
+    results = [run_arch(a.strip(), args) for a in args.archs.split(",") if a.strip()]
+    parts = [f"{r['arch']} {r['measured_pct']:+.1f}% (floor +{r['floor_pct']:.1f}%, gap {r['gap_pp']:+.1f}pp)"
+             for r in results]
+    met = sum(r["met"] for r in results)
+    print(f"SUMMARY: dreg_overhead batch {args.batch} {args.device}: " + "; ".join(parts)
+          + f" -> target gap <= {TARGET_PP:.0f}pp met {met}/{len(results)}")
+    write_json(args.json, {"bench": "dreg_overhead", "args": vars(args), "results": results})
+
+
+if __name__ == "__main__":
+    main()
