@@ -61,7 +61,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise bad
     if origin is Literal:
-        if value in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads off/no as false and on/yes as true; give back the word.
+            words = ("off", "no", "false") if value is False else ("on", "yes", "true")
+            value = next((w for w in words if w in choices), value)
+        if value in choices and not isinstance(value, bool):
             return value
         hint = _suggest(str(value), [str(a) for a in typing.get_args(tp)])
         raise ConfigError(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,20 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     test = evaluate(plain, data.eval_batches("test", 0, 1, 256), torch.device("cpu"))["model"]
     assert test["acc"] == pytest.approx(summary["test"]["acc"], abs=0.5 / test["count"])
     assert summary["test"]["acc"] > 0.2  # learned something (10 classes)
+
+    # launch/export.py on the best checkpoint: auto reproduces the run's choice, R/L are honoured.
+    best = run_dir / "checkpoints" / "best.pt"
+    for path in ("auto", "R", "L"):
+        out = tmp_path / f"export-{path}"
+        done = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(best), "--path", path,
+                               "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        got = json.loads((out / "meta.json").read_text())
+        assert got["path"] == (meta["path"] if path == "auto" else path)
+        assert got["val_acc"] == meta["val_acc"]
+    same = torch.load(tmp_path / "export-auto" / "model_state.pt", weights_only=True)
+    for key, value in torch.load(run_dir / "export" / "model_state.pt", weights_only=True).items():
+        assert torch.equal(value, same[key]), key
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

@@ -58,6 +58,13 @@ def test_bad_yaml_gives_one_line_naming_the_key(tmp_path: Path, text: str, messa
     assert "\n" not in str(info.value)
 
 
+def test_yaml_booleans_map_back_to_words() -> None:
+    cfg = load_config(QUICKSTART, ["log.progress=off"])  # YAML 1.1 reads 'off' as false
+    assert cfg.log.progress == "off"
+    with pytest.raises(ConfigError, match="must be one of"):
+        load_config(QUICKSTART, ["log.progress=yes"])
+
+
 def test_override_syntax_errors() -> None:
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         parse_overrides(["train.epochs"])
