@@ -49,6 +49,17 @@ def launch(
     )
 
 
+def final_weights(run_dir: Path) -> dict:
+    """The model state in a run's last.pt."""
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)

@@ -13,7 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from dreg_dist.config.schema import Config
-from dreg_dist.dreg.contrast import DRegObjective, branch_stats
+from dreg_dist.dreg import build_dual_model, build_objective
+from dreg_dist.dreg.contrast import branch_stats
 from dreg_dist.dreg.dual_path import DualPathModel
 from dreg_dist.methods.base import Method
 
@@ -23,19 +24,10 @@ class DReg(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        d = cfg.dreg
-        self.objective = DRegObjective(
-            lam=d.lam,
-            form=d.form,
-            contrast_reduction=d.contrast_reduction,
-            ce_reduction=d.ce_reduction,
-            tau=d.tau,
-            label_smoothing=cfg.train.label_smoothing,
-        )
+        self.objective = build_objective(cfg.dreg, label_smoothing=cfg.train.label_smoothing)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        d = self.cfg.dreg
-        return DualPathModel(model, d.layer, norm=d.norm, init_scale=d.init_scale, seed=self.cfg.train.seed)
+        return build_dual_model(model, self.cfg.dreg, seed=self.cfg.train.seed)
 
     def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
         logits_r, logits_l = outputs

@@ -15,19 +15,13 @@ from dreg_dist.data import build_data
 from dreg_dist.models import build_model
 from dreg_dist.train.evaluate import evaluate
 
-from ..conftest import REPO, launch
+from ..conftest import REPO, assert_ok, final_weights, launch
 
 pytestmark = pytest.mark.distributed
 
 QUICKSTART = "configs/quickstart.yaml"
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-
-
-def _assert_ok(done) -> None:  # type: ignore[no-untyped-def]
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
 
 
 def test_two_workers_reach_the_weights_of_one(tmp_path: Path, tiny: list[str]) -> None:
@@ -39,10 +33,10 @@ def test_two_workers_reach_the_weights_of_one(tmp_path: Path, tiny: list[str]) -
         "model.arch=cnn_small_gn", "train.epochs=1", "dreg.lam=1.0", "dreg.init_scale=0.5", "optim.lr=0.4",
     ]
     one = launch(1, QUICKSTART, tmp_path / "k1", overrides)
-    _assert_ok(one)
+    assert_ok(one)
     two = launch(2, QUICKSTART, tmp_path / "k2", overrides)
-    _assert_ok(two)
-    w1, w2 = _weights(tmp_path / "k1"), _weights(tmp_path / "k2")
+    assert_ok(two)
+    w1, w2 = final_weights(tmp_path / "k1"), final_weights(tmp_path / "k2")
     assert w1.keys() == w2.keys()
     for key in w1:
         if w1[key].is_floating_point():
@@ -55,7 +49,7 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     run_dir = tmp_path / "quick"
     done = launch(2, QUICKSTART, run_dir, ["train.epochs=2", "data.synthetic_train_size=2048", "data.val_size=256",
                                           "data.synthetic_noise=3.0", "optim.warmup_epochs=0", "log.every_steps=1"])
-    _assert_ok(done)
+    assert_ok(done)
     assert "resumed" not in done.stdout
     assert "val acc: R" in done.stdout and "img/s" in done.stdout
 
@@ -110,15 +104,15 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
 def test_resume_from_last_gives_the_uninterrupted_weights(tmp_path: Path, tiny: list[str]) -> None:
     overrides = tiny + ["train.epochs=2"]  # 4 steps per epoch
     full = launch(2, QUICKSTART, tmp_path / "full", overrides)
-    _assert_ok(full)
+    assert_ok(full)
     first = launch(2, QUICKSTART, tmp_path / "split", overrides + ["train.stop_after_steps=3"])
-    _assert_ok(first)
+    assert_ok(first)
     assert "stopped (stop_after_steps) at global step 3" in first.stdout
     assert not (tmp_path / "split" / "summary.json").exists()
     second = launch(2, QUICKSTART, tmp_path / "split", overrides)
-    _assert_ok(second)
+    assert_ok(second)
     assert "resumed from" in second.stdout and "global step 3" in second.stdout
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
     for key in a:
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
