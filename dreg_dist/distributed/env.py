@@ -50,6 +50,10 @@ def pick_device(preference: Literal["auto", "cpu", "cuda"], local_rank: int) -> 
     if not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto")
     count = torch.cuda.device_count()
+    if count == 1:
+        # One visible GPU: either a one-GPU node, or a launcher (Slurm --gpus-per-task=1)
+        # that already restricted this process to its own GPU.
+        return torch.device("cuda", 0)
     if local_rank >= count:
         raise RuntimeError(
             f"local rank {local_rank} has no GPU ({count} visible): start at most {count} "

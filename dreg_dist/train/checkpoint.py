@@ -62,13 +62,19 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read and sanity-check a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(
+    path: PathLike, map_location: Union[str, torch.device] = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Read and sanity-check a checkpoint written by :func:`save_checkpoint`.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check that the file is
+    complete (a truncated file has lost the zip directory at its end).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -81,6 +87,17 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is incomplete (missing {missing})")
     return state
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating-point tensor in ``tree`` (nested dicts/lists/tuples) is finite."""
+    if isinstance(tree, torch.Tensor):
+        return not tree.is_floating_point() or bool(torch.isfinite(tree).all())
+    if isinstance(tree, dict):
+        return all(all_finite(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return all(all_finite(v) for v in tree)
+    return True
 
 
 def link_or_copy(src: PathLike, dst: PathLike) -> None:

@@ -1,23 +1,42 @@
 """Preemption signals only set a flag; the trainer acts on it at a step boundary.
 
 Slurm sends SIGTERM to every process of a job at preemption or time limit (SIGKILL
-follows after the grace period) and, when asked with ``--signal=USR1@120``, SIGUSR1 as
-an early warning. Checkpointing *inside* a signal handler fails intermittently (the
-handler can interrupt a collective or a half-written tensor), so the handler records
-the signal and returns; at the next step boundary all ranks agree through an
-all-reduce of the flag, rank 0 writes a checkpoint, and the job exits with
-:data:`REQUEUE_EXIT_CODE` so the launcher can requeue it.
+follows after the grace period, ``KillWait``) and, when asked with ``--signal=USR1@120``,
+SIGUSR1 as an early warning. Checkpointing *inside* a signal handler fails intermittently
+(the handler can interrupt a collective or a half-written tensor), so the handler records
+the signal and returns; at the next step boundary all ranks agree through an all-reduce
+of the flag, rank 0 writes ``last.pt``, and the job exits with :data:`REQUEUE_EXIT_CODE`
+so the launcher can requeue it.
+
+Under ``torchrun`` (as observed with PyTorch 2.15):
+
+* the workers run in their own sessions, so a signal sent to torchrun's process group
+  reaches only the agent; the agent forwards the signals it handles (SIGTERM, SIGINT,
+  SIGHUP, SIGQUIT by default; SIGUSR1 too when ``PET_SIGNALS_TO_HANDLE`` or
+  ``--signals-to-handle`` lists it, PyTorch >= 2.9) to every worker, waits
+  ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (default 30) and then SIGKILLs them. A
+  signal the agent does not handle kills the agent itself (SIGUSR1's default action);
+* the agent then re-raises the signal as an exception and torchrun exits with status 1,
+  not the workers' 75. Rank 0 therefore also writes :data:`REQUEUE_MARKER` into the run
+  folder, which ``launch/slurm/train.sbatch`` looks for.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
+import time
+from pathlib import Path
 from types import FrameType
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL: 'try again later'. The sbatch script requeues the job on it."""
+
+REQUEUE_MARKER = "preempted.json"
+"""File rank 0 leaves in the run folder when it stopped for a signal (torchrun hides exit 75)."""
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -47,3 +66,22 @@ class PreemptionFlag:
     @property
     def signal_name(self) -> str:
         return signal.Signals(self._signum).name if self._signum is not None else ""
+
+
+def write_requeue_marker(run_dir: Union[str, "os.PathLike[str]"], summary: dict[str, Any]) -> Path:
+    """Record in ``run_dir`` that the run stopped for a signal and wants to be requeued.
+
+    The file is replaced atomically; the launcher deletes it before it starts the next
+    attempt, so its presence after the training exits means 'this attempt was preempted'.
+    """
+    path = Path(run_dir) / REQUEUE_MARKER
+    record = {
+        "reason": summary.get("reason"),
+        "global_step": summary.get("global_step"),
+        "exit_code": REQUEUE_EXIT_CODE,
+        "time": time.time(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -28,10 +28,11 @@ def _fmt_eta(seconds: float) -> str:
 class ConsoleProgress:
     """A one-line live display on a TTY; plain lines elsewhere."""
 
-    def __init__(self, mode: str = "auto", stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, mode: str = "auto", stream: Optional[TextIO] = None) -> None:
+        # Resolved now, not at import: tests and notebooks swap sys.stdout.
+        self.stream = stream if stream is not None else sys.stdout
         if mode == "auto":
-            mode = "bar" if stream.isatty() else "lines"
+            mode = "bar" if self.stream.isatty() else "lines"
         self.mode = mode
         self._live = False
 

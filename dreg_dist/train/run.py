@@ -17,8 +17,8 @@ import yaml
 from dreg_dist.config import Config, ConfigError, config_to_dict, load_config, save_config
 from dreg_dist.config.validate import validate_config
 from dreg_dist.distributed import init_distributed, launch_world, shutdown
-from dreg_dist.train.checkpoint import CheckpointError, resume_candidates
-from dreg_dist.train.preemption import REQUEUE_EXIT_CODE
+from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
+from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, write_requeue_marker
 
 CONFIG_ERROR_EXIT_CODE = 2
 
@@ -76,6 +76,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     cfg.run_dir = str(run_dir)
     _, world_size, _ = launch_world()
     validate_config(cfg, world_size)
+    if cfg.train.resume not in ("auto", "never"):
+        load_checkpoint(cfg.train.resume, mmap=True)  # missing/truncated: exit 2 now, not a traceback later
     prepare_run_dir(cfg, run_dir)
     return cfg, run_dir
 
@@ -109,5 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trainer.close()
         shutdown()
     if summary.get("status") == "stopped" and summary.get("preempted"):
+        if env.is_main:
+            write_requeue_marker(run_dir, summary)  # torchrun exits 1, not 75: tell train.sbatch
         return REQUEUE_EXIT_CODE
     return 0

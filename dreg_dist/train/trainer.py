@@ -46,7 +46,8 @@ _COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/Inf and ``train.on_nonfinite`` is ``stop``."""
+    """The loss or a gradient became NaN/Inf (``train.on_nonfinite=stop``), or the state to
+    checkpoint is not finite (either mode)."""
 
 
 @dataclass
@@ -146,6 +147,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        finite = ckpt.all_finite(self.module.state_dict()) and ckpt.all_finite(list(self.optimizer.state.values()))
+        if any_rank(not finite, self.device):  # never checkpoint a diverged state
+            raise NonFiniteLossError(
+                f"model or optimizer state is not finite at step {self.global_step} (epoch {self.epoch + 1}); "
+                f"not checkpointed, the newest file in {self.ckpt_dir} is the last finite state: lower optim.lr "
+                "or set train.grad_clip_norm"
+            )
         rng = ckpt.rng_state(self.device)
         if self.env.distributed:
             gathered: list[Any] = [None] * self.env.world_size
@@ -229,17 +237,26 @@ class Trainer:
             batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
         ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
                           lr=self.optimizer.param_groups[0]["lr"], step=self.global_step)
+        # A skipped step must leave the state as it was: the forward already moved BN statistics.
+        saved_buffers = [b.detach().clone() for b in self.module.buffers()] \
+            if self.cfg.train.on_nonfinite == "skip" else []
         parts = self.method.compute_gradients(ctx, batches)
         loss = parts["loss"]
-        if any_rank(not bool(torch.isfinite(loss).item()), self.device):
+        finite = torch.isfinite(loss.detach()).all()
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if grads and not self.scaler.is_enabled():  # with fp16 the scaler skips inf gradients itself
+            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all()
+        if any_rank(not bool(finite.item()), self.device):
             where = f"step {self.global_step + 1} (epoch {self.epoch + 1})"
             if self.cfg.train.on_nonfinite == "stop":
                 raise NonFiniteLossError(
-                    f"loss is not finite at {where}: lower optim.lr, set train.grad_clip_norm, or "
+                    f"loss or gradient is not finite at {where}: lower optim.lr, set train.grad_clip_norm, or "
                     "set train.on_nonfinite=skip to skip such steps"
                 )
             self._skipped_steps += 1
-            self._say(f"warning: non-finite loss at {where}; step skipped")
+            self._say(f"warning: non-finite loss or gradient at {where}; step skipped")
+            for buf, saved in zip(self.module.buffers(), saved_buffers):
+                buf.copy_(saved)
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             return
