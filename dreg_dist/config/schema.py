@@ -162,7 +162,8 @@ class LogConfig:
     every_steps: int = 20
     tensorboard: bool = True
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
-    """Console output: auto = a live bar on a TTY, plain lines otherwise."""
+    """Console progress: auto = a live bar on a TTY, plain lines otherwise; off = no progress
+    lines (epoch results and warnings still print)."""
 
 
 @dataclass

@@ -52,8 +52,7 @@ class ConsoleProgress:
         self.stream.flush()
 
     def message(self, text: str) -> None:
-        if self.mode == "off":
-            return
+        """Always shown (``off`` silences the progress updates, not the run's messages)."""
         if self._live:
             self.stream.write("\n")
             self._live = False
