@@ -311,6 +311,26 @@ def test_sweep_runs_the_array_tasks_line(tmp_path: Path) -> None:
     assert beyond.returncode == 2 and "no entry 3" in beyond.stderr
 
 
+def test_sweep_runs_the_array_tasks_grid_cell(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"name: g\nconfig: {REPO / CONFIG}\noverrides: [train.epochs=1]\n"
+                    "axes:\n  method: [vanilla, dreg]\n  train.seed: [0, 1]\n")
+    listed = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--grid", str(grid), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert listed.stdout.strip().splitlines()[-1] == "4 cells"
+    # sweep.sbatch reads launch/ relative to the submit dir: submit from the repository.
+    third = dry_run(SWEEP_SBATCH, [str(grid)], REPO, SLURM_ARRAY_TASK_ID="2", SLURM_SUBMIT_DIR=str(REPO),
+                    DREG_RUNS_DIR=str(tmp_path / "runs"))
+    assert third.returncode == 0, third.stderr
+    cmd = shlex.split(third.stdout.strip().splitlines()[-1])
+    args = cmd[cmd.index("launch/train.py"):]
+    assert args[:5] == ["launch/train.py", "--config", str(REPO / CONFIG), "--run-dir",
+                        str(tmp_path / "runs" / "g" / "dreg_seed0")]
+    assert args[5:] == ["train.epochs=1", "method=dreg", "train.seed=0"]
+    beyond = dry_run(SWEEP_SBATCH, [str(grid)], REPO, SLURM_ARRAY_TASK_ID="4", SLURM_SUBMIT_DIR=str(REPO))
+    assert beyond.returncode == 2
+
+
 FAKE_TORCHRUN = """#!/usr/bin/env bash
 # Stands in for torchrun: exits with $FAKE_TORCHRUN_EXIT, optionally leaving the marker.
 while [[ $# -gt 0 ]]; do [[ $1 == --run-dir ]] && RUN_DIR=$2; shift; done

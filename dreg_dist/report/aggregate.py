@@ -1,0 +1,373 @@
+"""Group runs into compared settings, average over seeds, pick learning rates, build tables.
+
+Config keys that differ between the runs are sorted into roles:
+
+* ``train.seed``: averaged over (mean, std, min-max band);
+* ``train.global_batch_size``: one table and one figure per batch size (group);
+* ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
+  mean best validation accuracy (:mod:`dreg_dist.report.select`);
+* ``method`` (and ``dreg.enabled``): the compared methods;
+* keys only one method reads (``dreg.lam``, ``dreg.layer``, ``methods.sam_rho``, ...):
+  variants of that method (``dreg (lam=0.01)``);
+* anything else (``model.arch``, ``data.name``, ``optim.momentum``, ...): separate setups,
+  each with its own section in the report.
+
+Keys that never change results (``run_dir``, ``log.*``, ``checkpoint.*``, ``data.root``, ...)
+are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Optional, Sequence
+
+from dreg_dist.report.runs import Run, iter_finite
+from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
+from dreg_dist.sweep.grid import key_applies, name_value
+
+SEED_KEY = "train.seed"
+BATCH_KEY = "train.global_batch_size"
+LR_KEY = "optim.lr"
+METHOD_KEYS = ("method", "dreg.enabled")
+STUDY_KEYS = ("dreg.layer", "dreg.lam")
+IGNORED = ("run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device",
+           "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
+           "data.on_device")
+THRESHOLDS = (0.95, 0.99)
+BASELINE = "vanilla"
+
+LABELS = {
+    "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
+    "optim.name": "optimizer", "train.epochs": "epochs", "dreg.lam": "lam", "dreg.layer": "layer",
+    "dreg.norm": "norm", "dreg.form": "form", "optim.lr": "lr", "train.global_batch_size": "batch",
+}
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+def label_of(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def pairs_label(pairs: Pairs) -> str:
+    return ", ".join(f"{label_of(k)}={name_value(v)}" for k, v in pairs)
+
+
+def _relevant(run: Run) -> dict[str, Any]:
+    return {k: v for k, v in run.flat.items()
+            if not k.startswith(IGNORED) and key_applies(k, run.method)}
+
+
+def _hashable(value: Any) -> Hashable:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def sort_key(value: Any) -> tuple:
+    """Order values: numbers numerically, R1 < R2 < R10, then everything else as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    text = name_value(value)
+    if len(text) > 1 and text[0] in "Rr" and text[1:].isdigit():
+        return (1, float(text[1:]), text)
+    return (2, 0.0, text)
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (0 for one value); (None, None) when empty."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    vals = iter_finite(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed."""
+
+    setup: Pairs
+    method: str
+    variant: Pairs
+    batch_size: int
+    lr: Optional[float]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" ({pairs_label(self.variant)})" if self.variant else "")
+
+    @property
+    def compare_key(self) -> tuple:
+        """What learning rates are compared within."""
+        return (self.setup, self.method, self.variant, self.batch_size)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.runs)
+
+    @property
+    def best_vals(self) -> list[float]:
+        return iter_finite(r.best_val_acc for r in self.runs)
+
+    @property
+    def test_accs(self) -> list[float]:
+        return iter_finite(r.test_acc for r in self.runs)
+
+    def curve(self) -> list[tuple[float, float, float, float]]:
+        """(epoch, mean, min, max) of validation accuracy over the seeds that reached the epoch."""
+        return _band([r.curve for r in self.runs])
+
+    def loss_curve(self) -> list[tuple[float, float, float, float]]:
+        """(epoch, mean, min, max) of the training loss (see runs.train_loss) over seeds, by step."""
+        per_run = []
+        for r in self.runs:
+            per_run.append([(rec["step"], rec["epoch"], rec["loss"]) for rec in r.train if rec.get("loss") is not None])
+        by_step: dict[Any, list[tuple[float, float]]] = {}
+        for points in per_run:
+            for step, epoch, loss in points:
+                by_step.setdefault(step, []).append((epoch, loss))
+        out = []
+        for step in sorted(by_step):
+            epochs = [e for e, _ in by_step[step]]
+            losses = [v for _, v in by_step[step] if math.isfinite(v)]
+            if losses:
+                out.append((sum(epochs) / len(epochs), sum(losses) / len(losses), min(losses), max(losses)))
+        return out
+
+
+def _band(curves: Iterable[Sequence[tuple[float, float]]]) -> list[tuple[float, float, float, float]]:
+    by_epoch: dict[float, list[float]] = {}
+    for curve in curves:
+        for epoch, acc in curve:
+            by_epoch.setdefault(epoch, []).append(acc)
+    return [(e, sum(v) / len(v), min(v), max(v)) for e, v in sorted(by_epoch.items())]
+
+
+@dataclass
+class Row:
+    """One line of a per-batch-size table (numbers as fractions, not percent)."""
+
+    group: Group
+    best_val: tuple[Optional[float], Optional[float]]
+    test: tuple[Optional[float], Optional[float]]
+    epochs_to: dict[float, tuple[Optional[float], int, int]]
+    """threshold -> (mean epochs over the seeds that reached it, seeds reached, seeds)."""
+    speedup: Optional[float]
+    """Vanilla's mean epochs to 99% of its best / this row's; None without a baseline or if not reached."""
+    images_per_sec: Optional[float]
+    branch_distance: Optional[float]
+    branch_distance_rel: Optional[float]
+
+
+@dataclass
+class Setup:
+    key: Pairs
+    groups: list[Group]
+    selected: list[Group]
+    """One group per (method variant, batch size): at its selected learning rate."""
+
+    @property
+    def label(self) -> str:
+        return pairs_label(self.key) if self.key else ""
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({g.batch_size for g in self.groups})
+
+    def baseline(self, batch_size: int) -> Optional[Group]:
+        for g in self.selected:
+            if g.method == BASELINE and g.batch_size == batch_size and not g.variant:
+                return g
+        return None
+
+    def rows(self, batch_size: int) -> list[Row]:
+        base = self.baseline(batch_size)
+        groups = sorted((g for g in self.selected if g.batch_size == batch_size), key=_group_order)
+        return [make_row(g, base) for g in groups]
+
+
+def _group_order(g: Group) -> tuple:
+    return (g.method != BASELINE, g.method, tuple(sort_key(v) for _, v in g.variant))
+
+
+def make_row(group: Group, baseline: Optional[Group]) -> Row:
+    """Table numbers of ``group`` against the vanilla ``baseline`` (same setup and batch size)."""
+    epochs_to: dict[float, tuple[Optional[float], int, int]] = {}
+    base_by_seed = {r.seed: r.best_val_acc for r in baseline.runs} if baseline else {}
+    base_mean = _mean(base_by_seed.values())
+    for frac in THRESHOLDS:
+        reached: list[float] = []
+        counted = 0
+        for run in group.runs:
+            ref = base_by_seed.get(run.seed)
+            if ref is None:
+                ref = base_mean
+            if ref is None:
+                continue
+            counted += 1
+            e = epochs_to_reach(run.curve, frac * ref)
+            if e is not None:
+                reached.append(e)
+        epochs_to[frac] = (sum(reached) / len(reached) if reached else None, len(reached), counted)
+    speedup = None
+    if baseline is not None:
+        own = epochs_to[THRESHOLDS[-1]]
+        base_row = epochs_to if group is baseline else make_row(baseline, baseline).epochs_to
+        ref = base_row[THRESHOLDS[-1]]
+        if own[0] and ref[0] and own[1] == own[2] and own[2] > 0:
+            speedup = ref[0] / own[0]
+    return Row(
+        group=group,
+        best_val=mean_std(group.best_vals),
+        test=mean_std(group.test_accs),
+        epochs_to=epochs_to,
+        speedup=speedup,
+        images_per_sec=_mean(r.images_per_sec for r in group.runs),
+        branch_distance=_mean(r.branch_distance for r in group.runs) if group.method == "dreg" else None,
+        branch_distance_rel=_mean(
+            ((r.summary or {}).get("final_branch_stats") or {}).get("branch_distance_rel") for r in group.runs
+        ) if group.method == "dreg" else None,
+    )
+
+
+@dataclass
+class StudyPoint:
+    value: Any
+    group: Group
+
+
+@dataclass
+class Analysis:
+    runs: list[Run]
+    setups: list[Setup]
+    roles: dict[str, list[str]]
+    """role -> varying keys: setup, variant, method, batch, lr, seed."""
+    lr_results: list[LrResult]
+    selected_lr: dict[Hashable, LrResult]
+
+    @property
+    def lr_varies(self) -> bool:
+        return any(len(v) > 1 for v in self.lr_values().values())
+
+    def lr_values(self) -> dict[tuple, list[float]]:
+        out: dict[tuple, list[float]] = {}
+        for s in self.setups:
+            for g in s.groups:
+                if g.lr is not None:
+                    out.setdefault(g.compare_key, []).append(g.lr)
+        return {k: sorted(set(v)) for k, v in out.items()}
+
+    @property
+    def study_keys(self) -> list[str]:
+        return [k for k in STUDY_KEYS if k in self.roles.get("variant", [])]
+
+    def study(self, setup: Setup, key: str) -> dict[tuple[int, Pairs], list[StudyPoint]]:
+        """(batch size, the other variant keys) -> points along ``key`` (selected groups only)."""
+        out: dict[tuple[int, Pairs], list[StudyPoint]] = {}
+        for g in setup.selected:
+            values = dict(g.variant)
+            if key not in values:
+                continue
+            rest = tuple((k, v) for k, v in g.variant if k != key)
+            out.setdefault((g.batch_size, rest), []).append(StudyPoint(values[key], g))
+        for points in out.values():
+            points.sort(key=lambda p: sort_key(p.value))
+        return dict(sorted(out.items(), key=lambda kv: (kv[0][0], pairs_label(kv[0][1]))))
+
+
+def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
+    """The varying config keys of ``runs`` by role (see the module doc)."""
+    values: dict[str, set[Hashable]] = {}
+    for run in runs:
+        for k, v in _relevant(run).items():
+            values.setdefault(k, set()).add(_hashable(v))
+    methods = {r.method for r in runs}
+    roles: dict[str, list[str]] = {"seed": [], "batch": [], "lr": [], "method": [], "variant": [], "setup": []}
+    for key in sorted(values):
+        if len(values[key]) < 2 and not (key == "method" and len(methods) > 1):
+            continue
+        if key == SEED_KEY:
+            roles["seed"].append(key)
+        elif key == BATCH_KEY:
+            roles["batch"].append(key)
+        elif key == LR_KEY:
+            roles["lr"].append(key)
+        elif key in METHOD_KEYS:
+            roles["method"].append(key)
+        elif not all(key_applies(key, m) for m in methods | {"vanilla", "dreg"}):
+            roles["variant"].append(key)
+        else:
+            roles["setup"].append(key)
+    return roles
+
+
+def analyse(runs: Sequence[Run]) -> Analysis:
+    """Group, average and select learning rates for a sweep's runs."""
+    runs = [r for r in runs if r.val]  # a run that never validated has nothing to report
+    roles = classify_keys(runs)
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        rel = _relevant(run)
+        setup = tuple((k, rel.get(k)) for k in roles["setup"])
+        variant = tuple((k, rel[k]) for k in roles["variant"] if k in rel)
+        key = (tuple((k, _hashable(v)) for k, v in setup), run.method,
+               tuple((k, _hashable(v)) for k, v in variant), run.batch_size, run.lr)
+        if key not in groups:
+            groups[key] = Group(setup=setup, method=run.method, variant=variant, batch_size=run.batch_size, lr=run.lr)
+        groups[key].runs.append(run)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: (r.seed, r.name))
+
+    lr_results = [LrResult(key=freeze(g.compare_key), lr=g.lr if g.lr is not None else float("nan"),
+                           val_accs=tuple(g.best_vals), test_accs=tuple(g.test_accs)) for g in groups.values()]
+    selected = select_lr(lr_results)
+
+    setups: dict[tuple, Setup] = {}
+    for g in sorted(groups.values(), key=lambda g: (tuple(sort_key(v) for _, v in g.setup), g.batch_size,
+                                                    _group_order(g), g.lr or 0.0)):
+        skey = tuple((k, _hashable(v)) for k, v in g.setup)
+        setup = setups.setdefault(skey, Setup(key=g.setup, groups=[], selected=[]))
+        setup.groups.append(g)
+        chosen = selected.get(freeze(g.compare_key))
+        if chosen is not None and _same_lr(chosen.lr, g.lr):
+            setup.selected.append(g)
+    return Analysis(runs=list(runs), setups=list(setups.values()), roles=roles, lr_results=lr_results,
+                    selected_lr=selected)
+
+
+def _same_lr(a: Optional[float], b: Optional[float]) -> bool:
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+        return (a is None or (isinstance(a, float) and math.isnan(a))) and b is None
+    return a == b
+
+
+def freeze(key: Any) -> Hashable:
+    if isinstance(key, (list, tuple)):
+        return tuple(freeze(k) for k in key)
+    return key
+
+
+def batch_groups(batch_sizes: Sequence[int], spec: Optional[str] = None) -> list[list[int]]:
+    """Batch sizes per figure: ``"2048,4096;6144,8192,10240"`` (missing sizes get their own),
+    or one figure per batch size."""
+    present = sorted(set(batch_sizes))
+    if not spec:
+        return [[b] for b in present]
+    out: list[list[int]] = []
+    used: set[int] = set()
+    for part in spec.split(";"):
+        sizes = [int(x) for x in part.replace(" ", "").split(",") if x]
+        sizes = [b for b in sizes if b in present and b not in used]
+        if sizes:
+            out.append(sizes)
+            used.update(sizes)
+    out.extend([b] for b in present if b not in used)
+    return out

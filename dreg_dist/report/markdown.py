@@ -1,0 +1,269 @@
+"""report.md: GitHub-readable Markdown (tables, relative image links) for an analysed sweep."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from dreg_dist.report.aggregate import THRESHOLDS, Analysis, Row, Setup, batch_groups, label_of, pairs_label
+from dreg_dist.sweep.grid import name_value, safe_name
+
+
+def esc(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(x: Optional[float]) -> str:
+    """A fraction as a percentage with two decimals ('81.25'); '—' when missing."""
+    return "—" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
+
+
+def pct_pm(mean: Optional[float], std: Optional[float], n: int) -> str:
+    if mean is None:
+        return "—"
+    return pct(mean) if n < 2 or std is None else f"{pct(mean)} ± {100 * std:.2f}"
+
+
+def fmt_epochs(entry: tuple[Optional[float], int, int]) -> str:
+    mean, reached, counted = entry
+    if counted == 0:
+        return "—"
+    if mean is None:
+        return "not reached"
+    text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+    return text if reached == counted else f"{text} ({reached}/{counted} seeds)"
+
+
+def fmt_num(x: Optional[float], spec: str) -> str:
+    return "—" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def fmt_lr(lr: Optional[float]) -> str:
+    return "—" if lr is None else name_value(lr)
+
+
+ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epochs to 99%", "speedup (99%)",
+              "test acc (%)", "images/s", "branch distance (rel.)"]
+
+
+def row_cells(row: Row) -> list[str]:
+    g = row.group
+    dist = "—"
+    if row.branch_distance is not None:
+        dist = f"{row.branch_distance:.4g}"
+        if row.branch_distance_rel is not None:
+            dist += f" ({row.branch_distance_rel:.3g})"
+    return [
+        g.label,
+        fmt_lr(g.lr),
+        ", ".join(str(s) for s in g.seeds),
+        pct_pm(row.best_val[0], row.best_val[1], len(g.best_vals)),
+        fmt_epochs(row.epochs_to[THRESHOLDS[0]]),
+        fmt_epochs(row.epochs_to[THRESHOLDS[1]]),
+        "—" if row.speedup is None else f"{row.speedup:.2f}x",
+        pct_pm(row.test[0], row.test[1], len(g.test_accs)),
+        fmt_num(row.images_per_sec, ".0f"),
+        dist,
+    ]
+
+
+DEFINITIONS = """\
+How the numbers are computed:
+
+- **Validation accuracy** is measured on the `data.val_size` images held out of the training set.
+  For DReg it is the better of the two paths at each epoch (`max(acc_R, acc_L)`), the quantity
+  the exported (epoch, path) is chosen on. Curves show the mean over seeds, shaded from the
+  minimum to the maximum seed.
+- **Best val acc**: each run's best validation accuracy (over epochs and, for DReg, paths);
+  mean ± sample standard deviation over seeds.
+- **Epochs to 95% / 99%**: the first epoch at which a run's validation accuracy reaches 95% / 99%
+  of the best validation accuracy of the vanilla run with the same batch size and seed (the
+  mean over vanilla's seeds where that seed is missing), averaged over seeds; "(k/n seeds)"
+  when only k of n seeds got there.
+- **Speedup (99%)**: vanilla's mean epochs to 99% of its own best divided by the method's mean
+  epochs to the same target (shown only when every seed reached it).
+- **Test acc**: the exported model (best (epoch, path) on validation) scored once on the test
+  split; it plays no part in any choice.
+- **images/s**: mean training throughput over the logging windows; **branch distance**:
+  `||W^R - W^L||_F` at the end of training (relative to `||W^R||_F` in parentheses), DReg only.
+"""
+
+
+def _runs_table(analysis: Analysis) -> str:
+    rows = []
+    for run in sorted(analysis.runs, key=lambda r: r.name):
+        best = (run.summary or {}).get("best") or {}
+        rows.append([
+            f"`{run.name}`", run.method, run.batch_size, run.seed, fmt_lr(run.lr),
+            str(run.summary.get("status", "unfinished")) if run.summary else "unfinished",
+            pct(run.best_val_acc), best.get("epoch", "—") if run.finished else "—",
+            (best.get("path") or "—") if run.finished else "—", pct(run.test_acc),
+        ])
+    return table(["run", "method", "batch", "seed", "lr", "status", "best val acc (%)", "best epoch", "path",
+                  "test acc (%)"], rows)
+
+
+def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
+    out = ["## Learning-rate selection", "",
+           "Each method (and batch size) is compared at its own best learning rate, chosen on the **mean best "
+           "validation accuracy over seeds** only; the test accuracy is never used for the choice. "
+           "Best validation accuracy (%) per learning rate tried (selected in bold):", ""]
+    rows = []
+    for setup in analysis.setups:
+        by_key: dict[tuple, list] = {}
+        for g in setup.groups:
+            by_key.setdefault(g.compare_key, []).append(g)
+        for key, gs in by_key.items():
+            gs = sorted(gs, key=lambda g: (g.lr is None, g.lr or 0.0))
+            chosen = next((g for g in setup.selected if g.compare_key == key), None)
+            tried = []
+            for g in gs:
+                mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
+                text = f"{fmt_lr(g.lr)}: {pct(mean)}"
+                tried.append(f"**{text}**" if g is chosen else text)
+            row = ([setup.label] if len(analysis.setups) > 1 else []) + [
+                gs[0].label, gs[0].batch_size, "; ".join(tried), fmt_lr(chosen.lr) if chosen else "—"]
+            rows.append(row)
+    header = (["setup"] if len(analysis.setups) > 1 else []) + ["method", "batch", "lr: best val acc (%)", "selected lr"]
+    out += [table(header, rows), ""]
+    for setup in analysis.setups:
+        fig = figures.get(("lr", setup.key))
+        if fig:
+            out += [f"![Learning-rate sensitivity{' - ' + setup.label if setup.label else ''}]({fig})", ""]
+    return out
+
+
+def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, str],
+           bs_spec: Optional[str] = None, sweep: Optional[dict[str, Any]] = None,
+           commands: Sequence[str] = ()) -> str:
+    """The whole report.md. ``figures`` maps (kind, setup key[, batch group / study key]) -> path."""
+    runs = analysis.runs
+    finished = sum(r.finished for r in runs)
+    out = [f"# {title}", ""]
+    if sweep and sweep.get("description"):
+        out += [str(sweep["description"]), ""]
+    out += [f"Runs: `{source}`: {len(runs)} run(s) with validation results, {finished} finished"
+            + (f", {len(runs) - finished} unfinished (numbers so far)" if finished < len(runs) else "")
+            + f". Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    if commands:
+        out += ["Reproduce:", "", "```bash", *commands, "```", ""]
+    varying = {role: keys for role, keys in analysis.roles.items() if keys}
+    if varying:
+        out += ["Varied: " + "; ".join(f"{role}: " + ", ".join(f"`{k}`" for k in keys)
+                                       for role, keys in varying.items()) + ".", ""]
+    out += [DEFINITIONS]
+    if analysis.lr_varies:
+        out += _lr_section(analysis, figures)
+    for setup in analysis.setups:
+        out += _setup_section(analysis, setup, figures, bs_spec, heading="##" if len(analysis.setups) > 1 else "")
+    out += ["## Runs", "", _runs_table(analysis), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], bs_spec: Optional[str],
+                   heading: str) -> list[str]:
+    h2 = heading or "##"
+    h3 = "###" if heading else "##"
+    out: list[str] = []
+    if heading:
+        out += [f"{h2} {setup.label or 'all runs'}", ""]
+    for batch in setup.batch_sizes:
+        rows = setup.rows(batch)
+        if not rows:
+            continue
+        out += [f"{h3} Batch size {batch}", "", table(ROW_HEADER, [row_cells(r) for r in rows]), ""]
+    sub = h3
+    val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
+    if any(f for _, f in val_figs):
+        out += [f"{sub} Validation accuracy vs epoch", ""]
+        for sizes, f in val_figs:
+            if f:
+                out += [f"![Validation accuracy, batch size {', '.join(map(str, sizes))}]({f})", ""]
+    loss_figs = [(sizes, figures.get(("loss", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
+    if any(f for _, f in loss_figs):
+        out += [f"{sub} Training loss vs epoch", "",
+                "Cross-entropy on the training batches (DReg: mean of the two paths' cross-entropies; its total "
+                "loss also holds the unbounded contrast term).", ""]
+        for sizes, f in loss_figs:
+            if f:
+                out += [f"![Training loss, batch size {', '.join(map(str, sizes))}]({f})", ""]
+    for key in analysis.study_keys:
+        fig = figures.get(("study", setup.key, key))
+        if not fig:
+            continue
+        name = "DReg layer (topological level)" if key == "dreg.layer" else f"DReg {label_of(key)}"
+        out += [f"{sub} {name} study", ""]
+        rows = []
+        for (batch, rest), points in analysis.study(setup, key).items():
+            for p in points:
+                g = p.group
+                mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
+                rows.append([batch, pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
+            base = setup.baseline(batch)
+            if base is not None and base.best_vals:
+                rows.append([batch, "vanilla", "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
+        out += [table(["batch", "other", label_of(key), "best val acc (%)", "seeds"], rows), "",
+                f"![Best validation accuracy vs {label_of(key)}]({fig})", ""]
+    return out
+
+
+def setup_prefix(setup: Setup) -> str:
+    return f"{safe_name(setup.label)}_" if setup.label else ""
+
+
+def write_report(root: Path, out_dir: Path, *, bs_spec: Optional[str] = None, commands: Sequence[str] = (),
+                 say: Callable[[str], None] = print) -> Path:
+    """Read the runs under ``root``, draw the figures and write ``out_dir/report.md``."""
+    from dreg_dist.report.aggregate import analyse, batch_groups as groups_of
+    from dreg_dist.report.plots import Plotter, ReportError
+    from dreg_dist.report.runs import load_runs, read_sweep
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"'{root}' is not a folder of runs")
+    runs = load_runs(root)
+    analysis = analyse(runs)
+    if not analysis.runs:
+        raise ReportError(f"no run under '{root}' has validation results yet (config.yaml + metrics.jsonl)")
+    plotter = Plotter(out_dir)
+    figures: dict[tuple, str] = {}
+    for setup in analysis.setups:
+        prefix = setup_prefix(setup)
+        for sizes in groups_of(setup.batch_sizes, bs_spec):
+            f = plotter.val_accuracy(setup, sizes, prefix)
+            if f:
+                figures[("val", setup.key, tuple(sizes))] = f
+            f = plotter.train_loss(setup, sizes, prefix)
+            if f:
+                figures[("loss", setup.key, tuple(sizes))] = f
+        for key in analysis.study_keys:
+            f = plotter.study(analysis, setup, key, prefix)
+            if f:
+                figures[("study", setup.key, key)] = f
+        f = plotter.lr_sensitivity(analysis, setup, prefix)
+        if f:
+            figures[("lr", setup.key)] = f
+    sweep = read_sweep(root)
+    title = f"Results: {(sweep or {}).get('name') or root.name}"
+    try:
+        source = os.path.relpath(root)
+    except ValueError:  # another drive (Windows)
+        source = str(root)
+    if source.startswith(".."):
+        source = str(root.resolve())
+    text = render(analysis, title=title, source=source, figures=figures, bs_spec=bs_spec, sweep=sweep,
+                  commands=commands)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    path.write_text(text)
+    say(f"report: {len(analysis.runs)} runs, {len(figures)} figures -> {path}")
+    return path

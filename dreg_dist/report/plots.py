@@ -1,0 +1,187 @@
+"""PNG figures of a sweep (matplotlib, Agg backend, imported only when drawing).
+
+* validation accuracy vs epoch: one line per method variant x batch size, mean over seeds
+  with the min-max band shaded, one figure per batch-size group (the paper's Figures 2-5);
+* training loss vs epoch, the same layout;
+* best validation accuracy vs DReg layer level / vs lambda (Figures 6-7), vanilla dashed;
+* learning-rate sensitivity: best validation accuracy vs learning rate per method, the
+  selected learning rate circled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from dreg_dist.report.aggregate import Analysis, Group, Setup, freeze, label_of, pairs_label, sort_key
+from dreg_dist.sweep.grid import name_value
+
+FIG_DIR = "figures"
+DPI = 110
+
+
+class ReportError(RuntimeError):
+    """A report cannot be written (missing dependency, no runs); one line."""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError(
+            "matplotlib is needed to draw the report's figures: pip install -e '.[report]' (or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bs_text(sizes: Sequence[int]) -> str:
+    return "-".join(str(b) for b in sizes)
+
+
+def _colors(labels: Sequence[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    return {lab: cycle[i % len(cycle)] for i, lab in enumerate(labels)}
+
+
+_STYLES = ["-", "--", ":", "-."]
+
+
+class Plotter:
+    """Writes figures under ``out_dir/figures`` and returns their paths relative to ``out_dir``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.fig_dir = self.out_dir / FIG_DIR
+        self.plt = _pyplot()
+        self.fig_dir.mkdir(parents=True, exist_ok=True)
+
+    def _save(self, fig: Any, name: str) -> str:
+        path = self.fig_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI, format="png")
+        self.plt.close(fig)
+        return f"{FIG_DIR}/{name}"
+
+    # ---------------------------------------------------------------- curves
+    def _curves(self, setup: Setup, sizes: Sequence[int], what: str, prefix: str) -> Optional[str]:
+        groups = [g for g in setup.selected if g.batch_size in sizes]
+        if not groups:
+            return None
+        labels = list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: (g.method != "vanilla", g.label))))
+        colors = _colors(labels)
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        drew = False
+        for g in sorted(groups, key=lambda g: (g.batch_size, g.method != "vanilla", g.label)):
+            points = g.curve() if what == "val" else g.loss_curve()
+            if not points:
+                continue
+            scale = 100.0 if what == "val" else 1.0
+            x = [p[0] for p in points]
+            mean = [p[1] * scale for p in points]
+            lo = [p[2] * scale for p in points]
+            hi = [p[3] * scale for p in points]
+            style = _STYLES[sorted(sizes).index(g.batch_size) % len(_STYLES)]
+            seeds = len(g.runs)
+            lab = f"{g.label}, BS {g.batch_size}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+            ax.plot(x, mean, style, color=colors[g.label], label=lab, marker="o" if what == "val" and len(x) < 30 else None,
+                    markersize=3)
+            if seeds > 1:
+                ax.fill_between(x, lo, hi, color=colors[g.label], alpha=0.18, linewidth=0)
+            drew = True
+        if not drew:
+            self.plt.close(fig)
+            return None
+        ax.set_xlabel("epoch")
+        if what == "val":
+            ax.set_ylabel("validation accuracy (%)")
+            title = "Validation accuracy"
+        else:
+            ax.set_ylabel("training loss (cross-entropy)")
+            title = "Training loss"
+        where = f" - {setup.label}" if setup.label else ""
+        ax.set_title(f"{title}, BS {', '.join(str(b) for b in sizes)}{where}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return self._save(fig, f"{prefix}{'val_acc' if what == 'val' else 'train_loss'}_bs{_bs_text(sizes)}.png")
+
+    def val_accuracy(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
+        return self._curves(setup, sizes, "val", prefix)
+
+    def train_loss(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
+        return self._curves(setup, sizes, "loss", prefix)
+
+    # ---------------------------------------------------------------- studies
+    def study(self, analysis: Analysis, setup: Setup, key: str, prefix: str = "") -> Optional[str]:
+        lines = analysis.study(setup, key)
+        if not lines or all(len(points) < 2 for points in lines.values()):
+            return None
+        raw = {name_value(p.value): p.value for pts in lines.values() for p in pts}
+        values = sorted(raw, key=lambda text: sort_key(raw[text]))
+        xpos = {v: i for i, v in enumerate(values)}
+        batches = sorted({b for b, _ in lines})
+        colors = _colors([str(b) for b in batches])
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        for (batch, rest), points in lines.items():
+            x = [xpos[name_value(p.value)] for p in points]
+            mean = [(_m(p.group.best_vals) or 0.0) * 100 for p in points]
+            err_lo = [m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)]
+            err_hi = [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]
+            lab = f"dreg, BS {batch}" + (f" ({pairs_label(rest)})" if rest else "")
+            ax.errorbar(x, mean, yerr=[err_lo, err_hi], marker="o", capsize=3, color=colors[str(batch)], label=lab)
+        for batch in batches:
+            base = setup.baseline(batch)
+            if base is not None and base.best_vals:
+                ax.axhline((_m(base.best_vals) or 0.0) * 100, linestyle="--", color=colors[str(batch)],
+                           label=f"vanilla, BS {batch}")
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(values)
+        ax.set_xlabel("DReg layer (reverse topological level)" if key == "dreg.layer" else f"DReg {label_of(key)}")
+        ax.set_ylabel("best validation accuracy (%)")
+        where = f" - {setup.label}" if setup.label else ""
+        ax.set_title(f"Best validation accuracy vs {label_of(key)}{where}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return self._save(fig, f"{prefix}study_{label_of(key)}.png")
+
+    # ---------------------------------------------------------------- learning rate
+    def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
+        by_key: dict[tuple, list[Group]] = {}
+        for g in setup.groups:
+            if g.lr is not None and g.best_vals:
+                by_key.setdefault(g.compare_key, []).append(g)
+        by_key = {k: v for k, v in by_key.items() if len({g.lr for g in v}) > 1}
+        if not by_key:
+            return None
+        labels = list(dict.fromkeys(f"{gs[0].label}, BS {gs[0].batch_size}" for gs in by_key.values()))
+        colors = _colors(labels)
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        for key, gs in by_key.items():
+            gs = sorted(gs, key=lambda g: g.lr)
+            lab = f"{gs[0].label}, BS {gs[0].batch_size}"
+            x = [g.lr for g in gs]
+            y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]
+            ax.plot(x, y, "o-", color=colors[lab], label=lab)
+            chosen = analysis.selected_lr.get(freeze(key))
+            if chosen is not None:
+                ax.plot([chosen.lr], [chosen.val_acc * 100], "o", markersize=12, markerfacecolor="none",
+                        markeredgecolor=colors[lab])
+        ax.set_xscale("log")
+        lrs = sorted({g.lr for gs in by_key.values() for g in gs})
+        ax.set_xticks(lrs)
+        ax.set_xticklabels([name_value(lr) for lr in lrs])
+        ax.xaxis.set_minor_formatter(self.plt.NullFormatter())
+        ax.set_xlabel("optim.lr (for a batch of optim.base_batch_size; log scale)")
+        ax.set_ylabel("best validation accuracy (%), mean over seeds")
+        where = f" - {setup.label}" if setup.label else ""
+        ax.set_title(f"Learning-rate sensitivity (circled: selected){where}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        return self._save(fig, f"{prefix}lr_sensitivity.png")
+
+
+def _m(values: Sequence[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None

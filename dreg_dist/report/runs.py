@@ -1,0 +1,201 @@
+"""Load run folders (``config.yaml``, ``metrics.jsonl``, ``summary.json``) into :class:`Run`.
+
+Only the files the trainer writes are read; nothing here imports torch or matplotlib.
+
+Validation accuracy of a DReg run at an epoch is the better of its two paths
+(``max(acc_R, acc_L)``): that is the quantity the trainer's best (epoch, path) is chosen
+on, so the best of the curve is the run's best validation accuracy. A resumed run may
+have logged an epoch or step twice (``metrics.jsonl`` is appended to); the last record wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import yaml
+
+from dreg_dist.sweep.grid import resolve_method
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _finite(x: Any) -> Optional[float]:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl; a torn last line (a killed run) is skipped."""
+    records: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def val_accuracy(record: dict[str, Any]) -> Optional[float]:
+    """A val record's accuracy: ``acc`` (one model) or the better of ``acc_R``/``acc_L`` (DReg)."""
+    if "acc" in record:
+        return _finite(record["acc"])
+    paths = [_finite(v) for k, v in record.items() if k.startswith("acc_")]
+    paths = [v for v in paths if v is not None]
+    return max(paths) if paths else None
+
+
+def train_loss(record: dict[str, Any]) -> Optional[float]:
+    """Training cross-entropy of a train record: for DReg the mean of the two paths' CE
+    (``loss`` there includes the unbounded contrast term), ``loss`` otherwise."""
+    r, l = _finite(record.get("loss_R")), _finite(record.get("loss_L"))
+    if r is not None and l is not None:
+        return (r + l) / 2
+    return _finite(record.get("loss"))
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    config: dict[str, Any]
+    flat: dict[str, Any]
+    method: str
+    summary: Optional[dict[str, Any]] = None
+    val: list[dict[str, Any]] = field(default_factory=list)
+    """One record per validated epoch: epoch, acc (see the module doc), and the raw tags."""
+    train: list[dict[str, Any]] = field(default_factory=list)
+    """One record per logged step: step, epoch (fractional), loss (see train_loss), raw tags."""
+
+    # ----------------------------------------------------------- config
+    @property
+    def batch_size(self) -> int:
+        return int(self.flat.get("train.global_batch_size", 0))
+
+    @property
+    def seed(self) -> int:
+        return int(self.flat.get("train.seed", 0))
+
+    @property
+    def lr(self) -> Optional[float]:
+        return _finite(self.flat.get("optim.lr"))
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary) and self.summary.get("status") == "finished"
+
+    # ----------------------------------------------------------- results
+    @property
+    def curve(self) -> list[tuple[float, float]]:
+        """(epoch, validation accuracy) pairs in epoch order."""
+        return [(r["epoch"], r["acc"]) for r in self.val if r.get("acc") is not None]
+
+    @property
+    def best_val_acc(self) -> Optional[float]:
+        """From summary.json when finished (what the export was chosen on), else the curve's best."""
+        if self.finished:
+            val_acc = (self.summary.get("best") or {}).get("val_acc") or {}
+            values = [v for v in (_finite(x) for x in val_acc.values()) if v is not None]
+            if values:
+                return max(values)
+        accs = [a for _, a in self.curve]
+        return max(accs) if accs else None
+
+    @property
+    def test_acc(self) -> Optional[float]:
+        return _finite(((self.summary or {}).get("test") or {}).get("acc")) if self.finished else None
+
+    @property
+    def images_per_sec(self) -> Optional[float]:
+        value = _finite((self.summary or {}).get("images_per_sec")) if self.finished else None
+        if value is None:
+            ips = [v for v in (_finite(r.get("images_per_sec")) for r in self.train) if v is not None]
+            value = sum(ips) / len(ips) if ips else None
+        return value
+
+    @property
+    def branch_distance(self) -> Optional[float]:
+        """||W^R - W^L||_F at the end (DReg only)."""
+        stats = (self.summary or {}).get("final_branch_stats") or {}
+        value = _finite(stats.get("branch_distance"))
+        if value is None:
+            values = [v for v in (_finite(r.get("branch_distance")) for r in self.train) if v is not None]
+            value = values[-1] if values else None
+        return value
+
+
+def load_run(path: Union[str, Path]) -> Optional[Run]:
+    """A Run from a run folder, or None when it holds no config.yaml."""
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        return None
+    try:
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    flat = flatten(config)
+    summary: Optional[dict[str, Any]] = None
+    try:
+        loaded = json.loads((path / "summary.json").read_text())
+        summary = loaded if isinstance(loaded, dict) else None
+    except (OSError, ValueError):
+        pass
+    method = (summary or {}).get("method") or resolve_method(flat.get("method", "auto"), flat.get("dreg.enabled", True))
+    val: dict[Any, dict[str, Any]] = {}
+    train: dict[Any, dict[str, Any]] = {}
+    for rec in read_metrics(path / "metrics.jsonl"):
+        kind = rec.get("kind")
+        if kind == "val" and rec.get("epoch") is not None:
+            val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
+        elif kind == "train" and rec.get("step") is not None:
+            train[rec["step"]] = dict(rec, loss=train_loss(rec), raw_loss=rec.get("loss"))
+    return Run(name=path.name, path=path, config=config, flat=flat, method=str(method), summary=summary,
+               val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)])
+
+
+def load_runs(root: Union[str, Path]) -> list[Run]:
+    """Every run folder directly under ``root`` (a sweep folder), sorted by name; ``root``
+    itself when it is a run folder."""
+    root = Path(root)
+    single = load_run(root)
+    if single is not None:
+        return [single]
+    runs = [load_run(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+    return [r for r in runs if r is not None]
+
+
+def read_sweep(root: Union[str, Path]) -> Optional[dict[str, Any]]:
+    try:
+        data = json.loads((Path(root) / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def iter_finite(values: Iterable[Any]) -> list[float]:
+    return [v for v in (_finite(x) for x in values) if v is not None]

@@ -1,0 +1,373 @@
+"""Grid files: a base config, fixed overrides and axes, expanded into run cells.
+
+A grid is a YAML file::
+
+    name: cifar10_small                      # folder under the runs root (default: file stem)
+    description: one line for sweep.json and the report   # optional
+    config: configs/cifar10_cnn_small.yaml   # base config (relative to the cwd, the grid file or the repo)
+    overrides: [train.epochs=20]             # fixed overrides (a list of k=v or a mapping)
+    axes:                                    # dotted config keys -> list of values
+      method: [vanilla, dreg]
+      train.global_batch_size: [512, 4096]
+      train.seed: [0, 1]
+      dreg.lam: [0.1, 0.01]
+    lr_grid:                                 # optional: optim.lr per method (a list = all methods)
+      vanilla: [0.05, 0.1, 0.2]
+      dreg: [0.025, 0.05, 0.1]
+    exclude:                                 # optional: partial cells to leave out
+      - {method: vanilla, train.global_batch_size: 4096}
+
+The cells are the cartesian product of the axes in the order written (first axis
+slowest), times each cell's method's learning rates. Keys that do not apply to a cell's
+method (``dreg.*`` for anything but DReg, ``methods.sam_*`` for anything but SAM, ...)
+are dropped from that cell, and cells that become identical are merged, so
+``method: [vanilla, dreg]`` x ``dreg.lam: [0.1, 0.01]`` gives 3 cells, not 4. Each cell
+gets a stable, filesystem-safe name built from its values (``dreg_bs512_seed0_lam0.1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from dreg_dist.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude")
+LR_KEY = "optim.lr"
+
+# Config keys that only one method (or a few) reads. Everything else applies to every method.
+_METHOD_SPECIFIC: tuple[tuple[str, frozenset[str]], ...] = (
+    ("dreg.", frozenset({"dreg"})),
+    ("methods.gradnorm_", frozenset({"gradnorm"})),
+    ("methods.fisher_", frozenset({"fisher"})),
+    ("methods.penalty_micro_batch_size", frozenset({"gradnorm", "fisher"})),
+    ("methods.sam_", frozenset({"sam"})),
+    ("methods.extragradient_", frozenset({"extragradient"})),
+    ("methods.gradientmix_", frozenset({"gradientmix"})),
+)
+
+# Short names used in cell names; "" means the value alone ("vanilla", "vgg16").
+ALIASES: dict[str, str] = {
+    "method": "",
+    "model.arch": "",
+    "data.name": "",
+    "optim.name": "",
+    "train.global_batch_size": "bs",
+    "train.seed": "seed",
+    "train.epochs": "ep",
+    "optim.lr": "lr",
+    "optim.momentum": "mom",
+    "dreg.lam": "lam",
+    "dreg.layer": "layer",
+    "dreg.enabled": "dreg",
+    "model.num_classes": "nc",
+}
+
+MAX_NAME_LEN = 150
+
+
+class GridError(ValueError):
+    """A problem with a grid file, described in one line."""
+
+
+def key_applies(key: str, method: str) -> bool:
+    """Whether config ``key`` (dotted) makes a difference for a run of ``method``.
+
+    ``dreg.enabled`` applies to all: with ``method: auto`` it picks the method itself.
+    """
+    if key == "dreg.enabled":
+        return True
+    for prefix, methods in _METHOD_SPECIFIC:
+        if key.startswith(prefix):
+            return method in methods
+    return True
+
+
+def resolve_method(method: Any, dreg_enabled: Any) -> str:
+    """``auto`` -> dreg when dreg.enabled else vanilla (as ``dreg_dist.methods``)."""
+    method = str(method)
+    if method == "auto":
+        return "dreg" if bool(dreg_enabled) else "vanilla"
+    return method
+
+
+def override_value(value: Any) -> str:
+    """A Python value as the text of a ``key=value`` override (parsed back as YAML)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")].strip()
+    elif text.endswith("..."):
+        text = text[:-3].strip()
+    return text
+
+
+def name_value(value: Any) -> str:
+    """A value as it appears in a cell name (exact for floats: 0.1 -> '0.1', 1e-05 -> '1e-05')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "-".join(name_value(v) for v in value)
+    return str(value)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_name(text: str) -> str:
+    """Filesystem-safe on Linux, macOS and Windows: [A-Za-z0-9._+-], no leading dot or dash."""
+    out = _UNSAFE.sub("-", text).strip("-")
+    out = re.sub(r"-{2,}", "-", out).lstrip(".-")
+    return out or "cell"
+
+
+def _short_hash(values: Mapping[str, Any]) -> str:
+    blob = json.dumps({k: values[k] for k in values}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def _aliases(keys: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    for key, tail in zip(keys, last):
+        if key in ALIASES:
+            out[key] = ALIASES[key]
+        elif last.count(tail) == 1 and tail not in ALIASES.values():
+            out[key] = tail
+        else:
+            out[key] = key.replace(".", "-") + "-"
+    return out
+
+
+def cell_names(cells_values: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """Stable, unique, filesystem-safe names, ``dreg_bs512_seed0_lam0.1`` style, in axis order."""
+    aliases = _aliases(keys)
+    names = []
+    for values in cells_values:
+        parts = [safe_name(aliases[k] + name_value(values[k])) for k in keys if k in values]
+        name = safe_name("_".join(parts)) if parts else "default"
+        if len(name) > MAX_NAME_LEN:
+            name = name[: MAX_NAME_LEN - 9].rstrip("._-") + "-" + _short_hash(values)
+        names.append(name)
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    return [f"{n}-{_short_hash(v)}" if seen[n] > 1 else n for n, v in zip(names, cells_values)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    index: int
+    name: str
+    method: str
+    values: dict[str, Any]
+    """The axis values of this cell (keys that do not apply to its method dropped), axis order."""
+    overrides: list[str]
+    """Everything passed to launch/train.py after the config: fixed overrides, then the values."""
+
+    def run_dir(self, sweep_dir: Union[str, Path]) -> Path:
+        return Path(sweep_dir) / self.name
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={override_value(v)}" for k, v in self.values.items()) or "(base config)"
+
+
+@dataclass
+class Grid:
+    name: str
+    config: str
+    """Base config path as given to launch/train.py."""
+    overrides: list[str] = field(default_factory=list)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    lr_grid: Union[None, list[Any], dict[str, list[Any]]] = None
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+    source: Optional[str] = None
+    """The grid file, when read from one."""
+    base_method: str = "auto"
+    base_dreg_enabled: bool = True
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Optional[Union[str, Path]] = None) -> "Grid":
+        if not isinstance(data, Mapping):
+            raise GridError("a grid file must hold a mapping (name, config, overrides, axes, ...)")
+        unknown = [k for k in data if k not in GRID_KEYS]
+        if unknown:
+            raise GridError(f"unknown grid key '{unknown[0]}' (allowed: {', '.join(GRID_KEYS)})")
+        default_name = Path(source).stem if source else None
+        name = str(data.get("name") or default_name or "")
+        if not name or safe_name(name) != name:
+            raise GridError(f"grid 'name' must be non-empty and use only [A-Za-z0-9._+-], got {name!r}")
+        if not data.get("config"):
+            raise GridError("grid key 'config' (the base config file) is required")
+        config = _find_config(str(data["config"]), source)
+        overrides = _overrides(data.get("overrides"))
+        axes = _axes(data.get("axes"))
+        lr_grid = _lr_grid(data.get("lr_grid"))
+        if lr_grid is not None and LR_KEY in axes:
+            raise GridError(f"'{LR_KEY}' is both an axis and set by lr_grid: use one of them")
+        exclude = _exclude(data.get("exclude"), set(axes) | ({LR_KEY} if lr_grid is not None else set()))
+        try:
+            base = load_config(config, overrides)
+        except ConfigError as err:
+            raise GridError(f"base config with the grid's overrides: {err}") from None
+        return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude,
+                   description=str(data.get("description") or ""), source=str(source) if source else None,
+                   base_method=base.method, base_dreg_enabled=base.dreg.enabled)
+
+    # -------------------------------------------------------------- queries
+    def method_of(self, values: Mapping[str, Any]) -> str:
+        return resolve_method(values.get("method", self.base_method),
+                              values.get("dreg.enabled", self.base_dreg_enabled))
+
+    def learning_rates(self, method: str) -> list[Any]:
+        """The optim.lr values a method is swept over; [None] = the config's."""
+        if self.lr_grid is None:
+            return [None]
+        if isinstance(self.lr_grid, list):
+            return list(self.lr_grid)
+        return list(self.lr_grid.get(method, [None]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "config": self.config,
+                "overrides": list(self.overrides), "axes": self.axes, "lr_grid": self.lr_grid,
+                "exclude": self.exclude, "source": self.source}
+
+
+def _find_config(path: str, source: Optional[Union[str, Path]]) -> str:
+    candidates = [Path(path)]
+    if not Path(path).is_absolute():
+        if source is not None:
+            candidates.append(Path(source).resolve().parent / path)
+        candidates.append(REPO / path)
+    for cand in candidates:
+        if cand.is_file():
+            return str(cand)
+    raise GridError(f"base config '{path}' not found (looked in the cwd, next to the grid file and in {REPO})")
+
+
+def _overrides(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        return [f"{k}={override_value(v)}" for k, v in raw.items()]
+    if isinstance(raw, list) and all(isinstance(x, str) and "=" in x for x in raw):
+        return list(raw)
+    raise GridError("grid 'overrides' must be a list of 'section.key=value' strings or a mapping")
+
+
+def _axes(raw: Any) -> dict[str, list[Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise GridError("grid 'axes' must map dotted config keys to lists of values")
+    axes: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"axis '{key}' must be a non-empty list of values, got {values!r}")
+        axes[str(key)] = list(values)
+    return axes
+
+
+def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
+    if raw is None:
+        return None
+
+    def check(values: Any, where: str) -> list[Any]:
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise GridError(f"lr_grid{where} must be a non-empty list of positive numbers, got {values!r}")
+        return list(values)
+
+    if isinstance(raw, list):
+        return check(raw, "")
+    if isinstance(raw, Mapping):
+        return {str(m): check(v, f".{m}") for m, v in raw.items()}
+    raise GridError("grid 'lr_grid' must be a list of learning rates or map methods to lists")
+
+
+def _exclude(raw: Any, known: set[str]) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(x, Mapping) and x for x in raw):
+        raise GridError("grid 'exclude' must be a list of mappings {axis key: value, ...}")
+    for entry in raw:
+        for key in entry:
+            if key not in known:
+                raise GridError(f"exclude entry {dict(entry)} names '{key}', which is not an axis")
+    return [dict(x) for x in raw]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or name_value(a) == name_value(b)
+
+
+def _excluded(values: Mapping[str, Any], exclude: Iterable[Mapping[str, Any]]) -> bool:
+    return any(all(k in values and _same(values[k], v) for k, v in entry.items()) for entry in exclude)
+
+
+def expand_grid(grid: Grid) -> list[Cell]:
+    """All cells of ``grid`` in a stable order, irrelevant keys dropped, duplicates merged."""
+    keys = list(grid.axes)
+    kept: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*grid.axes.values()):
+        values = dict(zip(keys, combo))
+        method = grid.method_of(values)
+        for lr in grid.learning_rates(method):
+            full = dict(values)
+            if lr is not None:
+                full[LR_KEY] = lr
+            if _excluded(full, grid.exclude):
+                continue
+            cell = {k: v for k, v in full.items() if key_applies(k, method)}
+            ident = json.dumps([[k, name_value(v)] for k, v in cell.items()])
+            if ident in seen:
+                continue
+            seen.add(ident)
+            kept.append((method, cell))
+    name_keys = keys + ([LR_KEY] if grid.lr_grid is not None else [])
+    names = cell_names([c for _, c in kept], name_keys)
+    return [
+        Cell(index=i, name=name, method=method, values=cell,
+             overrides=[*grid.overrides, *(f"{k}={override_value(v)}" for k, v in cell.items())])
+        for i, (name, (method, cell)) in enumerate(zip(names, kept))
+    ]
+
+
+def check_cells(grid: Grid, cells: Iterable[Cell]) -> None:
+    """Load every cell's config (no data, no model): unknown keys and wrong types fail here."""
+    for cell in cells:
+        try:
+            load_config(grid.config, cell.overrides)
+        except ConfigError as err:
+            raise GridError(f"cell {cell.index} ({cell.name}): {err}") from None
+
+
+def load_grid(path: Union[str, Path]) -> Grid:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise GridError(f"grid file '{path}' cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise GridError(f"grid file '{path}' is not valid YAML{where}") from None
+    return Grid.from_dict(data or {}, source=path)

@@ -1,0 +1,243 @@
+"""Sweep grids and report numbers: LR selection on validation only, epochs-to-target,
+grid expansion (irrelevant DReg keys dropped), cell names. No training: run folders are
+planted with the files the trainer writes (config.yaml, metrics.jsonl, summary.json)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import yaml
+
+from dreg_dist.config import config_to_dict, load_config
+from dreg_dist.report.aggregate import analyse, make_row
+from dreg_dist.report.runs import load_runs
+from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
+from dreg_dist.sweep.grid import MAX_NAME_LEN, Grid, GridError, cell_names, expand_grid, safe_name
+from dreg_dist.sweep.runner import disk_status
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "configs/cifar10_cnn_small.yaml"
+
+
+def plant_run(root: Path, name: str, *, method: str, batch: int = 512, seed: int = 0, lr: float = 0.1,
+              lam: float = 0.1, curve: Sequence[float], test_acc: float, finished: bool = True) -> Path:
+    """A run folder as the trainer leaves it; ``curve`` = validation accuracy after each epoch."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = load_config(REPO / BASE, [f"method={method}", f"train.global_batch_size={batch}", f"train.seed={seed}",
+                                    f"optim.lr={lr}", f"dreg.lam={lam}", f"train.epochs={len(curve)}",
+                                    f"run_dir={run}"])
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    lines = [{"kind": "start", "time": 0.0}]
+    for epoch, acc in enumerate(curve, start=1):
+        lines.append({"kind": "train", "step": epoch * 10, "epoch": float(epoch), "loss": 2.0 / epoch,
+                      "lr": lr, "images_per_sec": 1000.0})
+        if method == "dreg":  # path L a little worse: the curve is the better path
+            lines.append({"kind": "val", "step": epoch * 10, "epoch": epoch, "acc_R": acc, "acc_L": acc - 0.01,
+                          "loss_R": 1.0, "loss_L": 1.0, "best_acc": max(curve[:epoch])})
+        else:
+            lines.append({"kind": "val", "step": epoch * 10, "epoch": epoch, "acc": acc, "loss": 1.0,
+                          "best_acc": max(curve[:epoch])})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if finished:
+        best = max(curve)
+        val_acc = {"R": best, "L": best - 0.01} if method == "dreg" else {"model": best}
+        summary = {"status": "finished", "method": method, "global_batch_size": batch, "epochs": len(curve),
+                   "best": {"epoch": curve.index(best) + 1, "path": "R" if method == "dreg" else None,
+                            "val_acc": val_acc},
+                   "test": {"acc": test_acc}, "images_per_sec": 1000.0}
+        if method == "dreg":
+            summary["final_branch_stats"] = {"branch_distance": 2.5, "branch_distance_rel": 0.1}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+# ------------------------------------------------------------------ learning-rate selection
+def test_select_lr_pure_function_ignores_test_accuracy() -> None:
+    results = [
+        LrResult("vanilla", 0.05, val_accs=(0.79, 0.81), test_accs=(0.95, 0.95)),  # best test, worse val
+        LrResult("vanilla", 0.1, val_accs=(0.84, 0.86), test_accs=(0.60, 0.60)),   # best val
+        LrResult("vanilla", 0.2, val_accs=(), test_accs=(0.99,)),                   # no validation: never chosen
+        LrResult("dreg", 0.1, val_accs=(0.70,), test_accs=(0.10,)),
+        LrResult("dreg", 0.05, val_accs=(0.70,), test_accs=(0.90,)),                # tie on val: smaller lr
+    ]
+    chosen = select_lr(results)
+    assert chosen["vanilla"].lr == 0.1
+    assert chosen["dreg"].lr == 0.05
+    assert chosen["vanilla"].val_acc == pytest.approx(0.85)
+
+
+def test_report_selects_each_methods_lr_on_validation_only(tmp_path: Path) -> None:
+    root = tmp_path / "runs" / "lrgrid"
+    # (method, lr) -> (best val acc per seed, test acc per seed). For both methods the
+    # learning rate with the best test accuracy is NOT the one with the best validation accuracy.
+    plan = {
+        ("vanilla", 0.05): ((0.70, 0.72), (0.95, 0.96)),
+        ("vanilla", 0.1): ((0.80, 0.82), (0.60, 0.61)),
+        ("vanilla", 0.2): ((0.75, 0.77), (0.70, 0.71)),
+        ("dreg", 0.025): ((0.78, 0.80), (0.97, 0.98)),
+        ("dreg", 0.05): ((0.86, 0.84), (0.50, 0.51)),
+    }
+    for (method, lr), (vals, tests) in plan.items():
+        for seed, (best, test) in enumerate(zip(vals, tests)):
+            plant_run(root, f"{method}_lr{lr}_seed{seed}", method=method, lr=lr, seed=seed,
+                      curve=[best / 2, best, best - 0.05], test_acc=test)
+    analysis = analyse(load_runs(root))
+    assert analysis.lr_varies
+    (setup,) = analysis.setups
+    chosen = {g.method: g.lr for g in setup.selected}
+    assert chosen == {"vanilla": 0.1, "dreg": 0.05}
+    rows = {r.group.method: r for r in setup.rows(512)}
+    assert rows["vanilla"].best_val[0] == pytest.approx(0.81)
+    assert rows["dreg"].test[0] == pytest.approx(0.505)  # reported at the val-selected lr, however low
+
+    pytest.importorskip("matplotlib")
+    from dreg_dist.report.markdown import write_report
+
+    out = tmp_path / "report"
+    write_report(root, out, say=lambda _: None)
+    text = (out / "report.md").read_text()
+    assert "**0.1: 81.00**" in text and "**0.05: 85.00**" in text  # stated selection
+    assert re.search(r"^\| vanilla \| 0\.1 \| 0, 1 \| 81\.00 ± 1\.41 \|", text, re.M)
+    assert re.search(r"^\| dreg \| 0\.05 \| 0, 1 \| 85\.00 ± 1\.41 \|", text, re.M)
+    assert "](figures/lr_sensitivity.png)" in text
+    assert (out / "figures" / "lr_sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ epochs to 95% / 99%
+def test_epochs_to_reach_hand_made_curve() -> None:
+    curve = [(3, 0.90), (1, 0.50), (2, 0.80), (4, 0.95), (5, 0.93)]  # unsorted on purpose
+    assert epochs_to_reach(curve, 0.95 * 0.95) == 4   # 0.9025: epoch 3 (0.90) is just short
+    assert epochs_to_reach(curve, 0.80) == 2          # reaching the target exactly counts
+    assert epochs_to_reach(curve, 0.96) is None
+    assert epochs_to_reach([], 0.1) is None
+
+
+def test_table_epochs_to_target_and_speedup(tmp_path: Path) -> None:
+    root = tmp_path / "runs" / "speed"
+    # vanilla best 0.80 (seed 0) and 0.60 (seed 1); targets per seed: 95% -> 0.76 / 0.57, 99% -> 0.792 / 0.594
+    plant_run(root, "v0", method="vanilla", seed=0, curve=[0.40, 0.70, 0.77, 0.80, 0.79, 0.80], test_acc=0.5)
+    plant_run(root, "v1", method="vanilla", seed=1, curve=[0.30, 0.50, 0.58, 0.59, 0.60, 0.60], test_acc=0.5)
+    plant_run(root, "d0", method="dreg", seed=0, curve=[0.60, 0.77, 0.80, 0.81, 0.81, 0.81], test_acc=0.5)
+    plant_run(root, "d1", method="dreg", seed=1, curve=[0.58, 0.595, 0.61, 0.62, 0.62, 0.62], test_acc=0.5)
+    (setup,) = analyse(load_runs(root)).setups
+    rows = {r.group.method: r for r in setup.rows(512)}
+    van, dreg = rows["vanilla"], rows["dreg"]
+    assert van.epochs_to[0.95] == (pytest.approx((3 + 3) / 2), 2, 2)
+    assert van.epochs_to[0.99] == (pytest.approx((4 + 5) / 2), 2, 2)   # v1: 0.59 < 0.594 at epoch 4
+    assert dreg.epochs_to[0.95] == (pytest.approx((2 + 1) / 2), 2, 2)  # against its own seed's vanilla
+    assert dreg.epochs_to[0.99] == (pytest.approx((3 + 2) / 2), 2, 2)
+    assert dreg.speedup == pytest.approx(4.5 / 2.5)
+    assert van.speedup == pytest.approx(1.0)
+    assert dreg.branch_distance == pytest.approx(2.5) and van.branch_distance is None
+    # A seed that never gets there is counted, not averaged in.
+    lone = make_row(setup.selected[0], None)
+    assert lone.epochs_to[0.99] == (None, 0, 0) and lone.speedup is None
+
+
+# ------------------------------------------------------------------ grid expansion
+def _grid(**extra) -> Grid:
+    data = {"name": "g", "config": BASE, "overrides": ["train.epochs=2"],
+            "axes": {"method": ["vanilla", "dreg"], "dreg.lam": [0.1, 0.01], "train.seed": [0, 1]}}
+    data.update(extra)
+    return Grid.from_dict(data)
+
+
+def test_grid_drops_dreg_keys_for_vanilla_cells() -> None:
+    cells = expand_grid(_grid())
+    assert len(cells) == 2 + 4  # vanilla x 2 seeds (lam collapsed) + dreg x 2 lam x 2 seeds
+    vanilla = [c for c in cells if c.method == "vanilla"]
+    assert [c.values for c in vanilla] == [{"method": "vanilla", "train.seed": 0}, {"method": "vanilla", "train.seed": 1}]
+    assert all(not any(o.startswith("dreg.") for o in c.overrides) for c in vanilla)
+    assert [c.index for c in cells] == list(range(6))
+    assert len({c.name for c in cells}) == 6
+    dreg = [c for c in cells if c.method == "dreg"]
+    assert {c.values["dreg.lam"] for c in dreg} == {0.1, 0.01}
+    assert dreg[0].overrides == ["train.epochs=2", "method=dreg", "dreg.lam=0.1", "train.seed=0"]
+    assert expand_grid(_grid()) == cells  # stable
+
+
+def test_grid_auto_method_lr_grid_and_exclude() -> None:
+    auto = expand_grid(Grid.from_dict({"name": "a", "config": BASE,
+                                       "axes": {"dreg.enabled": [False, True], "dreg.layer": ["R1", "R2"]}}))
+    assert [(c.method, c.values) for c in auto] == [
+        ("vanilla", {"dreg.enabled": False}),
+        ("dreg", {"dreg.enabled": True, "dreg.layer": "R1"}),
+        ("dreg", {"dreg.enabled": True, "dreg.layer": "R2"}),
+    ]
+    cells = expand_grid(_grid(lr_grid={"vanilla": [0.05, 0.1], "dreg": [0.025]},
+                              exclude=[{"method": "dreg", "dreg.lam": 0.01}]))
+    assert sorted({(c.method, c.values["optim.lr"]) for c in cells}) == [("dreg", 0.025), ("vanilla", 0.05),
+                                                                        ("vanilla", 0.1)]
+    assert not any(c.values.get("dreg.lam") == 0.01 for c in cells)
+    assert len(cells) == 2 * 2 + 2
+    assert all(c.overrides[-1].startswith("optim.lr=") for c in cells)
+    with pytest.raises(GridError, match="not an axis"):
+        _grid(exclude=[{"dreg.lamda": 0.1}])
+    with pytest.raises(GridError, match="unknown grid key"):
+        _grid(axis={"x": [1]})
+    with pytest.raises(GridError, match="non-empty list"):
+        _grid(axes={"method": "vanilla"})
+
+
+def test_cell_names_are_filesystem_safe_unique_and_stable() -> None:
+    keys = ["model.arch", "dreg.layer", "data.root", "optim.lr", "optim.milestones", "train.note"]
+    values = [
+        {"model.arch": "torchvision.resnet18", "dreg.layer": "layer4.1.conv2", "data.root": "/data/x y:z",
+         "optim.lr": 1e-05, "optim.milestones": [30, 60], "train.note": "a/b\\c*?<>|\"'"},
+        {"model.arch": "vgg16", "dreg.layer": "R1", "data.root": "../shared/data", "optim.lr": -0.1,
+         "optim.milestones": [], "train.note": ".hidden"},
+        {"model.arch": "vgg16", "dreg.layer": "R1", "data.root": "../shared/data", "optim.lr": -0.1,
+         "optim.milestones": [], "train.note": "-hidden"},   # collides with the above once sanitized
+        {"model.arch": "x" * 400, "dreg.layer": "R1", "data.root": "d", "optim.lr": 0.1, "optim.milestones": [1],
+         "train.note": ""},
+    ]
+    names = cell_names(values, keys)
+    assert names == cell_names(values, keys)
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert re.fullmatch(r"[A-Za-z0-9._+-]+", name), name
+        assert not name.startswith((".", "-")) and name not in (".", "..")
+        assert len(name) <= MAX_NAME_LEN
+    assert names[0].startswith("torchvision.resnet18_layerlayer4.1.conv2_")
+    assert "lr1e-05" in names[0]
+    assert safe_name("../..") not in ("", ".", "..") and safe_name("a b") == "a-b"
+    names2 = [c.name for c in expand_grid(_grid())]
+    assert names2 == ["vanilla_seed0", "vanilla_seed1", "dreg_lam0.1_seed0", "dreg_lam0.1_seed1",
+                      "dreg_lam0.01_seed0", "dreg_lam0.01_seed1"]
+
+
+# ------------------------------------------------------------------ sweep CLI without training
+def _sweep_main(argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_cli", REPO / "launch" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_sweep_dry_run_lists_cells_and_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "config": BASE,
+                                    "axes": {"method": ["vanilla", "dreg"], "dreg.lam": [0.1, 0.01]}}, sort_keys=False))
+    done = plant_run(tmp_path / "runs" / "g", "vanilla", method="vanilla", curve=[0.5, 0.6], test_acc=0.5)
+    assert _sweep_main(["--grid", str(grid), "--runs-root", str(tmp_path / "runs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "3 cells"
+    assert re.match(r"\s*0\s+partial\s+vanilla\s", out[1])  # planted with 2 epochs; the base config asks for 15
+    assert re.match(r"\s*2\s+pending\s+dreg_lam0.01\s", out[3])
+    assert not (tmp_path / "runs" / "g" / "sweep.json").exists()  # a dry run writes nothing
+    assert disk_status(done, 2) == "finished" and disk_status(done, 15) == "partial"
+    assert disk_status(tmp_path / "nothing", 2) == "pending"
+    assert _sweep_main(["--grid", str(grid), "--cell-index", "3", "--dry-run"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nconfig: %s\naxes: {train.epoch: [1]}\n" % BASE)
+    assert _sweep_main(["--grid", str(bad), "--dry-run"]) == 2
+    assert "train.epoch" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""The sweep runner's bookkeeping (skip, resume, failure, preemption, sweep.json) with a fake
+training script in place of launch/train.py: fast, no torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from dreg_dist.sweep.grid import Grid, expand_grid
+from dreg_dist.sweep.runner import SweepRunner
+
+FAKE_TRAIN = r'''
+import json, os, sys
+args = sys.argv[1:]
+run_dir = args[args.index("--run-dir") + 1]
+seed = int(next(a for a in args if a.startswith("train.seed=")).split("=")[1])
+os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+with open(os.path.join(run_dir, "launches.txt"), "a") as f:
+    f.write("x\n")
+last = os.path.join(run_dir, "checkpoints", "last.pt")
+if seed == 2:
+    sys.exit(1)                                   # a crash, every time
+if seed == 1 and not os.path.exists(last):        # preempted on its first attempt
+    open(last, "w").close()
+    open(os.path.join(run_dir, "preempted.json"), "w").write("{}")
+    sys.exit(1)                                   # as torchrun does: 1, with the marker left behind
+with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    json.dump({"status": "finished", "epochs": 2}, f)
+'''
+
+
+def _launches(run_dir: Path) -> int:
+    path = run_dir / "launches.txt"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_runner_skips_resumes_and_records(tmp_path: Path) -> None:
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    grid = Grid.from_dict({"name": "fake", "config": "configs/quickstart.yaml", "overrides": ["train.epochs=2"],
+                           "axes": {"train.seed": [0, 2, 1, 3]}})
+    cells = expand_grid(grid)
+    root = tmp_path / "runs"
+    lines: list[str] = []
+    runner = SweepRunner(grid, cells, root, script=script, say=lines.append, argv=["launch/sweep.py", "--grid", "g"])
+    assert runner.run() == 75  # stopped at the preempted cell; seed 3 never started
+    sweep = json.loads((root / "fake" / "sweep.json").read_text())
+    status = {c["name"]: (c["status"], c.get("returncode")) for c in sweep["cells"]}
+    assert status == {"seed0": ("finished", 0), "seed2": ("failed", 1), "seed1": ("preempted", 1),
+                      "seed3": ("pending", None)}
+    assert sweep["command"] == ["launch/sweep.py", "--grid", "g"]
+    assert sweep["cells"][0]["command"][:2] == [sys.executable, str(script)]
+    assert any("finished in" in line and "1/4 done" in line and "ETA" in line for line in lines)
+
+    # A fresh invocation still reports the earlier failure and preemption before running anything.
+    again = SweepRunner(grid, cells, root, script=script, say=lines.append)
+    assert {s.cell.name: s.status for s in again.states} == {
+        "seed0": "finished", "seed2": "failed", "seed1": "preempted", "seed3": "pending"}
+    lines.clear()
+    assert again.run() == 1  # seed 2 fails again; the others finish
+    assert any("seed0: finished already, skipped" in line for line in lines)
+    assert [_launches(root / "fake" / f"seed{s}") for s in (0, 1, 2, 3)] == [1, 2, 2, 1]
+    sweep = json.loads((root / "fake" / "sweep.json").read_text())
+    assert [c["status"] for c in sweep["cells"]] == ["finished", "failed", "finished", "finished"]
+    assert sweep["counts"] == {"total": 4, "finished": 3, "failed": 1}
+
+    # --cell-index: only that cell; a finished one is skipped without a launch.
+    only = SweepRunner(grid, cells, root, script=script, say=lines.append)
+    assert only.run(only=0) == 0
+    assert _launches(root / "fake" / "seed0") == 1
