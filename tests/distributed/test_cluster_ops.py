@@ -318,16 +318,14 @@ def test_sweep_runs_the_array_tasks_grid_cell(tmp_path: Path) -> None:
     listed = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--grid", str(grid), "--dry-run"],
                             cwd=REPO, capture_output=True, text=True)
     assert listed.stdout.strip().splitlines()[-1] == "4 cells"
-    # sweep.sbatch reads launch/ relative to the submit dir: submit from the repository.
-    third = dry_run(SWEEP_SBATCH, [str(grid)], REPO, SLURM_ARRAY_TASK_ID="2", SLURM_SUBMIT_DIR=str(REPO),
-                    DREG_RUNS_DIR=str(tmp_path / "runs"))
+    third = dry_run(SWEEP_SBATCH, [str(grid)], tmp_path, SLURM_ARRAY_TASK_ID="2")
     assert third.returncode == 0, third.stderr
     cmd = shlex.split(third.stdout.strip().splitlines()[-1])
     args = cmd[cmd.index("launch/train.py"):]
     assert args[:5] == ["launch/train.py", "--config", str(REPO / CONFIG), "--run-dir",
                         str(tmp_path / "runs" / "g" / "dreg_seed0")]
     assert args[5:] == ["train.epochs=1", "method=dreg", "train.seed=0"]
-    beyond = dry_run(SWEEP_SBATCH, [str(grid)], REPO, SLURM_ARRAY_TASK_ID="4", SLURM_SUBMIT_DIR=str(REPO))
+    beyond = dry_run(SWEEP_SBATCH, [str(grid)], tmp_path, SLURM_ARRAY_TASK_ID="4")
     assert beyond.returncode == 2
 
 
