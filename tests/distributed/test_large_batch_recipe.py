@@ -63,7 +63,7 @@ def test_grad_clipping_bounds_the_update(tmp_path: Path, tiny: list[str]) -> Non
 def test_bf16_autocast_label_smoothing_and_channels_last(tmp_path: Path, tiny: list[str]) -> None:
     done = launch(1, QUICKSTART, tmp_path / "bf16",
                   tiny + ["train.amp=bf16", "train.label_smoothing=0.1", "train.channels_last=true",
-                          "model.arch=cnn_small", "train.epochs=1"])
+                          "model.arch=cnn_small", "train.epochs=1", "data.synthetic_train_size=192"])
     assert_ok(done)
     summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert summary["status"] == "finished"

@@ -42,13 +42,14 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_two_gloo_workers_train_with_compressed_gradients(tmp_path: Path, tiny: list[str]) -> None:
     overrides = tiny + ["train.epochs=1"]
     runs = {}
-    for codec in ("none", "bf16", "fp16"):
+    # fp16 goes through the same registration path with torch's fp16 hook; one codec suffices here.
+    for codec in ("none", "bf16"):
         done = launch(2, QUICKSTART, tmp_path / codec, overrides + [f"train.grad_compression={codec}"])
         assert done.returncode == 0, (codec, done.stdout[-2000:], done.stderr[-2000:])
         summary = json.loads((tmp_path / codec / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["world_size"] == 2
         runs[codec] = _weights(tmp_path / codec)
-    for codec in ("bf16", "fp16"):
+    for codec in ("bf16",):
         moved = False
         for key, ref in runs["none"].items():
             if not ref.is_floating_point():
