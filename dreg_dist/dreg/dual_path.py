@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 import torch.fx as fx
-from torch import Tensor, nn
+from torch import nn
 
 from dreg_dist.dreg.layer_select import DRegSite, resolve_layer
 

@@ -7,28 +7,15 @@ never runs the AccumulateGrad nodes DDP hooks into), so they stay per-worker.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dreg_dist.methods.base import Batch, Method, StepContext
-
-
-def logits_for_loss(outputs: Tensor) -> Tensor:
-    """Half-precision logits go to float32 for the loss; float32/float64 stay as they are."""
-    return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
-
-
-class PlainLoss(Method):
-    """Mean cross-entropy on the plain model, at the model's precision (float64 stays float64)."""
-
-    def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
-        return F.cross_entropy(logits_for_loss(outputs), target, label_smoothing=self.label_smoothing), {}
 
 
 def trainable_params(module: nn.Module) -> list[nn.Parameter]:
@@ -114,7 +101,7 @@ def shifted(params: Sequence[Tensor], deltas: Optional[Sequence[Tensor]]) -> Ite
                 p.copy_(s)
 
 
-class LocalPerturbationMethod(PlainLoss):
+class LocalPerturbationMethod(Method):
     """Two passes per step: a local gradient at w, then the all-reduced gradient at w + delta.
 
     Pass 1 runs on the unwrapped module (no DDP, no communication, BatchNorm statistics
@@ -156,5 +143,5 @@ class LocalPerturbationMethod(PlainLoss):
         deltas = self.perturbation(ctx, grads, norm) if bool(torch.isfinite(norm)) else None
         del grads
         with shifted(params, deltas):
-            parts = PlainLoss.compute_gradients(self, ctx, batches)
+            parts = Method.compute_gradients(self, ctx, batches)
         return {"loss": loss, self.perturbed_key: parts["loss"], "local_grad_norm": norm.to(loss.device)}

@@ -24,6 +24,11 @@ from dreg_dist.config.schema import Config
 Batch = tuple[Tensor, Tensor]
 
 
+def logits_for_loss(outputs: Tensor) -> Tensor:
+    """Half-precision logits go to float32 for the loss; float32/float64 stay as they are."""
+    return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
+
+
 @dataclass
 class StepContext:
     """What a method may use during one optimizer step."""
@@ -68,7 +73,7 @@ class Method:
         a communication hook). Not called for a single process."""
 
     def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = F.cross_entropy(outputs.float(), target, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits_for_loss(outputs), target, label_smoothing=self.label_smoothing)
         return loss, {}
 
     def compute_gradients(self, ctx: StepContext, batches: list[Batch]) -> dict[str, Tensor]:

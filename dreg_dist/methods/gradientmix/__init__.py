@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config.load import ConfigError
 from dreg_dist.config.schema import Config
-from dreg_dist.methods._util import PlainLoss, rank_and_world, seed_from
-from dreg_dist.methods.base import Batch, StepContext
+from dreg_dist.methods._util import rank_and_world, seed_from
+from dreg_dist.methods.base import Batch, Method, StepContext
 
 
 def mix_weights(seed: int, step: int, world_size: int, alpha: float, strength: float) -> np.ndarray:
@@ -52,7 +52,7 @@ def mix_hook(state, bucket):  # type: ignore[no-untyped-def]
     return future.then(lambda fut: fut.value()[0])
 
 
-class GradientMix(PlainLoss):
+class GradientMix(Method):
     name = "gradientmix"
 
     def __init__(self, cfg: Config) -> None:

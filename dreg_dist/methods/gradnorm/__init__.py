@@ -17,7 +17,8 @@ from torch import Tensor
 
 from dreg_dist.config.load import ConfigError
 from dreg_dist.config.schema import Config
-from dreg_dist.methods._util import local_grads, logits_for_loss, rank_and_world, seed_from, trainable_params
+from dreg_dist.methods._util import local_grads, rank_and_world, seed_from, trainable_params
+from dreg_dist.methods.base import logits_for_loss
 from dreg_dist.methods.base import Batch, Method, StepContext
 
 
