@@ -57,6 +57,14 @@ def print_machine() -> None:
           f"torch_threads={m['threads']} {gpu} loadavg_1m={m.get('loadavg_1m')}")
 
 
+def print_load(label: str = "end") -> None:
+    """The 1-minute load average: other jobs on the cores show up here."""
+    try:
+        print(f"loadavg_1m at {label}: {os.getloadavg()[0]:.2f} (nproc {os.cpu_count()})")
+    except OSError:
+        pass
+
+
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -69,23 +77,23 @@ def interleave(
     variants: Mapping[str, Callable[[], Any]],
     rounds: int,
     warmup_rounds: int = 1,
-    *,
-    timer: Callable[[], float] = time.perf_counter,
-    on_round: Optional[Callable[[int, dict[str, float]], None]] = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of each variant, in rounds A, B, A, B, ...; warm-up rounds discarded."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each variant, in rounds A, B, A, B, ...; warm-up rounds discarded.
+
+    Returns ``{variant: {"wall": [...], "cpu": [...]}}``: wall-clock seconds and this
+    process's CPU seconds (``time.process_time``, all its threads) per call. With one
+    compute thread the CPU figure is the work done, nearly immune to other jobs taking
+    the cores, which the wall figure is not.
+    """
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in variants}
     for r in range(warmup_rounds + rounds):
-        this: dict[str, float] = {}
         for name, fn in variants.items():
-            t0 = timer()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            this[name] = timer() - t0
-        if r >= warmup_rounds:
-            for name, dt in this.items():
-                times[name].append(dt)
-            if on_round is not None:
-                on_round(r - warmup_rounds, this)
+            w1, c1 = time.perf_counter(), time.process_time()
+            if r >= warmup_rounds:
+                times[name]["wall"].append(w1 - w0)
+                times[name]["cpu"].append(c1 - c0)
     return times
 
 
