@@ -92,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
 
+    from dreg_dist.data import DataError
     from dreg_dist.train.trainer import NonFiniteLossError, Trainer
 
     env = init_distributed(cfg.train.device)
@@ -102,6 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             save_config(cfg, run_dir / "config.yaml")
         trainer = Trainer(cfg, run_dir, env)
         summary = trainer.fit()
+    except DataError as err:  # found only once the data is read (e.g. batch > training split)
+        if env.is_main:
+            print(f"error: {err}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT_CODE
     except NonFiniteLossError as err:
         if env.is_main:
             print(f"error: {err}", file=sys.stderr)

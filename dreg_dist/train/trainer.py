@@ -85,12 +85,7 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         self.data = build_data(cfg.data, seed=t.seed, device=self.device, num_classes=cfg.model.num_classes)
-        self.steps_per_epoch = self.data.steps_per_epoch(t.global_batch_size)
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"train.global_batch_size {t.global_batch_size} exceeds the {self.data.train_size} "
-                "training images: lower it or data.val_size"
-            )
+        self.steps_per_epoch = self.data.steps_per_epoch(t.global_batch_size)  # DataError if < 1
         self.method = build_method(cfg)
         self.method_name = resolve_method_name(cfg)
         model = build_model(cfg.model.arch, cfg.model.num_classes, zero_init_residual=cfg.model.zero_init_residual)
@@ -290,7 +285,9 @@ class Trainer:
                                   epoch=self.global_step / self.steps_per_epoch)
             remaining = (self.cfg.train.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
             eta = remaining * self.cfg.train.global_batch_size / max(ips, 1e-9)
-            shown = {"loss": values["loss"], "img/s": ips}
+            # DReg's total loss goes negative as the contrast grows: show its parts instead.
+            parts = ("loss_R", "loss_L", "contrast") if "loss_R" in values else ("loss",)
+            shown = {**{k: values[k] for k in parts}, "img/s": ips}
             self.recorder.console.update(
                 self.epoch, self.cfg.train.epochs, self.step_in_epoch, self.steps_per_epoch, shown, eta
             )

@@ -104,6 +104,15 @@ def test_launcher_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, caps
     assert not run_dir.exists()
 
 
+def test_batch_larger_than_training_split_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--config", QUICKSTART, "--run-dir", str(tmp_path / "run"), "data.synthetic_train_size=640",
+                 "log.tensorboard=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["error: train.global_batch_size=256 exceeds the 128 training images (no full batch per epoch): "
+                   "lower train.global_batch_size or data.val_size"]
+
+
 def test_run_dir_of_another_run_is_protected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
