@@ -70,3 +70,16 @@ def test_bf16_autocast_label_smoothing_and_channels_last(tmp_path: Path, tiny: l
     records = [json.loads(x) for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_R"] for r in records if r["kind"] == "train"]
     assert losses and all(0 < v < 10 for v in losses)
+
+
+def test_compiled_training_matches_eager(tmp_path: Path, tiny: list[str]) -> None:
+    # torch.compile (inductor on CPU) must train the dual-path model to the eager weights.
+    overrides = tiny + ["train.epochs=1", "train.stop_after_steps=2"]
+    eager = launch(1, QUICKSTART, tmp_path / "eager", overrides)
+    assert_ok(eager)
+    compiled = launch(1, QUICKSTART, tmp_path / "compiled", overrides + ["train.compile=true"], timeout=600)
+    assert_ok(compiled)
+    a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4, rtol=0), key

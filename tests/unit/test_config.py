@@ -85,6 +85,7 @@ def test_override_syntax_errors() -> None:
         (["method=sma"], 1, "must be one of auto"),
         (["data.val_size=0"], 1, "'data.val_size' must be > 0"),
         (["train.sync_bn=true", "train.device=cpu"], 2, "train.sync_bn needs CUDA"),
+        (["train.amp=fp16", "train.device=cpu"], 1, "train.amp=fp16 needs CUDA"),
     ],
 )
 def test_validation_errors(overrides: list[str], world: int, message: str) -> None:
