@@ -18,17 +18,8 @@ from typing import Any, Iterable, Optional, Union
 
 import yaml
 
+from dreg_dist.config.load import flatten
 from dreg_dist.sweep.grid import resolve_method
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _finite(x: Any) -> Optional[float]:

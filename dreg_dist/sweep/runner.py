@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from dreg_dist.config import load_config
 from dreg_dist.sweep.grid import REPO, Cell, Grid
-from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER  # stdlib only, no torch
+from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER, PreemptionFlag  # stdlib only
 
 SWEEP_FILE = "sweep.json"
 TRAIN_SCRIPT = REPO / "launch" / "train.py"
@@ -105,29 +104,18 @@ class CellState:
         return out
 
 
-class _Signals:
-    """Remember a stop request; forward the first SIGTERM/SIGUSR1 to the running cell."""
+class _Signals(PreemptionFlag):
+    """A stop request (SIGTERM/SIGUSR1/SIGINT); the first SIGTERM/SIGUSR1 also goes to the
+    running cell, unless Slurm already signals every process of the job itself."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        super().__init__((signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
         self.child: Optional[subprocess.Popen[bytes]] = None
         self.forward = "SLURM_JOB_ID" not in os.environ
         self._forwarded = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.signum = signum
+        super()._handle(signum, frame)
         if signum == signal.SIGINT:  # the terminal delivers it to the whole foreground group
             return
         child = self.child

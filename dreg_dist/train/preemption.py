@@ -42,14 +42,15 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class PreemptionFlag:
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+        self._signals = signals
         self._signum: Optional[int] = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
-        for sig in SIGNALS:
+        for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
@@ -62,6 +63,10 @@ class PreemptionFlag:
 
     def is_set(self) -> bool:
         return self._signum is not None
+
+    @property
+    def signum(self) -> Optional[int]:
+        return self._signum
 
     @property
     def signal_name(self) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import yaml
 
-from dreg_dist.config import Config, ConfigError, config_to_dict, load_config, save_config
+from dreg_dist.config import Config, ConfigError, config_to_dict, flatten, load_config, save_config
 from dreg_dist.config.validate import validate_config
 from dreg_dist.distributed import init_distributed, launch_world, shutdown
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
@@ -28,16 +28,6 @@ _RESUMABLE_CHANGES = ("train.epochs", "train.stop_after_steps", "train.resume", 
                       "data.download")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
     """Refuse to mix two different runs in one directory; never delete anything."""
     saved = run_dir / "config.yaml"
@@ -48,8 +38,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
         raise ConfigError(
             f"run dir '{run_dir}' already holds checkpoints; pass a new --run-dir or set train.resume=auto"
         )
-    before = _flatten(yaml.safe_load(saved.read_text()) or {})
-    now = _flatten(config_to_dict(cfg))
+    before = flatten(yaml.safe_load(saved.read_text()) or {})
+    now = flatten(config_to_dict(cfg))
     changed = [k for k in sorted(set(before) | set(now))
                if before.get(k) != now.get(k) and not k.startswith(_RESUMABLE_CHANGES)]
     if changed and cfg.train.resume == "auto":
