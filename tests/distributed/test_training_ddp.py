@@ -117,3 +117,28 @@ def test_resume_from_last_gives_the_uninterrupted_weights(tmp_path: Path, tiny: 
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert summary["global_steps"] == 8
+
+
+def test_imagefolder_tree_trains_on_two_workers(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 8)):  # val/ is the test split
+        for c in range(2):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (40, 40, 3)) + (150 if c else 0)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    run_dir = tmp_path / "run"
+    done = launch(2, QUICKSTART, run_dir, [
+        "data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.val_size=8", "data.image_size=32",
+        "data.num_workers=0", "model.num_classes=2", "train.global_batch_size=8", "train.epochs=2",
+        "log.tensorboard=false",
+    ])
+    assert_ok(done)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    meta = json.loads((run_dir / "export" / "meta.json").read_text())
+    assert summary["test"]["count"] == 16 and summary["test"]["acc"] > 0.9  # two easy classes
+    assert meta["input_shape"] == [3, 32, 32] and meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
