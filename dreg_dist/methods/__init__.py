@@ -2,63 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
 
 from dreg_dist.config.load import ConfigError
 from dreg_dist.config.schema import Config
 from dreg_dist.methods.base import Method, StepContext
 
 
-def _dreg(cfg: Config) -> Method:
-    from dreg_dist.dreg.method import DReg
-
-    return DReg(cfg)
-
-
-def _vanilla(cfg: Config) -> Method:
-    from dreg_dist.methods.vanilla import Vanilla
-
-    return Vanilla(cfg)
-
-
-def _gradnorm(cfg: Config) -> Method:
-    from dreg_dist.methods.gradnorm import GradNorm
-
-    return GradNorm(cfg)
-
-
-def _fisher(cfg: Config) -> Method:
-    from dreg_dist.methods.fisher import Fisher
-
-    return Fisher(cfg)
-
-
-def _sam(cfg: Config) -> Method:
-    from dreg_dist.methods.sam import SAM
-
-    return SAM(cfg)
-
-
-def _extragradient(cfg: Config) -> Method:
-    from dreg_dist.methods.extragradient import Extragradient
-
-    return Extragradient(cfg)
-
-
-def _gradientmix(cfg: Config) -> Method:
-    from dreg_dist.methods.gradientmix import GradientMix
-
-    return GradientMix(cfg)
-
-
-METHODS: dict[str, Callable[[Config], Method]] = {
-    "vanilla": _vanilla,
-    "dreg": _dreg,
-    "gradnorm": _gradnorm,
-    "fisher": _fisher,
-    "sam": _sam,
-    "extragradient": _extragradient,
-    "gradientmix": _gradientmix,
+# name -> "module:Class"; imported on use, so selecting one method never imports the others.
+METHODS: dict[str, str] = {
+    "vanilla": "dreg_dist.methods.vanilla:Vanilla",
+    "dreg": "dreg_dist.dreg.method:DReg",
+    "gradnorm": "dreg_dist.methods.gradnorm:GradNorm",
+    "fisher": "dreg_dist.methods.fisher:Fisher",
+    "sam": "dreg_dist.methods.sam:SAM",
+    "extragradient": "dreg_dist.methods.extragradient:Extragradient",
+    "gradientmix": "dreg_dist.methods.gradientmix:GradientMix",
 }
 
 
@@ -77,7 +36,8 @@ def build_method(cfg: Config) -> Method:
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"config key 'method' must be one of auto, {', '.join(METHODS)}; got '{name}'{hint}")
-    return METHODS[name](cfg)
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
 
 
 __all__ = ["METHODS", "Method", "StepContext", "build_method", "resolve_method_name"]
