@@ -4,7 +4,8 @@
 Cells run one after another on this machine (K workers each via torchrun), finished cells
 are skipped and unfinished ones resume; ``RUNS_ROOT/NAME/sweep.json`` lists every cell and
 its status. ``--dry-run`` lists the cells (last line: ``N cells``); ``--cell-index I`` runs
-only cell I (0-based; one Slurm array task per cell). The grid format is described in
+only cell I (0-based; one Slurm array task per cell); ``--shard I/N`` runs cells I, I+N, ...
+so that N sweeps share one machine (on CPU give each ``OMP_NUM_THREADS`` = cores / N). The grid format is described in
 ``dreg_dist/sweep/grid.py`` and ``docs/results/README.md``.
 """
 
@@ -18,6 +19,17 @@ from dreg_dist.sweep.grid import GridError, check_cells, expand_grid, load_grid 
 from dreg_dist.sweep.runner import SweepRunner  # noqa: E402
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise GridError(f"--shard must look like I/N (e.g. 0/2), got '{text}'") from None
+    if not 0 <= i < n:
+        raise GridError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the cells of a grid of training runs, one after another.")
     parser.add_argument("--grid", required=True, help="grid YAML (see configs/grids/)")
@@ -25,6 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--nproc-per-node", type=int, default=1, help="workers per cell (torchrun when > 1; default 1)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
     parser.add_argument("--cell-index", type=int, default=None, help="run only this cell (0-based, as --dry-run lists)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="run only the cells whose index is I modulo N, to run N sweeps side by side "
+                             "(e.g. one per CPU core with OMP_NUM_THREADS=1, or one per GPU)")
     parser.add_argument("--cell-args", action="store_true",
                         help="with --cell-index: print the cell's config, run dir and overrides, one per line, "
                              "and run nothing (used by launch/slurm/sweep.sbatch)")
@@ -40,6 +55,9 @@ def main(argv=None) -> int:
             raise GridError(f"--cell-index {args.cell_index} is out of range: the grid has {len(cells)} cells "
                             f"(0..{len(cells) - 1})")
         check_cells(grid, cells)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+        if shard is not None and args.cell_index is not None:
+            raise GridError("use either --shard or --cell-index, not both")
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -56,7 +74,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         runner.dry_run(args.cell_index)
         return 0
-    return runner.run(args.cell_index)
+    return runner.run(args.cell_index, shard)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    """Registry name: resnet18 | vgg16 | mobilenet_v2 | cnn_small | cnn_small_gn (CIFAR forms)
+    """Registry name: resnet18 | vgg16 | mobilenet_v2 | cnn_small | cnn_small_gn | cnn_tiny (CIFAR forms)
     or any torchvision.models classifier (``resnet50``; ``torchvision.resnet18`` for the
     ImageNet form of a name the CIFAR registry also uses)."""
     num_classes: int = 10

@@ -3,7 +3,9 @@
 Config keys that differ between the runs are sorted into roles:
 
 * ``train.seed``: averaged over (mean, std, min-max band);
-* ``train.global_batch_size``: one table and one figure per batch size (group);
+* ``train.global_batch_size``: one table and one figure per batch size (group); a key that
+  takes one value per batch size (``train.accumulation_steps`` set to keep the micro-batch
+  fixed) belongs to the batch size and is named in its table's heading;
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
 * ``method`` (and ``dreg.enabled``): the compared methods;
@@ -35,13 +37,16 @@ STUDY_KEYS = ("dreg.layer", "dreg.lam")
 IGNORED = ("run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device",
            "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
            "data.on_device")
-THRESHOLDS = (0.95, 0.99)
+THRESHOLDS = (0.95, 0.99, 1.0)
+"""Fractions of vanilla's best validation accuracy; 1.0 = epochs to vanilla's best (the paper's claim)."""
+SPEEDUP_AT = 0.99
 BASELINE = "vanilla"
 
 LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
     "optim.name": "optimizer", "train.epochs": "epochs", "dreg.lam": "lam", "dreg.layer": "layer",
     "dreg.norm": "norm", "dreg.form": "form", "optim.lr": "lr", "train.global_batch_size": "batch",
+    "dreg.contrast_reduction": "contrast", "dreg.ce_reduction": "ce", "train.accumulation_steps": "accumulation",
 }
 
 Pairs = tuple[tuple[str, Any], ...]
@@ -127,19 +132,23 @@ class Group:
 
     def loss_curve(self) -> list[tuple[float, float, float, float]]:
         """(epoch, mean, min, max) of the training loss (see runs.train_loss) over seeds, by step."""
-        per_run = []
-        for r in self.runs:
-            per_run.append([(rec["step"], rec["epoch"], rec["loss"]) for rec in r.train if rec.get("loss") is not None])
+        return self.train_curve("loss")
+
+    def train_curve(self, tag: str) -> list[tuple[float, float, float, float]]:
+        """(epoch, mean, min, max) over seeds of a logged training value (``loss``,
+        ``branch_distance_rel``, ...), by step."""
         by_step: dict[Any, list[tuple[float, float]]] = {}
-        for points in per_run:
-            for step, epoch, loss in points:
-                by_step.setdefault(step, []).append((epoch, loss))
+        for r in self.runs:
+            for rec in r.train:
+                value = rec.get(tag)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    by_step.setdefault(rec["step"], []).append((rec["epoch"], float(value)))
         out = []
         for step in sorted(by_step):
             epochs = [e for e, _ in by_step[step]]
-            losses = [v for _, v in by_step[step] if math.isfinite(v)]
-            if losses:
-                out.append((sum(epochs) / len(epochs), sum(losses) / len(losses), min(losses), max(losses)))
+            values = [v for _, v in by_step[step] if math.isfinite(v)]
+            if values:
+                out.append((sum(epochs) / len(epochs), sum(values) / len(values), min(values), max(values)))
         return out
 
 
@@ -219,9 +228,9 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         epochs_to[frac] = (sum(reached) / len(reached) if reached else None, len(reached), counted)
     speedup = None
     if baseline is not None:
-        own = epochs_to[THRESHOLDS[-1]]
+        own = epochs_to[SPEEDUP_AT]
         base_row = epochs_to if group is baseline else make_row(baseline, baseline).epochs_to
-        ref = base_row[THRESHOLDS[-1]]
+        ref = base_row[SPEEDUP_AT]
         if own[0] and ref[0] and own[1] == own[2] and own[2] > 0:
             speedup = ref[0] / own[0]
     return Row(
@@ -283,6 +292,14 @@ class Analysis:
         return dict(sorted(out.items(), key=lambda kv: (kv[0][0], pairs_label(kv[0][1]))))
 
 
+def _follows_batch(runs: Sequence[Run], key: str) -> bool:
+    """Whether ``key`` takes a single value among the runs of each batch size."""
+    per_batch: dict[int, set[Hashable]] = {}
+    for run in runs:
+        per_batch.setdefault(run.batch_size, set()).add(_hashable(run.flat.get(key)))
+    return len(per_batch) > 1 and all(len(v) == 1 for v in per_batch.values())
+
+
 def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
     """The varying config keys of ``runs`` by role (see the module doc)."""
     values: dict[str, set[Hashable]] = {}
@@ -304,6 +321,8 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
             roles["method"].append(key)
         elif not all(key_applies(key, m) for m in methods | {"vanilla", "dreg"}):
             roles["variant"].append(key)
+        elif _follows_batch(runs, key):
+            roles["batch"].append(key)
         else:
             roles["setup"].append(key)
     return roles
@@ -327,7 +346,9 @@ def analyse(runs: Sequence[Run]) -> Analysis:
         g.runs.sort(key=lambda r: (r.seed, r.name))
 
     lr_results = [LrResult(key=freeze(g.compare_key), lr=g.lr if g.lr is not None else float("nan"),
-                           val_accs=tuple(g.best_vals), test_accs=tuple(g.test_accs)) for g in groups.values()]
+                           val_accs=tuple(g.best_vals), test_accs=tuple(g.test_accs),
+                           seeds=tuple(r.seed for r in g.runs if r.best_val_acc is not None))
+                  for g in groups.values()]
     selected = select_lr(lr_results)
 
     setups: dict[tuple, Setup] = {}

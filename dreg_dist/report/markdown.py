@@ -6,9 +6,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
-from dreg_dist.report.aggregate import THRESHOLDS, Analysis, Row, Setup, batch_groups, label_of, pairs_label
+from dreg_dist.report.aggregate import (BATCH_KEY, THRESHOLDS, Analysis, Row, Setup, batch_groups, freeze, label_of,
+                                        pairs_label)
+from dreg_dist.report.select import common_seeds
 from dreg_dist.sweep.grid import name_value, safe_name
 
 
@@ -51,7 +53,8 @@ def fmt_lr(lr: Optional[float]) -> str:
     return "—" if lr is None else name_value(lr)
 
 
-ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epochs to 99%", "speedup (99%)",
+ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epochs to 99%",
+              "epochs to vanilla's best", "speedup (99%)",
               "test acc (%)", "images/s", "branch distance (rel.)"]
 
 
@@ -69,6 +72,7 @@ def row_cells(row: Row) -> list[str]:
         pct_pm(row.best_val[0], row.best_val[1], len(g.best_vals)),
         fmt_epochs(row.epochs_to[THRESHOLDS[0]]),
         fmt_epochs(row.epochs_to[THRESHOLDS[1]]),
+        fmt_epochs(row.epochs_to[THRESHOLDS[2]]),
         "—" if row.speedup is None else f"{row.speedup:.2f}x",
         pct_pm(row.test[0], row.test[1], len(g.test_accs)),
         fmt_num(row.images_per_sec, ".0f"),
@@ -85,10 +89,11 @@ How the numbers are computed:
   minimum to the maximum seed.
 - **Best val acc**: each run's best validation accuracy (over epochs and, for DReg, paths);
   mean ± sample standard deviation over seeds.
-- **Epochs to 95% / 99%**: the first epoch at which a run's validation accuracy reaches 95% / 99%
-  of the best validation accuracy of the vanilla run with the same batch size and seed (the
-  mean over vanilla's seeds where that seed is missing), averaged over seeds; "(k/n seeds)"
-  when only k of n seeds got there.
+- **Epochs to 95% / 99% / vanilla's best**: the first epoch at which a run's validation accuracy
+  reaches 95% / 99% / 100% of the best validation accuracy of the vanilla run with the same batch
+  size and seed (the mean over vanilla's seeds where that seed is missing), averaged over seeds;
+  "(k/n seeds)" when only k of n seeds got there. The last is the paper's claim: a method that
+  helps reaches vanilla's best in fewer epochs (or at all, when vanilla's best is its last epoch).
 - **Speedup (99%)**: vanilla's mean epochs to 99% of its own best divided by the method's mean
   epochs to the same target (shown only when every seed reached it).
 - **Test acc**: the exported model (best (epoch, path) on validation) scored once on the test
@@ -115,8 +120,11 @@ def _runs_table(analysis: Analysis) -> str:
 def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
     out = ["## Learning-rate selection", "",
            "Each method (and batch size) is compared at its own best learning rate, chosen on the **mean best "
-           "validation accuracy over seeds** only; the test accuracy is never used for the choice. "
-           "Best validation accuracy (%) per learning rate tried (selected in bold):", ""]
+           "validation accuracy over the seeds that every learning rate was run with** (column 'chosen on "
+           "seeds'); the test accuracy is never used for the choice. Seeds run later at the selected learning "
+           "rate only sharpen its numbers. Best validation accuracy (%) per learning rate tried, mean over "
+           "that learning rate's seeds (selected in bold):", ""]
+    common = common_seeds(analysis.lr_results)
     rows = []
     for setup in analysis.setups:
         by_key: dict[tuple, list] = {}
@@ -128,12 +136,15 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             tried = []
             for g in gs:
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
-                text = f"{fmt_lr(g.lr)}: {pct(mean)}"
+                text = f"{fmt_lr(g.lr)}: {pct(mean)}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
+            on = common.get(freeze(key))
             row = ([setup.label] if len(analysis.setups) > 1 else []) + [
-                gs[0].label, gs[0].batch_size, "; ".join(tried), fmt_lr(chosen.lr) if chosen else "—"]
+                gs[0].label, gs[0].batch_size, "; ".join(tried), fmt_lr(chosen.lr) if chosen else "—",
+                ", ".join(str(x) for x in sorted(on)) if on else "all"]
             rows.append(row)
-    header = (["setup"] if len(analysis.setups) > 1 else []) + ["method", "batch", "lr: best val acc (%)", "selected lr"]
+    header = (["setup"] if len(analysis.setups) > 1 else []) + [
+        "method", "batch", "lr: best val acc (%)", "selected lr", "chosen on seeds"]
     out += [table(header, rows), ""]
     for setup in analysis.setups:
         fig = figures.get(("lr", setup.key))
@@ -180,7 +191,10 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         rows = setup.rows(batch)
         if not rows:
             continue
-        out += [f"{h3} Batch size {batch}", "", table(ROW_HEADER, [row_cells(r) for r in rows]), ""]
+        extra = [k for k in analysis.roles.get("batch", []) if k != BATCH_KEY]
+        first = rows[0].group.runs[0].flat if rows[0].group.runs else {}
+        suffix = (" (" + ", ".join(f"{label_of(k)}={name_value(first.get(k))}" for k in extra) + ")") if extra else ""
+        out += [f"{h3} Batch size {batch}{suffix}", "", table(ROW_HEADER, [row_cells(r) for r in rows]), ""]
     sub = h3
     val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in val_figs):
@@ -196,6 +210,16 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         for sizes, f in loss_figs:
             if f:
                 out += [f"![Training loss, batch size {', '.join(map(str, sizes))}]({f})", ""]
+    branch_figs = [(b, figures.get(("branch", setup.key, b))) for b in setup.batch_sizes]
+    if any(f for _, f in branch_figs):
+        out += [f"{sub} DReg branch distance", "",
+                "`||W^R - W^L||_F / ||W^R||_F` as logged during training: left, at each variant's selected "
+                "learning rate (mean over seeds); right, at the end of training for every learning rate tried. "
+                "The literal contrast is unbounded below, so a growing curve here is the contrast "
+                "taking over the objective.", ""]
+        for b, f in branch_figs:
+            if f:
+                out += [f"![DReg branch distance, batch size {b}]({f})", ""]
     for key in analysis.study_keys:
         fig = figures.get(("study", setup.key, key))
         if not fig:
@@ -216,24 +240,36 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
     return out
 
 
+def _shown_path(root: Path) -> str:
+    try:
+        source = os.path.relpath(root)
+    except ValueError:  # another drive (Windows)
+        source = str(root)
+    return str(root.resolve()) if source.startswith("..") else source
+
+
 def setup_prefix(setup: Setup) -> str:
     return f"{safe_name(setup.label)}_" if setup.label else ""
 
 
-def write_report(root: Path, out_dir: Path, *, bs_spec: Optional[str] = None, commands: Sequence[str] = (),
-                 say: Callable[[str], None] = print) -> Path:
-    """Read the runs under ``root``, draw the figures and write ``out_dir/report.md``."""
+def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: Optional[str] = None,
+                 commands: Sequence[str] = (), say: Callable[[str], None] = print) -> Path:
+    """Read the runs under ``roots`` (one sweep folder, or several reported as one: a
+    learning-rate sweep and its seed rerun), draw the figures and write ``out_dir/report.md``."""
     from dreg_dist.report.aggregate import analyse, batch_groups as groups_of
     from dreg_dist.report.plots import Plotter, ReportError
     from dreg_dist.report.runs import load_runs, read_sweep
 
-    root = Path(root)
-    if not root.is_dir():
-        raise ReportError(f"'{root}' is not a folder of runs")
-    runs = load_runs(root)
+    roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    runs = []
+    for root in roots:
+        if not root.is_dir():
+            raise ReportError(f"'{root}' is not a folder of runs")
+        runs += load_runs(root)
     analysis = analyse(runs)
     if not analysis.runs:
-        raise ReportError(f"no run under '{root}' has validation results yet (config.yaml + metrics.jsonl)")
+        raise ReportError(f"no run under {', '.join(repr(str(r)) for r in roots)} has validation results yet "
+                          "(config.yaml + metrics.jsonl)")
     plotter = Plotter(out_dir)
     figures: dict[tuple, str] = {}
     for setup in analysis.setups:
@@ -252,14 +288,14 @@ def write_report(root: Path, out_dir: Path, *, bs_spec: Optional[str] = None, co
         f = plotter.lr_sensitivity(analysis, setup, prefix)
         if f:
             figures[("lr", setup.key)] = f
-    sweep = read_sweep(root)
-    title = f"Results: {(sweep or {}).get('name') or root.name}"
-    try:
-        source = os.path.relpath(root)
-    except ValueError:  # another drive (Windows)
-        source = str(root)
-    if source.startswith(".."):
-        source = str(root.resolve())
+        for batch in setup.batch_sizes:
+            f = plotter.branch_distance(setup, batch, prefix)
+            if f:
+                figures[("branch", setup.key, batch)] = f
+    sweeps = [read_sweep(root) for root in roots]
+    sweep = sweeps[0]
+    title = "Results: " + " + ".join((sw or {}).get("name") or root.name for sw, root in zip(sweeps, roots))
+    source = "`, `".join(_shown_path(root) for root in roots)
     text = render(analysis, title=title, source=source, figures=figures, bs_spec=bs_spec, sweep=sweep,
                   commands=commands)
     out_dir.mkdir(parents=True, exist_ok=True)

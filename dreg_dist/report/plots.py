@@ -5,7 +5,9 @@
 * training loss vs epoch, the same layout;
 * best validation accuracy vs DReg layer level / vs lambda (Figures 6-7), vanilla dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
-  selected learning rate circled.
+  selected learning rate circled, one panel per batch size;
+* DReg branch distance: ``||W^R - W^L|| / ||W^R||`` vs epoch at the selected learning rates,
+  and at the end of training vs learning rate (an exploding literal contrast shows up here).
 """
 
 from __future__ import annotations
@@ -156,31 +158,75 @@ class Plotter:
         by_key = {k: v for k, v in by_key.items() if len({g.lr for g in v}) > 1}
         if not by_key:
             return None
-        labels = list(dict.fromkeys(f"{gs[0].label}, BS {gs[0].batch_size}" for gs in by_key.values()))
-        colors = _colors(labels)
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
-        for key, gs in by_key.items():
-            gs = sorted(gs, key=lambda g: g.lr)
-            lab = f"{gs[0].label}, BS {gs[0].batch_size}"
-            x = [g.lr for g in gs]
-            y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]
-            ax.plot(x, y, "o-", color=colors[lab], label=lab)
-            chosen = analysis.selected_lr.get(freeze(key))
-            if chosen is not None:
-                ax.plot([chosen.lr], [chosen.val_acc * 100], "o", markersize=12, markerfacecolor="none",
-                        markeredgecolor=colors[lab])
+        batches = sorted({gs[0].batch_size for gs in by_key.values()})
+        colors = _colors(list(dict.fromkeys(gs[0].label for gs in sorted(
+            by_key.values(), key=lambda gs: (gs[0].method != "vanilla", gs[0].label)))))
+        fig, axes = self.plt.subplots(1, len(batches), figsize=(5.6 * len(batches), 4.4), squeeze=False)
+        for ax, batch in zip(axes[0], batches):
+            lrs = set()
+            for key, gs in by_key.items():
+                if gs[0].batch_size != batch:
+                    continue
+                gs = sorted(gs, key=lambda g: g.lr)
+                x = [g.lr for g in gs]
+                lrs.update(x)
+                y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]
+                ax.plot(x, y, "o-", color=colors[gs[0].label], label=gs[0].label)
+                chosen = analysis.selected_lr.get(freeze(key))
+                if chosen is not None:
+                    ax.plot([chosen.lr], [chosen.val_acc * 100], "o", markersize=12, markerfacecolor="none",
+                            markeredgecolor=colors[gs[0].label])
+            self._log_lr_axis(ax, sorted(lrs))
+            ax.set_ylabel("best validation accuracy (%), mean over seeds")
+            ax.set_title(f"BS {batch}: learning-rate sensitivity (circled: selected)", fontsize=10)
+            ax.legend(fontsize=7)
+        if setup.label:
+            fig.suptitle(setup.label, fontsize=10)
+        return self._save(fig, f"{prefix}lr_sensitivity.png")
+
+    def _log_lr_axis(self, ax: Any, lrs: Sequence[float]) -> None:
         ax.set_xscale("log")
-        lrs = sorted({g.lr for gs in by_key.values() for g in gs})
         ax.set_xticks(lrs)
         ax.set_xticklabels([name_value(lr) for lr in lrs])
         ax.xaxis.set_minor_formatter(self.plt.NullFormatter())
         ax.set_xlabel("optim.lr (for a batch of optim.base_batch_size; log scale)")
-        ax.set_ylabel("best validation accuracy (%), mean over seeds")
-        where = f" - {setup.label}" if setup.label else ""
-        ax.set_title(f"Learning-rate sensitivity (circled: selected){where}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        return self._save(fig, f"{prefix}lr_sensitivity.png")
+
+    # ---------------------------------------------------------------- DReg branches
+    def branch_distance(self, setup: Setup, batch: int, prefix: str = "") -> Optional[str]:
+        tag = "branch_distance_rel"
+        dreg = [g for g in setup.groups if g.method == "dreg" and g.batch_size == batch]
+        if not any(g.train_curve(tag) for g in dreg):
+            return None
+        colors = _colors(list(dict.fromkeys(g.label for g in sorted(dreg, key=lambda g: g.label))))
+        fig, (left, right) = self.plt.subplots(1, 2, figsize=(11.2, 4.4))
+        for g in sorted((g for g in setup.selected if g in dreg), key=lambda g: g.label):
+            points = g.train_curve(tag)
+            if points:
+                left.plot([p[0] for p in points], [p[1] for p in points], color=colors[g.label],
+                          label=f"{g.label}, lr {name_value(g.lr)}")
+        left.set_yscale("log")
+        left.set_xlabel("epoch")
+        left.set_ylabel("||W^R - W^L|| / ||W^R|| (log scale)")
+        left.set_title(f"BS {batch}: branch distance at the selected learning rates", fontsize=10)
+        left.grid(alpha=0.3, which="both")
+        left.legend(fontsize=7)
+        by_label: dict[str, list[tuple[float, float]]] = {}
+        for g in dreg:
+            points = g.train_curve(tag)
+            if g.lr is not None and points:
+                by_label.setdefault(g.label, []).append((g.lr, points[-1][1]))
+        for label, pts in sorted(by_label.items()):
+            pts.sort()
+            right.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[label], label=label)
+        self._log_lr_axis(right, sorted({p[0] for pts in by_label.values() for p in pts}))
+        right.set_yscale("log")
+        right.set_ylabel("final ||W^R - W^L|| / ||W^R|| (log scale)")
+        right.set_title(f"BS {batch}: branch distance at the end vs learning rate", fontsize=10)
+        right.legend(fontsize=7)
+        if setup.label:
+            fig.suptitle(setup.label, fontsize=10)
+        return self._save(fig, f"{prefix}branch_distance_bs{batch}.png")
 
 
 def _m(values: Sequence[float]) -> Optional[float]:

@@ -5,6 +5,11 @@ method (and batch size, and setting) at the learning rate with the best *mean be
 validation accuracy over seeds*. The test accuracy is carried along for display only: it
 never takes part in the choice (choosing on test accuracy would report an optimistically
 biased test number).
+
+Only the seeds that every learning rate of a key was run with take part in its choice.
+That makes the usual two-stage protocol stable: sweep the learning rates with one seed,
+then run more seeds at the selected one (``launch/report.py --seed-grid``); the extra
+seeds sharpen the reported numbers but cannot move the choice they were run for.
 """
 
 from __future__ import annotations
@@ -25,10 +30,36 @@ class LrResult:
     """Best validation accuracy of each seed."""
     test_accs: tuple[float, ...] = ()
     """Test accuracy of each seed's exported model: shown, never used for the choice."""
+    seeds: tuple[int, ...] = ()
+    """The seed of each entry of ``val_accs`` (empty: unknown, all entries count)."""
 
     @property
     def val_acc(self) -> float:
         return sum(self.val_accs) / len(self.val_accs) if self.val_accs else float("nan")
+
+    def val_acc_on(self, seeds: Optional[frozenset[int]]) -> float:
+        """Mean best validation accuracy over ``seeds`` (None: over all of them)."""
+        if seeds is None or len(self.seeds) != len(self.val_accs):
+            return self.val_acc
+        vals = [v for s, v in zip(self.seeds, self.val_accs) if s in seeds]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+
+def common_seeds(results: Iterable[LrResult]) -> dict[Hashable, Optional[frozenset[int]]]:
+    """Per key, the seeds every learning rate with results was run with (None: no common seed
+    or seeds unknown, in which case all seeds count)."""
+    out: dict[Hashable, Optional[frozenset[int]]] = {}
+    seen: set[Hashable] = set()
+    for res in results:
+        if not res.val_accs:
+            continue
+        mine = frozenset(res.seeds) if len(res.seeds) == len(res.val_accs) else None
+        if res.key not in seen:
+            seen.add(res.key)
+            out[res.key] = mine
+        elif out[res.key] is not None:
+            out[res.key] = out[res.key] & mine if mine is not None else None
+    return {k: (v if v else None) for k, v in out.items()}
 
     @property
     def test_acc(self) -> Optional[float]:
@@ -36,17 +67,22 @@ class LrResult:
 
 
 def select_lr(results: Iterable[LrResult]) -> dict[Hashable, LrResult]:
-    """The best learning rate per key, by mean best validation accuracy over seeds.
+    """The best learning rate per key, by mean best validation accuracy over the seeds common
+    to all of the key's learning rates (see the module doc).
 
     Ties go to the smaller learning rate; results without any validation accuracy are never
     chosen (a key with only such results is absent from the answer).
     """
+    results = list(results)
+    common = common_seeds(results)
     best: dict[Hashable, LrResult] = {}
     for res in results:
-        if not res.val_accs or not math.isfinite(res.val_acc):
+        score = res.val_acc_on(common.get(res.key))
+        if not res.val_accs or not math.isfinite(score):
             continue
         cur = best.get(res.key)
-        if cur is None or res.val_acc > cur.val_acc or (res.val_acc == cur.val_acc and res.lr < cur.lr):
+        cur_score = cur.val_acc_on(common.get(res.key)) if cur is not None else None
+        if cur is None or score > cur_score or (score == cur_score and res.lr < cur.lr):
             best[res.key] = res
     return best
 

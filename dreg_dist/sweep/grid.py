@@ -68,6 +68,10 @@ ALIASES: dict[str, str] = {
     "optim.momentum": "mom",
     "dreg.lam": "lam",
     "dreg.layer": "layer",
+    "dreg.form": "",
+    "dreg.contrast_reduction": "contrast",
+    "dreg.ce_reduction": "ce",
+    "train.accumulation_steps": "acc",
     "dreg.enabled": "dreg",
     "model.num_classes": "nc",
 }

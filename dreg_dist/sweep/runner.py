@@ -213,13 +213,17 @@ class SweepRunner:
         print(f"{len(self.cells)} cells")
 
     # ------------------------------------------------------------ running
-    def run(self, only: Optional[int] = None) -> int:
-        todo = [st for st in self.states if only is None or st.cell.index == only]
+    def run(self, only: Optional[int] = None, shard: Optional[tuple[int, int]] = None) -> int:
+        """Run the selected cells one after another: all, only cell ``only``, or with
+        ``shard=(i, n)`` the cells whose index is i modulo n (n sweeps side by side)."""
+        todo = [st for st in self.states if (only is None or st.cell.index == only)
+                and (shard is None or st.cell.index % shard[1] == shard[0])]
         total = len(self.states)
         to_run = [st for st in todo if st.status != "finished"]
         skipped = [st for st in todo if st.status == "finished"]
         self.say(f"{total} cells, {self.counts().get('finished', 0)} finished, {len(to_run)} to run"
                  + (f" (only cell {only})" if only is not None else "")
+                 + (f" (shard {shard[0]}/{shard[1]})" if shard is not None else "")
                  + f"; {self.nproc} worker(s) per cell; runs in {self.sweep_dir}")
         for st in skipped:
             self.say(f"cell {st.cell.index} {st.cell.name}: finished already, skipped")

@@ -125,17 +125,17 @@ def test_sweep_skips_finished_cells_and_report_matches_runs(tmp_path: Path) -> N
             best = _best_val_from_metrics(run_dir)
             assert best == pytest.approx(max(summary["best"]["val_acc"].values()))
             assert row[3] == f"{100 * best:.2f}", (method, b, row)
-            assert row[7] == f"{100 * summary['test']['acc']:.2f}", (method, b, row)
-            assert row[8] == f"{summary['images_per_sec']:.0f}"
+            assert row[8] == f"{100 * summary['test']['acc']:.2f}", (method, b, row)
+            assert row[9] == f"{summary['images_per_sec']:.0f}"
             curve = [(r["epoch"], max(v for k, v in r.items() if k == "acc" or k.startswith("acc_")))
                      for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
                      if r["kind"] == "val"]
-            for col, frac in ((4, 0.95), (5, 0.99)):
+            for col, frac in ((4, 0.95), (5, 0.99), (6, 1.0)):
                 reached = [e for e, a in sorted(curve) if a >= frac * vanilla_best - 1e-12]
                 assert row[col] == (f"{reached[0]}" if reached else "not reached"), (method, b, col, row)
             if method == "dreg":
                 dist = summary["final_branch_stats"]["branch_distance"]
-                assert re.match(re.escape(f"{dist:.4g}") + r" \(", row[9])
+                assert re.match(re.escape(f"{dist:.4g}") + r" \(", row[10])
             else:
-                assert row[9] == "—"
+                assert row[10] == "—"
             assert runs_table[f"`{run_dir.name}`"][6] == f"{100 * best:.2f}"

@@ -10,7 +10,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 
 from dreg_dist.models import UnknownModelError, available_models, build_model, input_size
 
-CIFAR_ARCHS = ["resnet18", "vgg16", "mobilenet_v2", "cnn_small", "cnn_small_gn"]
+CIFAR_ARCHS = ["resnet18", "vgg16", "mobilenet_v2", "cnn_small", "cnn_small_gn", "cnn_tiny"]
 
 
 def _n_params(model: nn.Module) -> int:
@@ -39,6 +39,7 @@ def test_cifar_output_shape(arch: str) -> None:
         ("mobilenet_v2", 2.24),
         ("cnn_small", 0.39),
         ("cnn_small_gn", 0.39),
+        ("cnn_tiny", 0.098),
     ],
 )
 def test_cifar_param_counts(arch: str, expected_millions: float) -> None:
@@ -89,7 +90,7 @@ def test_mobilenet_v2_cifar_strides_and_spatial_size() -> None:
 
 
 def test_cnn_small_layer_names() -> None:
-    for arch, norm in [("cnn_small", nn.BatchNorm2d), ("cnn_small_gn", nn.GroupNorm)]:
+    for arch, norm in [("cnn_small", nn.BatchNorm2d), ("cnn_small_gn", nn.GroupNorm), ("cnn_tiny", nn.BatchNorm2d)]:
         model = build_model(arch, 10)
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         assert convs == ["conv1", "conv2", "conv3", "conv4"]
@@ -97,6 +98,17 @@ def test_cnn_small_layer_names() -> None:
         assert all(isinstance(getattr(model, f"bn{i}"), norm) for i in range(1, 5))
         assert isinstance(model.fc, nn.Linear)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in build_model("cnn_small_gn", 10).modules())
+
+
+def test_cnn_tiny_downsamples_in_the_stem() -> None:
+    model = build_model("cnn_tiny", 10).eval()
+    assert model.conv1.stride == (2, 2)
+    assert [getattr(model, f"conv{i}").out_channels for i in range(1, 5)] == [16, 32, 64, 128]
+    seen = {}
+    model.conv4.register_forward_hook(lambda m, i, o: seen.__setitem__("shape", o.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert seen["shape"] == (1, 128, 4, 4)  # 32 -> 16 (stem) -> 8 -> 4 (pools)
 
 
 def test_cnn_small_gn_is_independent_of_batch_split() -> None:
