@@ -139,8 +139,13 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
                 text = f"{fmt_lr(g.lr)}: {pct(mean)}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
             on = common.get(freeze(key))
+            selected = fmt_lr(chosen.lr) if chosen else "—"
+            lrs = [g.lr for g in gs if g.lr is not None]
+            if chosen and len(lrs) > 2 and chosen.lr in (min(lrs), max(lrs)):
+                # The optimum may lie outside the grid: say so instead of implying it was bracketed.
+                selected += " (lowest tried)" if chosen.lr == min(lrs) else " (highest tried)"
             row = ([setup.label] if len(analysis.setups) > 1 else []) + [
-                gs[0].label, gs[0].batch_size, "; ".join(tried), fmt_lr(chosen.lr) if chosen else "—",
+                gs[0].label, gs[0].batch_size, "; ".join(tried), selected,
                 ", ".join(str(x) for x in sorted(on)) if on else "all"]
             rows.append(row)
     header = (["setup"] if len(analysis.setups) > 1 else []) + [

@@ -69,6 +69,46 @@ def test_mean_reductions_scale_the_gradient() -> None:
     assert torch.allclose(mean, summed / 2)
 
 
+@pytest.mark.parametrize("form, contrast_reduction, ce_reduction", [
+    ("literal", "sum", "sum"), ("literal", "mean", "sum"), ("literal", "sum", "mean"), ("relative", "sum", "sum"),
+])
+def test_each_convention_gradient_on_a_tiny_model(form: str, contrast_reduction: str, ce_reduction: str) -> None:
+    """Trunk and branch gradients of the whole objective, against references built from each
+    path's own cross-entropy gradient and the contrast's formula (README table)."""
+    dual = _dual(1)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    trunk = [p for n, p in dual.net.named_parameters() if n.startswith(("conv1", "conv2", "fc"))]
+    w_r, w_l = dual.branch_weights()
+    # The mean and relative contrasts are ~N times weaker per weight: a lambda N times larger
+    # keeps them measurable next to the cross-entropy.
+    lam = 0.2 * (w_r.numel() if contrast_reduction == "mean" or form == "relative" else 1)
+    ce_grads = {}
+    for path in ("R", "L"):
+        dual.zero_grad()
+        F.cross_entropy(dual(x, path=path), y).backward()
+        ce_grads[path] = ([p.grad.clone() for p in trunk],
+                          *(torch.zeros_like(w) if w.grad is None else w.grad.clone() for w in (w_r, w_l)))
+    dual.zero_grad()
+    loss, _ = DRegObjective(lam=lam, form=form, contrast_reduction=contrast_reduction,
+                            ce_reduction=ce_reduction)(*dual(x), y, dual)
+    loss.backward()
+
+    scale = 1.0 if ce_reduction == "sum" else 0.5
+    for got, g_r, g_l in zip(trunk, ce_grads["R"][0], ce_grads["L"][0]):
+        assert torch.allclose(got.grad, scale * (g_r + g_l), atol=1e-6)
+    d = (w_r - w_l).detach()
+    if form == "relative":
+        s_ = (w_r.pow(2).sum() + w_l.pow(2).sum()).detach()
+        push_r = 2 * (d * s_ - d.pow(2).sum() * w_r.detach()) / s_**2
+        push_l = 2 * (-d * s_ - d.pow(2).sum() * w_l.detach()) / s_**2
+    else:
+        n = w_r.numel() if contrast_reduction == "mean" else 1
+        push_r, push_l = 2 * d / n, -2 * d / n
+    assert torch.allclose(w_r.grad, scale * ce_grads["R"][1] - lam * push_r, atol=1e-6)
+    assert torch.allclose(w_l.grad, scale * ce_grads["L"][2] - lam * push_l, atol=1e-6)
+    assert (lam * push_r).abs().max() > 1e-2 * ce_grads["R"][1].abs().max()  # the contrast part is measurable
+
+
 def test_relative_form_gradient_and_bound() -> None:
     w_r = torch.randn(5, 4, requires_grad=True)
     w_l = torch.randn(5, 4, requires_grad=True)

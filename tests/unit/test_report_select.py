@@ -104,6 +104,8 @@ def test_report_selects_each_methods_lr_on_validation_only(tmp_path: Path) -> No
     write_report(root, out, say=lambda _: None)
     text = (out / "report.md").read_text()
     assert "**0.1: 81.00 (2 seeds)**" in text and "**0.05: 85.00 (2 seeds)**" in text  # stated selection
+    assert "| vanilla | 512 | 0.05: 71.00 (2 seeds); **0.1: 81.00 (2 seeds)**; 0.2: 76.00 (2 seeds) | 0.1 | 0, 1 |" in text
+    assert "| 0.05 |" in text and "0.05 (highest tried)" not in text  # dreg tried 2 rates: no edge flag
     assert re.search(r"^\| vanilla \| 0\.1 \| 0, 1 \| 81\.00 ± 1\.41 \|", text, re.M)
     assert re.search(r"^\| dreg \| 0\.05 \| 0, 1 \| 85\.00 ± 1\.41 \|", text, re.M)
     for fig in ("lr_sensitivity", "branch_distance_bs512"):
@@ -111,6 +113,17 @@ def test_report_selects_each_methods_lr_on_validation_only(tmp_path: Path) -> No
         assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (dreg_05,) = [g for g in analysis.setups[0].groups if g.method == "dreg" and g.lr == 0.05]
     assert [p[1] for p in dreg_05.train_curve("branch_distance_rel")] == pytest.approx([0.01, 0.02, 0.03])
+
+
+def test_report_flags_a_selection_at_the_edge_of_the_grid(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from dreg_dist.report.markdown import write_report
+
+    root = tmp_path / "edge"
+    for lr, acc in ((0.05, 0.8), (0.1, 0.7), (0.2, 0.6)):
+        plant_run(root, f"v{lr}", method="vanilla", lr=lr, curve=[acc], test_acc=0.5)
+    write_report(root, tmp_path / "rep", say=lambda _: None)
+    assert "| 0.05 (lowest tried) | 0 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_select_lr_uses_only_seeds_every_lr_has() -> None:
