@@ -16,6 +16,8 @@ A grid is a YAML file::
       dreg: [0.025, 0.05, 0.1]
     exclude:                                 # optional: partial cells to leave out
       - {method: vanilla, train.global_batch_size: 4096}
+    only:                                    # optional: keep only cells matching one entry
+      - {method: dreg, dreg.lam: 0.1, optim.lr: 0.05}
 
 The cells are the cartesian product of the axes in the order written (first axis
 slowest), times each cell's method's learning rates. Keys that do not apply to a cell's
@@ -41,7 +43,7 @@ from dreg_dist.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude")
+GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude", "only")
 LR_KEY = "optim.lr"
 
 # Config keys that only one method (or a few) reads. Everything else applies to every method.
@@ -199,6 +201,8 @@ class Grid:
     axes: dict[str, list[Any]] = field(default_factory=dict)
     lr_grid: Union[None, list[Any], dict[str, list[Any]]] = None
     exclude: list[dict[str, Any]] = field(default_factory=list)
+    only: list[dict[str, Any]] = field(default_factory=list)
+    """When given, a cell is kept only if it matches one entry (follow-up grids list their cells so)."""
     description: str = ""
     source: Optional[str] = None
     """The grid file, when read from one."""
@@ -225,12 +229,14 @@ class Grid:
         lr_grid = _lr_grid(data.get("lr_grid"))
         if lr_grid is not None and LR_KEY in axes:
             raise GridError(f"'{LR_KEY}' is both an axis and set by lr_grid: use one of them")
-        exclude = _exclude(data.get("exclude"), set(axes) | ({LR_KEY} if lr_grid is not None else set()))
+        known = set(axes) | ({LR_KEY} if lr_grid is not None else set())
+        exclude = _exclude(data.get("exclude"), known)
+        only = _exclude(data.get("only"), known, "only")
         try:
             base = load_config(config, overrides)
         except ConfigError as err:
             raise GridError(f"base config with the grid's overrides: {err}") from None
-        return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude,
+        return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude, only=only,
                    description=str(data.get("description") or ""), source=str(source) if source else None,
                    base_method=base.method, base_dreg_enabled=base.dreg.enabled)
 
@@ -250,7 +256,7 @@ class Grid:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "config": self.config,
                 "overrides": list(self.overrides), "axes": self.axes, "lr_grid": self.lr_grid,
-                "exclude": self.exclude, "source": self.source}
+                "exclude": self.exclude, "only": self.only, "source": self.source}
 
 
 def _find_config(path: str, source: Optional[Union[str, Path]]) -> str:
@@ -305,15 +311,16 @@ def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
     raise GridError("grid 'lr_grid' must be a list of learning rates or map methods to lists")
 
 
-def _exclude(raw: Any, known: set[str]) -> list[dict[str, Any]]:
+def _exclude(raw: Any, known: set[str], what: str = "exclude") -> list[dict[str, Any]]:
+    """A list of partial cells ({axis key: value}) for ``exclude`` or ``only``."""
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(x, Mapping) and x for x in raw):
-        raise GridError("grid 'exclude' must be a list of mappings {axis key: value, ...}")
+        raise GridError(f"grid '{what}' must be a list of mappings {{axis key: value, ...}}")
     for entry in raw:
         for key in entry:
             if key not in known:
-                raise GridError(f"exclude entry {dict(entry)} names '{key}', which is not an axis")
+                raise GridError(f"{what} entry {dict(entry)} names '{key}', which is not an axis")
     return [dict(x) for x in raw]
 
 
@@ -337,7 +344,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
             full = dict(values)
             if lr is not None:
                 full[LR_KEY] = lr
-            if _excluded(full, grid.exclude):
+            if _excluded(full, grid.exclude) or (grid.only and not _excluded(full, grid.only)):
                 continue
             cell = {k: v for k, v in full.items() if key_applies(k, method)}
             ident = json.dumps([[k, name_value(v)] for k, v in cell.items()])

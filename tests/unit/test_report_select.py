@@ -163,6 +163,33 @@ def test_seed_grid_reruns_only_the_selected_lrs(tmp_path: Path, capsys: pytest.C
     assert "already ran" in capsys.readouterr().err
 
 
+def test_edge_grid_extends_only_selections_at_the_edge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "runs" / "stage1"
+    grid = {"name": "stage1", "config": BASE, "overrides": ["train.epochs=3"],
+            "axes": {"method": ["vanilla", "dreg"], "dreg.lam": [0.1, 0.01], "train.seed": [0]},
+            "lr_grid": [0.025, 0.05, 0.1], "exclude": [{"method": "vanilla", "optim.lr": 0.025}]}
+    # vanilla (0.05, 0.1) best at its highest; dreg lam 0.1 best at its lowest; lam 0.01 inside.
+    best = {("vanilla", None): (0.6, 0.7), ("dreg", 0.1): (0.8, 0.7, 0.6), ("dreg", 0.01): (0.6, 0.8, 0.7)}
+    for (method, lam), accs in best.items():
+        lrs = [0.05, 0.1] if method == "vanilla" else [0.025, 0.05, 0.1]
+        for lr, acc in zip(lrs, accs):
+            plant_run(root, f"{method}_{lam}_{lr}", method=method, lam=lam or 0.1, lr=lr, curve=[acc], test_acc=0.5)
+    (root / "sweep.json").write_text(json.dumps({"name": "stage1", "grid": grid}))
+    out = tmp_path / "edge.yaml"
+    report = _cli("report.py")
+    assert report([str(root), "--edge-grid", str(out)]) == 0
+    cells = expand_grid(load_grid(out))
+    assert sorted((c.method, c.values.get("dreg.lam"), c.values["optim.lr"], c.values["train.seed"]) for c in cells) == [
+        ("dreg", 0.1, 0.0125, 0), ("vanilla", None, 0.2, 0)]
+    assert "adds 0.0125" in out.read_text()
+    for lr, acc in ((0.0125, 0.7), (0.2, 0.65)):  # run them: now both selections are inside
+        method, lam = ("dreg", 0.1) if lr == 0.0125 else ("vanilla", None)
+        plant_run(tmp_path / "runs" / "edge", f"{method}_{lr}", method=method, lam=lam or 0.1, lr=lr, curve=[acc],
+                  test_acc=0.5)
+    assert report([str(root), str(tmp_path / "runs" / "edge"), "--edge-grid", str(out)]) == 2
+    assert "nothing to extend" in capsys.readouterr().err
+
+
 def test_batch_bound_key_and_several_sweeps_in_one_report(tmp_path: Path) -> None:
     # accumulation set per batch size (micro-batch 256 at both) is part of the batch size,
     # not a separate setup; a second sweep folder's runs join the first's groups.
@@ -255,8 +282,12 @@ def test_grid_auto_method_lr_grid_and_exclude() -> None:
     assert not any(c.values.get("dreg.lam") == 0.01 for c in cells)
     assert len(cells) == 2 * 2 + 2
     assert all(c.overrides[-1].startswith("optim.lr=") for c in cells)
+    only = expand_grid(_grid(only=[{"method": "vanilla", "train.seed": 1}, {"dreg.lam": 0.01, "train.seed": 0}]))
+    assert [c.name for c in only] == ["vanilla_seed1", "dreg_lam0.01_seed0"]
     with pytest.raises(GridError, match="not an axis"):
         _grid(exclude=[{"dreg.lamda": 0.1}])
+    with pytest.raises(GridError, match="only entry .* not an axis"):
+        _grid(only=[{"optim.lr": 0.1}])  # no lr_grid: optim.lr is not swept
     with pytest.raises(GridError, match="unknown grid key"):
         _grid(axis={"x": [1]})
     with pytest.raises(GridError, match="non-empty list"):

@@ -1,0 +1,128 @@
+"""Follow-up grids of a learning-rate sweep, written from its runs.
+
+The usual protocol for comparing methods at tuned learning rates is to sweep each method's
+learning rates with one seed, select on validation, then spend the remaining budget on
+more seeds *at the selected values only*. Two follow-ups serve it; both keep the first
+grid's base config, overrides and axes:
+
+* :func:`edge_grid`: where a method variant's best learning rate is the lowest or highest
+  it tried, one more learning rate a grid step beyond it (same seeds), so that every
+  selection ends up bracketed (or is reported as an edge);
+* :func:`seed_grid`: new seeds at each variant's selected learning rate.
+
+Both list their cells in the grid's ``only`` entries (one per variant and batch size).
+
+Runs of all stages are reported together (``launch/report.py STAGE1 STAGE2 ...``). The
+selection does not move when seeds are added, because it is made on the seeds every
+learning rate has (:mod:`dreg_dist.report.select`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from dreg_dist.report.aggregate import BATCH_KEY, LR_KEY, Analysis, Group, freeze
+from dreg_dist.report.plots import ReportError
+from dreg_dist.report.select import common_seeds
+from dreg_dist.sweep.grid import name_value
+
+Grid = dict[str, Any]
+
+
+def _compared(analysis: Analysis) -> Iterator[tuple[tuple, list[Group]]]:
+    """(compare key, its groups sorted by learning rate) for every method variant x batch size."""
+    for setup in analysis.setups:
+        by_key: dict[tuple, list[Group]] = {}
+        for g in setup.groups:
+            if g.lr is not None:
+                by_key.setdefault(g.compare_key, []).append(g)
+        for key, groups in by_key.items():
+            yield key, sorted(groups, key=lambda g: g.lr)
+
+
+def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
+    """The axis values that single out ``group``'s cells (learning rate and seed aside)."""
+    entry: dict[str, Any] = {}
+    if "method" in axes:
+        entry["method"] = group.method
+    for k, v in (*group.setup, *group.variant):
+        if k in axes:
+            entry[k] = v
+    if BATCH_KEY in axes:
+        entry[BATCH_KEY] = group.batch_size
+    return entry
+
+
+def _followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequence[int],
+              picks: Mapping[tuple, tuple[Group, Optional[float]]]) -> Grid:
+    """A grid that runs, for each compare key, only its picked learning rate (None: nothing)."""
+    axes = dict(grid.get("axes") or {})
+    axes["train.seed"] = list(seeds)
+    only = [{**_cell_filter(group, axes), LR_KEY: lr} for group, lr in picks.values() if lr is not None]
+    if not only:
+        raise ReportError("nothing to run: no method variant needs a follow-up")
+    # The first grid's learning-rate excludes described its own lr_grid; ``only`` replaces them.
+    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e]
+    return {"name": name, "description": description, "config": grid.get("config"),
+            "overrides": list(grid.get("overrides") or []), "axes": axes,
+            "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
+
+
+def _check(grid: Mapping[str, Any], analysis: Analysis) -> None:
+    if not grid.get("lr_grid"):
+        raise ReportError("the sweep has no lr_grid: there is no learning-rate selection to follow up")
+    if not analysis.runs:
+        raise ReportError("no run has validation results yet")
+
+
+def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
+              name: str) -> tuple[Grid, list[str]]:
+    """New ``seeds`` at each selected learning rate of the runs in ``analysis``, whose first
+    grid is ``grid`` (``sweep.json``'s ``grid``); and one line per selection for its header."""
+    _check(grid, analysis)
+    if not seeds:
+        raise ReportError("--seeds needs at least one seed")
+    used = {r.seed for r in analysis.runs}
+    if used & set(seeds):
+        raise ReportError(f"seed(s) {sorted(used & set(seeds))} already ran in this sweep; pick new ones")
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    lines = []
+    for key, groups in _compared(analysis):
+        chosen = analysis.selected_lr.get(freeze(key))
+        picks[key] = (groups[0], chosen.lr if chosen is not None else None)
+        lines.append(f"{groups[0].label} batch {groups[0].batch_size}: "
+                     + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
+    description = (f"Seeds {', '.join(map(str, seeds))} at each method variant's learning rate selected on "
+                   f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))
+    return _followup(grid, name, description, seeds, picks), lines
+
+
+def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[Grid, list[str]]:
+    """One more learning rate beyond each selection at the edge of what its variant tried
+    (a geometric grid step further), with the seeds the selection was made on."""
+    _check(grid, analysis)
+    common = common_seeds(analysis.lr_results)
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    lines = []
+    seeds: set[int] = set()
+    for key, groups in _compared(analysis):
+        chosen = analysis.selected_lr.get(freeze(key))
+        lrs = [g.lr for g in groups]
+        step = None
+        if chosen is not None and len(lrs) >= 2 and chosen.lr == lrs[0]:
+            step = lrs[0] * lrs[0] / lrs[1]
+        elif chosen is not None and len(lrs) >= 2 and chosen.lr == lrs[-1]:
+            step = lrs[-1] * lrs[-1] / lrs[-2]
+        if step is None:
+            picks[key] = (groups[0], None)  # bracketed already: none of its cells
+            continue
+        step = float(f"{step:.6g}")  # 0.0125 / 2 is written 0.00625, not 0.006250000000000001
+        picks[key] = (groups[0], step)
+        seeds |= set(common.get(freeze(key)) or {s for g in groups for s in g.seeds})
+        lines.append(f"{groups[0].label} batch {groups[0].batch_size}: best at lr {name_value(chosen.lr)} "
+                     f"of {', '.join(name_value(x) for x in lrs)}; adds {name_value(step)}")
+    if not lines:
+        raise ReportError("every selected learning rate is inside its grid: nothing to extend")
+    description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
+                   "highest. " + str(grid.get("description") or ""))
+    return _followup(grid, name, description, sorted(seeds), picks), lines
