@@ -282,7 +282,8 @@ def test_grid_auto_method_lr_grid_and_exclude() -> None:
     assert not any(c.values.get("dreg.lam") == 0.01 for c in cells)
     assert len(cells) == 2 * 2 + 2
     assert all(c.overrides[-1].startswith("optim.lr=") for c in cells)
-    only = expand_grid(_grid(only=[{"method": "vanilla", "train.seed": 1}, {"dreg.lam": 0.01, "train.seed": 0}]))
+    only = expand_grid(_grid(only=[{"method": "vanilla", "train.seed": 1},
+                                     {"method": "dreg", "dreg.lam": 0.01, "train.seed": 0}]))
     assert [c.name for c in only] == ["vanilla_seed1", "dreg_lam0.01_seed0"]
     with pytest.raises(GridError, match="not an axis"):
         _grid(exclude=[{"dreg.lamda": 0.1}])
