@@ -65,8 +65,9 @@ def row_cells(row: Row) -> list[str]:
         dist = f"{row.branch_distance:.4g}"
         if row.branch_distance_rel is not None:
             dist += f" ({row.branch_distance_rel:.3g})"
+    diverged = sum(r.diverged_at is not None for r in g.runs)
     return [
-        g.label,
+        g.label + (f" (diverged: {diverged}/{len(g.runs)} seeds)" if diverged else ""),
         fmt_lr(g.lr),
         ", ".join(str(s) for s in g.seeds),
         pct_pm(row.best_val[0], row.best_val[1], len(g.best_vals)),
@@ -88,7 +89,8 @@ How the numbers are computed:
   the exported (epoch, path) is chosen on. Curves show the mean over seeds, shaded from the
   minimum to the maximum seed.
 - **Best val acc**: each run's best validation accuracy (over epochs and, for DReg, paths);
-  mean ± sample standard deviation over seeds.
+  mean ± sample standard deviation over seeds. A run that **diverged** (its loss or contrast
+  became infinite and the trainer stopped) counts with the best accuracy it reached before.
 - **Epochs to 95% / 99% / vanilla's best**: the first epoch at which a run's validation accuracy
   reaches 95% / 99% / 100% of the best validation accuracy of the vanilla run with the same batch
   size and seed (the mean over vanilla's seeds where that seed is missing), averaged over seeds;
@@ -109,7 +111,7 @@ def _runs_table(analysis: Analysis) -> str:
         best = (run.summary or {}).get("best") or {}
         rows.append([
             f"`{run.name}`", run.method, run.batch_size, run.seed, fmt_lr(run.lr),
-            str(run.summary.get("status", "unfinished")) if run.summary else "unfinished",
+            run.status,
             pct(run.best_val_acc), best.get("epoch", "—") if run.finished else "—",
             (best.get("path") or "—") if run.finished else "—", pct(run.test_acc),
         ])

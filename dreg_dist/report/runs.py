@@ -97,6 +97,25 @@ class Run:
     def finished(self) -> bool:
         return bool(self.summary) and self.summary.get("status") == "finished"
 
+    @property
+    def diverged_at(self) -> Optional[int]:
+        """The first logged step whose loss or contrast is not finite (the trainer stops there
+        without a summary), or None."""
+        for rec in self.train:
+            for tag in ("raw_loss", "contrast"):
+                value = rec.get(tag)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                    return int(rec["step"])
+        return None
+
+    @property
+    def status(self) -> str:
+        """summary.json's status; else 'diverged at step N' or 'unfinished'."""
+        if self.summary and self.summary.get("status"):
+            return str(self.summary["status"])
+        step = self.diverged_at
+        return f"diverged at step {step}" if step is not None else "unfinished"
+
     # ----------------------------------------------------------- results
     @property
     def curve(self) -> list[tuple[float, float]]:

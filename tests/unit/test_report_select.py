@@ -126,6 +126,23 @@ def test_report_flags_a_selection_at_the_edge_of_the_grid(tmp_path: Path) -> Non
     assert "| 0.05 (lowest tried) | 0 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def test_a_diverged_run_is_named_so(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from dreg_dist.report.markdown import write_report
+
+    root = tmp_path / "div"
+    plant_run(root, "v", method="vanilla", curve=[0.5, 0.6], test_acc=0.5)
+    run = plant_run(root, "d", method="dreg", curve=[0.4, 0.45], test_acc=0.5, finished=False)
+    with open(run / "metrics.jsonl", "a") as f:  # what the trainer logs before stopping on it
+        f.write('{"kind": "train", "step": 25, "epoch": 2.5, "loss": -1e37, "contrast": Infinity}\n')
+    (loaded,) = [r for r in load_runs(root) if r.name == "d"]
+    assert loaded.diverged_at == 25 and loaded.status == "diverged at step 25"
+    write_report(root, tmp_path / "rep", say=lambda _: None)
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert re.search(r"^\| dreg \(diverged: 1/1 seeds\) \| 0\.1 \| 0 \| 45\.00 \|", text, re.M)
+    assert "| diverged at step 25 |" in text
+
+
 def test_select_lr_uses_only_seeds_every_lr_has() -> None:
     # lr 0.1 was rerun with seed 1 after being selected on seed 0; its seed 1 is worse than
     # lr 0.05's seed 0, but the choice must stay what seed 0 said.
