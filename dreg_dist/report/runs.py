@@ -79,6 +79,8 @@ class Run:
     """One record per validated epoch: epoch, acc (see the module doc), and the raw tags."""
     train: list[dict[str, Any]] = field(default_factory=list)
     """One record per logged step: step, epoch (fractional), loss (see train_loss), raw tags."""
+    diverged_step: Optional[int] = None
+    """Step of the trainer's last ``diverged`` record (it stopped on a non-finite value)."""
 
     # ----------------------------------------------------------- config
     @property
@@ -99,8 +101,12 @@ class Run:
 
     @property
     def diverged_at(self) -> Optional[int]:
-        """The first logged step whose loss or contrast is not finite (the trainer stops there
-        without a summary), or None."""
+        """Where the run stopped on a non-finite value: the trainer's ``diverged`` record, or
+        (runs logged before it wrote one) the first step whose loss or contrast is not finite."""
+        if self.finished:
+            return None
+        if self.diverged_step is not None:
+            return self.diverged_step
         for rec in self.train:
             for tag in ("raw_loss", "contrast"):
                 value = rec.get(tag)
@@ -178,14 +184,17 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     method = (summary or {}).get("method") or resolve_method(flat.get("method", "auto"), flat.get("dreg.enabled", True))
     val: dict[Any, dict[str, Any]] = {}
     train: dict[Any, dict[str, Any]] = {}
+    diverged: Optional[int] = None
     for rec in read_metrics(path / "metrics.jsonl"):
         kind = rec.get("kind")
+        if kind == "diverged" and isinstance(rec.get("step"), int):
+            diverged = rec["step"]
         if kind == "val" and rec.get("epoch") is not None:
             val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
         elif kind == "train" and rec.get("step") is not None:
             train[rec["step"]] = dict(rec, loss=train_loss(rec), raw_loss=rec.get("loss"))
     return Run(name=path.name, path=path, config=config, flat=flat, method=str(method), summary=summary,
-               val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)])
+               val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged)
 
 
 def load_runs(root: Union[str, Path]) -> list[Run]:

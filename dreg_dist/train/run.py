@@ -98,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
     except NonFiniteLossError as err:
+        if trainer is not None:  # so that reports can tell a diverged run from an interrupted one
+            trainer.recorder.event("diverged", step=trainer.global_step, epoch=trainer.epoch, reason=str(err))
         if env.is_main:
             print(f"error: {err}", file=sys.stderr)
         return 1

@@ -563,6 +563,8 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path: Path, no_launcher_e
     assert len(losses) >= 2 and losses[0] < 10 and losses[-1] > 1e3 * losses[0], losses
     assert f"step {len(losses) + 1} " in err
     assert all_checkpoints_finite(tmp_path)
+    (diverged,) = [r for r in records(tmp_path) if r["kind"] == "diverged"]  # for reports
+    assert diverged["step"] == len(losses) and "not finite" in diverged["reason"]
 
 
 def test_nonfinite_skip_skips_steps_and_finishes(tmp_path: Path, no_launcher_env: None) -> None:
@@ -581,6 +583,7 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path: Path, no_launcher_env
     rc = run_main(tmp_path, *DIVERGE, "model.arch=cnn_small", "train.on_nonfinite=skip", "checkpoint.every_steps=1")
     err = capsys.readouterr().err
     assert rc == 1 and "state is not finite" in err, err
+    assert [r["kind"] for r in records(tmp_path)][-1] == "diverged"
     assert list((tmp_path / "checkpoints").glob("step-*.pt")), "expected the finite early steps' checkpoints"
     assert all_checkpoints_finite(tmp_path)
 

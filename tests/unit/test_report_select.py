@@ -141,6 +141,12 @@ def test_a_diverged_run_is_named_so(tmp_path: Path) -> None:
     text = (tmp_path / "rep" / "report.md").read_text()
     assert re.search(r"^\| dreg \(diverged: 1/1 seeds\) \| 0\.1 \| 0 \| 45\.00 \|", text, re.M)
     assert "| diverged at step 25 |" in text
+    # The trainer's own record names the step when no logged value shows it (state check).
+    other = plant_run(root, "d2", method="dreg", lr=0.2, curve=[0.3], test_acc=0.5, finished=False)
+    with open(other / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "diverged", "step": 12, "epoch": 1, "reason": "model or optimizer state is not finite"}\n')
+    (loaded,) = [r for r in load_runs(root) if r.name == "d2"]
+    assert loaded.status == "diverged at step 12"
 
 
 def test_select_lr_uses_only_seeds_every_lr_has() -> None:
