@@ -31,6 +31,7 @@ def test_two_workers_reach_the_weights_of_one(tmp_path: Path, tiny: list[str]) -
     # times or 1/K times move the branch weights far beyond the tolerance.
     overrides = tiny + [
         "model.arch=cnn_small_gn", "train.epochs=1", "dreg.lam=1.0", "dreg.init_scale=0.5", "optim.lr=0.4",
+        "dreg.form=literal",
     ]
     one = launch(1, QUICKSTART, tmp_path / "k1", overrides)
     assert_ok(one)
