@@ -40,3 +40,13 @@ def test_shipped_configs_validate(name: str) -> None:
         twin = load_config(REPO / "configs" / name.replace("_vanilla", "_dreg"), overrides)
         twin.dreg.enabled = False
         assert twin == cfg, "a vanilla config must differ from its DReg twin only by dreg.enabled"
+
+
+@pytest.mark.parametrize("grid", sorted(p.name for p in (REPO / "configs" / "grids").glob("*.yaml")))
+def test_shipped_grids_expand_to_valid_cells(grid: str) -> None:
+    from dreg_dist.sweep.grid import check_cells, expand_grid, load_grid
+
+    loaded = load_grid(REPO / "configs" / "grids" / grid)
+    cells = expand_grid(loaded)
+    assert cells and len({c.name for c in cells}) == len(cells)
+    check_cells(loaded, cells)  # every cell's config loads: no typo in a key or value
