@@ -92,7 +92,8 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         picks[key] = (groups[0], chosen.lr if chosen is not None else None)
         lines.append(f"{groups[0].label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
-    description = (f"Seeds {', '.join(map(str, seeds))} at each method variant's learning rate selected on "
+    description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at each method variant's "
+                   "learning rate selected on "
                    f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))
     return _followup(grid, name, description, seeds, picks), lines
 

@@ -169,8 +169,12 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
     out = [f"# {title}", ""]
     if sweep and sweep.get("description"):
         out += [str(sweep["description"]), ""]
+    diverged = sum(r.diverged_at is not None for r in runs)
+    unfinished = len(runs) - finished - diverged
     out += [f"Runs: `{source}`: {len(runs)} run(s) with validation results, {finished} finished"
-            + (f", {len(runs) - finished} unfinished (numbers so far)" if finished < len(runs) else "")
+            + (f", {diverged} diverged (stopped on a non-finite value; counted with what they reached)"
+               if diverged else "")
+            + (f", {unfinished} unfinished (numbers so far)" if unfinished else "")
             + f". Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if commands:
         out += ["Reproduce:", "", "```bash", *commands, "```", ""]
