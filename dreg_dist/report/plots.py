@@ -180,9 +180,13 @@ class Plotter:
             ax.set_ylabel("best validation accuracy (%), mean over seeds")
             ax.set_title(f"BS {batch}: learning-rate sensitivity (circled: selected)", fontsize=10)
             ax.legend(fontsize=7)
+        return self._save_panels(fig, setup, f"{prefix}lr_sensitivity.png")
+
+    def _save_panels(self, fig: Any, setup: Setup, name: str) -> str:
+        """Save a figure of several panels, titled with the setup when there are several."""
         if setup.label:
             fig.suptitle(setup.label, fontsize=10)
-        return self._save(fig, f"{prefix}lr_sensitivity.png")
+        return self._save(fig, name)
 
     def _log_lr_axis(self, ax: Any, lrs: Sequence[float]) -> None:
         ax.set_xscale("log")
@@ -224,9 +228,7 @@ class Plotter:
         right.set_ylabel("final ||W^R - W^L|| / ||W^R|| (log scale)")
         right.set_title(f"BS {batch}: branch distance at the end vs learning rate", fontsize=10)
         right.legend(fontsize=7)
-        if setup.label:
-            fig.suptitle(setup.label, fontsize=10)
-        return self._save(fig, f"{prefix}branch_distance_bs{batch}.png")
+        return self._save_panels(fig, setup, f"{prefix}branch_distance_bs{batch}.png")
 
 
 def _m(values: Sequence[float]) -> Optional[float]:
