@@ -5,8 +5,8 @@ Cells run one after another on this machine (K workers each via torchrun), finis
 are skipped and unfinished ones resume; ``RUNS_ROOT/NAME/sweep.json`` lists every cell and
 its status. ``--dry-run`` lists the cells (last line: ``N cells``); ``--cell-index I`` runs
 only cell I (0-based; one Slurm array task per cell); ``--shard I/N`` runs cells I, I+N, ...
-so that N sweeps share one machine (on CPU give each ``OMP_NUM_THREADS`` = cores / N). The grid format is described in
-``dreg_dist/sweep/grid.py`` and ``docs/results/README.md``.
+so that N sweeps share one machine (on CPU give each ``OMP_NUM_THREADS`` = cores / N). The
+grid format is described in ``dreg_dist/sweep/grid.py`` and ``docs/results/README.md``.
 """
 
 import argparse
