@@ -191,6 +191,13 @@ class Setup:
     def batch_sizes(self) -> list[int]:
         return sorted({g.batch_size for g in self.groups})
 
+    def compared(self) -> dict[tuple, list[Group]]:
+        """compare key (method variant x batch size) -> its groups, by learning rate (None last)."""
+        out: dict[tuple, list[Group]] = {}
+        for g in self.groups:
+            out.setdefault(g.compare_key, []).append(g)
+        return {k: sorted(v, key=lambda g: (g.lr is None, g.lr or 0.0)) for k, v in out.items()}
+
     def baseline(self, batch_size: int) -> Optional[Group]:
         for g in self.selected:
             if g.method == BASELINE and g.batch_size == batch_size and not g.variant:

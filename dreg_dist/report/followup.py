@@ -23,21 +23,19 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from dreg_dist.report.aggregate import BATCH_KEY, LR_KEY, Analysis, Group, freeze
 from dreg_dist.report.plots import ReportError
-from dreg_dist.report.select import common_seeds
+from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value
 
 Grid = dict[str, Any]
 
 
 def _compared(analysis: Analysis) -> Iterator[tuple[tuple, list[Group]]]:
-    """(compare key, its groups sorted by learning rate) for every method variant x batch size."""
+    """(compare key, its groups with a learning rate, in order) for every variant x batch size."""
     for setup in analysis.setups:
-        by_key: dict[tuple, list[Group]] = {}
-        for g in setup.groups:
-            if g.lr is not None:
-                by_key.setdefault(g.compare_key, []).append(g)
-        for key, groups in by_key.items():
-            yield key, sorted(groups, key=lambda g: g.lr)
+        for key, groups in setup.compared().items():
+            groups = [g for g in groups if g.lr is not None]
+            if groups:
+                yield key, groups
 
 
 def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,14 +107,11 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
         lrs = [g.lr for g in groups]
-        step = None
-        if chosen is not None and len(lrs) >= 2 and chosen.lr == lrs[0]:
-            step = lrs[0] * lrs[0] / lrs[1]
-        elif chosen is not None and len(lrs) >= 2 and chosen.lr == lrs[-1]:
-            step = lrs[-1] * lrs[-1] / lrs[-2]
-        if step is None:
+        edge = edge_of(chosen.lr, lrs) if chosen is not None else None
+        if edge is None:
             picks[key] = (groups[0], None)  # bracketed already: none of its cells
             continue
+        step = lrs[0] * lrs[0] / lrs[1] if edge == "lowest" else lrs[-1] * lrs[-1] / lrs[-2]
         step = float(f"{step:.6g}")  # 0.0125 / 2 is written 0.00625, not 0.006250000000000001
         picks[key] = (groups[0], step)
         seeds |= set(common.get(freeze(key)) or {s for g in groups for s in g.seeds})

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from dreg_dist.report.aggregate import (BATCH_KEY, THRESHOLDS, Analysis, Row, Setup, batch_groups, freeze, label_of,
                                         pairs_label)
-from dreg_dist.report.select import common_seeds
+from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value, safe_name
 
 
@@ -129,11 +129,7 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
     common = common_seeds(analysis.lr_results)
     rows = []
     for setup in analysis.setups:
-        by_key: dict[tuple, list] = {}
-        for g in setup.groups:
-            by_key.setdefault(g.compare_key, []).append(g)
-        for key, gs in by_key.items():
-            gs = sorted(gs, key=lambda g: (g.lr is None, g.lr or 0.0))
+        for key, gs in setup.compared().items():
             chosen = next((g for g in setup.selected if g.compare_key == key), None)
             tried = []
             for g in gs:
@@ -143,9 +139,9 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             on = common.get(freeze(key))
             selected = fmt_lr(chosen.lr) if chosen else "—"
             lrs = [g.lr for g in gs if g.lr is not None]
-            if chosen and len(lrs) > 2 and chosen.lr in (min(lrs), max(lrs)):
-                # The optimum may lie outside the grid: say so instead of implying it was bracketed.
-                selected += " (lowest tried)" if chosen.lr == min(lrs) else " (highest tried)"
+            edge = edge_of(chosen.lr, lrs) if chosen and len(lrs) > 2 else None
+            if edge:  # the optimum may lie outside the grid: say so instead of implying it was bracketed
+                selected += f" ({edge} tried)"
             row = ([setup.label] if len(analysis.setups) > 1 else []) + [
                 gs[0].label, gs[0].batch_size, "; ".join(tried), selected,
                 ", ".join(str(x) for x in sorted(on)) if on else "all"]

@@ -151,10 +151,7 @@ class Plotter:
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
-        by_key: dict[tuple, list[Group]] = {}
-        for g in setup.groups:
-            if g.lr is not None and g.best_vals:
-                by_key.setdefault(g.compare_key, []).append(g)
+        by_key = {k: [g for g in gs if g.lr is not None and g.best_vals] for k, gs in setup.compared().items()}
         by_key = {k: v for k, v in by_key.items() if len({g.lr for g in v}) > 1}
         if not by_key:
             return None
@@ -167,7 +164,6 @@ class Plotter:
             for key, gs in by_key.items():
                 if gs[0].batch_size != batch:
                     continue
-                gs = sorted(gs, key=lambda g: g.lr)
                 x = [g.lr for g in gs]
                 lrs.update(x)
                 y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]

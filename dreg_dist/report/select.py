@@ -96,3 +96,15 @@ def epochs_to_reach(curve: Sequence[tuple[float, float]], target: float) -> Opti
         if acc >= target - 1e-12:
             return epoch
     return None
+
+
+def edge_of(chosen: float, tried: Sequence[float]) -> Optional[str]:
+    """'lowest' or 'highest' when ``chosen`` is at that end of at least two learning rates
+    ``tried`` (the optimum may lie outside them), else None."""
+    if len(set(tried)) < 2:
+        return None
+    if chosen == min(tried):
+        return "lowest"
+    if chosen == max(tried):
+        return "highest"
+    return None
