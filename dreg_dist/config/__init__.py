@@ -1,41 +1,45 @@
-"""Run configuration: schema (dataclasses), YAML loading, and cross-field validation."""
+"""Run configuration: schema (dataclasses), YAML loading, and single-section validation."""
 
 from dreg_dist.config.load import (
-    ConfigError,
+    build_method,
+    changes_results,
     config_from_dict,
     config_to_dict,
     flatten,
     load_config,
+    method_settings,
     parse_overrides,
     save_config,
 )
 from dreg_dist.config.schema import (
-    MethodsConfig,
+    NON_RESULT_KEYS,
     CheckpointConfig,
     Config,
     DataConfig,
-    DRegConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
 )
+from dreg_dist.errors import ConfigError
 
 __all__ = [
+    "NON_RESULT_KEYS",
     "CheckpointConfig",
     "Config",
     "ConfigError",
     "DataConfig",
-    "DRegConfig",
     "LogConfig",
-    "MethodsConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "build_method",
+    "changes_results",
     "config_from_dict",
     "config_to_dict",
     "flatten",
     "load_config",
+    "method_settings",
     "parse_overrides",
     "save_config",
 ]

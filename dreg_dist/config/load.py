@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import sys
 import types
 import typing
-from typing import Any, Iterable, Literal, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import yaml
 
-from dreg_dist.config.schema import Config
+from dreg_dist import methods
+from dreg_dist.config.schema import NON_RESULT_KEYS, Config
+from dreg_dist.errors import ConfigError
+from dreg_dist.io import atomic_write_text
 
-
-class ConfigError(ValueError):
-    """A configuration problem, described in one line that says what to change."""
+METHOD_CONFIG_FIELD = "method_config"
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -86,14 +89,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise bad
     if tp is float:
+        number: Optional[float] = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads '1e-3' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads '1e-3' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise bad
+        if number is None:
+            raise bad
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -101,16 +109,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, extra_names: Iterable[str] = ()) -> Any:
     if not isinstance(data, dict):
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the config file"
         raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
-    hints = _hints(cls)
+    hints = {k: v for k, v in _hints(cls).items() if not (cls is Config and k == METHOD_CONFIG_FIELD)}
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in hints:
-            raise ConfigError(f"unknown config key '{key}'{_suggest(str(name), hints)}")
+            close = difflib.get_close_matches(str(name), [*hints, *extra_names], n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value if value is not None else {}, f"{key}.")
@@ -154,12 +164,74 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a Config from a nested dict, applying the same checks as YAML files."""
-    return _build(Config, data, "")
+def _warn(note: str) -> None:
+    print(f"warning: {note}", file=sys.stderr)
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> Config:
+def _pop_section(data: dict[str, Any], dotted: str) -> Any:
+    """Remove and return ``data[a][b]`` for ``dotted`` = 'a.b' (None when absent)."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return None
+    return node.pop(parts[-1], None) if isinstance(node, dict) else None
+
+
+def config_from_dict(data: dict[str, Any], warn: Optional[Callable[[str], None]] = _warn) -> Config:
+    """Build a Config from a nested dict, applying the same checks as YAML files.
+
+    Method sections (``dreg:``, ``methods.<name>:``) are typed by their method's dataclass;
+    every section given is checked, and the selected method's becomes ``method_config``.
+    Keys of earlier releases are upgraded, with one line each to ``warn`` (None: silent).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config file must hold a mapping of sections, got {data!r}")
+    data, notes = methods.upgrade_legacy(data)
+    for note in notes if warn is not None else ():
+        warn(note)
+    owners = methods.sections()
+    given = {section: _pop_section(data, section) for section in owners}
+    leftover = data.get("methods")
+    if isinstance(leftover, dict) and leftover:
+        name = next(iter(leftover))
+        choices = [s.split(".", 1)[1] for s in owners if s.startswith("methods.")]
+        raise ConfigError(f"unknown config key 'methods.{name}': no method owns it{_suggest(str(name), choices)}")
+    data.pop("methods", None)
+    cfg = _build(Config, data, "", extra_names=[s.split(".")[0] for s in owners])
+    if not isinstance(cfg.method, str):
+        raise ConfigError(f"config key 'method' must be a method name, got {cfg.method!r}")
+    selected = methods.method_class(cfg.method)
+    built = {section: _build(owners[section].Config, raw if raw is not None else {}, f"{section}.")
+             for section, raw in given.items() if raw is not None}
+    cfg.method_config = built.get(selected.config_section()) or selected.Config()
+    return cfg
+
+
+def method_settings(cfg: Config) -> "methods.RunSettings":
+    """The run settings a method may read, from the run's config."""
+    return methods.RunSettings(seed=cfg.train.seed, label_smoothing=cfg.train.label_smoothing)
+
+
+def build_method(cfg: Config) -> "methods.Method":
+    """The configured method, its hyperparameters checked (ConfigError on a bad one)."""
+    return methods.build_method(cfg.method, cfg.method_config, method_settings(cfg))
+
+
+def changes_results(key: str) -> bool:
+    """Whether dotted config ``key`` can change what a run computes (see NON_RESULT_KEYS)."""
+    if key.startswith(NON_RESULT_KEYS):
+        return False
+    owner = methods.owner_of(key)
+    return owner is None or key[len(owner.config_section()) + 1:] not in owner.non_result_keys
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    overrides: Iterable[str] = (),
+    warn: Optional[Callable[[str], None]] = _warn,
+) -> Config:
     """Read ``path`` (YAML), apply overrides, and return the checked Config."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -176,7 +248,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = 
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
     data = _merge(data, parse_overrides(overrides))
-    return config_from_dict(data)
+    return config_from_dict(data, warn=warn)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -191,10 +263,23 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The resolved config as nested plain data, the method's hyperparameters under its section."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name != METHOD_CONFIG_FIELD:
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            continue
+        hp = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {}
+        if hp:
+            *parents, leaf = methods.method_class(cfg.method).config_section().split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = hp
+    return out
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML (what the run actually used)."""
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

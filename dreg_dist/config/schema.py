@@ -3,14 +3,18 @@
 Every key a YAML file may set is a field here, with its default and a one-line
 meaning. ``dreg_dist.config.load`` turns YAML plus ``dotted.key=value`` overrides
 into a :class:`Config`, rejecting unknown keys and wrong types before any worker
-starts. Cross-field rules (divisibility, existing data root) live in
-``dreg_dist.config.validate``.
+starts. Single-section rules (ranges, divisibility) live in ``dreg_dist.config.validate``;
+checks that need several components (does the model have the layer a method modifies,
+is the data there) in ``dreg_dist.train.preflight``. A method's hyperparameters are its own dataclass
+(``Method.Config`` in ``dreg_dist/methods/<name>/``), not a field here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
+
+from dreg_dist.methods import DEFAULT as DEFAULT_METHOD
 
 
 @dataclass
@@ -26,21 +30,31 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["cifar10", "cifar100", "imagefolder", "synthetic"] = "cifar10"
+    name: Literal["cifar10", "cifar100", "imagefolder", "shards", "synthetic"] = "cifar10"
     root: str = "data"
-    """Folder that contains cifar-10-batches-py/ or cifar-100-python/ (as torchvision), or
-    an ImageNet-layout tree with train/ and val/ for imagefolder. Unused for synthetic."""
+    """Folder that contains cifar-10-batches-py/ or cifar-100-python/ (as torchvision), an
+    ImageNet-layout tree with train/ and val/ for imagefolder, or the OUT_DIR of
+    ``dreg-shards IMAGEFOLDER_ROOT OUT_DIR`` (index.json + tar shards) for shards. Unused
+    for synthetic."""
     val_size: int = 5000
     """Images held out of the training set for validation and best-path selection."""
     download: bool = False
     """Fetch CIFAR when it is missing (needs internet; never used by tests)."""
     augment: bool = True
     """Standard augmentation: pad-4 random crop + horizontal flip (CIFAR), random resized
-    crop + flip (imagefolder)."""
+    crop + flip (imagefolder, shards)."""
     image_size: int = 224
-    """Training crop size for imagefolder; CIFAR and synthetic images are 32x32."""
+    """Training crop size for imagefolder and shards; CIFAR and synthetic images are 32x32."""
     num_workers: int = 4
-    """DataLoader workers for imagefolder (CIFAR and synthetic are served from memory)."""
+    """DataLoader workers for imagefolder and shards (CIFAR and synthetic are served from
+    memory)."""
+    decoder: Literal["auto", "pil", "pil_draft", "torchvision", "cuda"] = "auto"
+    """JPEG decoder for shards. auto = cuda on a CUDA device (nvjpeg, batched; crop, flip
+    and normalization on the GPU), else torchvision (libjpeg-turbo). pil is bit-identical
+    to imagefolder; pil_draft decodes at reduced size when the crop allows."""
+    skip_bad_samples: bool = False
+    """imagefolder and shards: leave out samples that do not decode (with their labels),
+    count them and report the count on stderr, instead of stopping with an error."""
     synthetic_train_size: int = 4096
     synthetic_test_size: int = 1024
     synthetic_noise: float = 1.0
@@ -112,55 +126,6 @@ class OptimConfig:
 
 
 @dataclass
-class DRegConfig:
-    enabled: bool = True
-    layer: str = "R1"
-    """Module path (``layer4.1.conv2``) or reverse topological level among 3x3 convs
-    (``R1`` = last 3x3 conv, ``R2`` the one before, ...)."""
-    lam: float = 0.1
-    """lambda in Eq. 3: weight of the contrast term, >= 0."""
-    init_scale: float = 0.01
-    """W^L = W^R + init_scale * rms(W^R) * N(0, 1) at start (seeded, identical on every worker)."""
-    norm: Literal["per_path", "shared"] = "per_path"
-    """Whether the norm layer right after the DReg layer is duplicated per path (own affine
-    weights and running statistics) or shared by both paths."""
-    form: Literal["literal", "relative", "saturating"] = "relative"
-    """Contrast term: literal ||W^R-W^L||_F^2 (Eq. 3, unbounded); relative (divided by
-    ||W^R||^2+||W^L||^2, bounded by 2); saturating (tau^2 (1-exp(-d^2/tau^2)), bounded by tau^2).
-    The default is ``relative`` because of the CIFAR-10 study in docs/results/: the literal
-    term with the paper's lambda diverged at batch 512 at every learning rate tried and lost
-    accuracy at 4096, the relative one never did. ``literal`` gives Eq. 3 exactly."""
-    tau: float = 1.0
-    """Saturation distance of the saturating form."""
-    contrast_reduction: Literal["sum", "mean"] = "sum"
-    """sum over the layer's elements (literal) or mean (divided by their number)."""
-    ce_reduction: Literal["sum", "mean"] = "sum"
-    """sum of the two paths' cross-entropies (literal Eq. 3) or their mean."""
-
-
-@dataclass
-class MethodsConfig:
-    """Hyperparameters of the comparison methods; each method reads only its own keys."""
-
-    gradnorm_lam: float = 0.01
-    """gradnorm: weight lambda of the micro-batch penalty ||grad CE_M||^2 (Novack et al. 2023)."""
-    fisher_lam: float = 0.01
-    """fisher: weight lambda of the micro-batch Fisher-trace penalty (labels sampled from the model)."""
-    penalty_micro_batch_size: int = 128
-    """gradnorm/fisher: micro-batch size m; each rank's batch is cut into chunks of m (paper: 128)."""
-    sam_rho: float = 0.05
-    """sam: radius rho of the per-worker ascent step e = rho * g / ||g|| (m-sharpness, m = B/K)."""
-    extragradient_gamma: Optional[float] = None
-    """extragradient: local extrapolation step u = w - gamma * g_local; null = the current learning rate."""
-    gradientmix_strength: float = 1.0
-    """gradientmix: 0 = plain averaging, 1 = random convex weights; in between blends the two."""
-    gradientmix_alpha: float = 1.0
-    """gradientmix: Dirichlet concentration of the random worker weights (large = close to the mean)."""
-    gradientmix_seed: Optional[int] = None
-    """gradientmix: seed of the per-step weights (the same on every rank); null = train.seed."""
-
-
-@dataclass
 class LogConfig:
     every_steps: int = 20
     tensorboard: bool = True
@@ -183,12 +148,23 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    dreg: DRegConfig = field(default_factory=DRegConfig)
-    methods: MethodsConfig = field(default_factory=MethodsConfig)
+    method_config: Any = None
+    """The selected method's hyperparameters (its own dataclass), read from and written to
+    the method's config section (``dreg:``, ``methods.<name>:``); not a YAML key itself."""
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    method: str = "auto"
-    """Training method: auto (dreg when dreg.enabled, else vanilla) | vanilla | dreg | gradnorm |
-    fisher | sam | extragradient | gradientmix (see dreg_dist/methods/)."""
+    method: str = DEFAULT_METHOD
+    """Training method, a name in the method registry (see dreg_dist/methods/ and the README's
+    method table); unknown names fail with a suggestion."""
     run_dir: Optional[str] = None
     """Where outputs go; default runs/<config file stem>."""
+
+
+NON_RESULT_KEYS: tuple[str, ...] = (
+    "run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device",
+    "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
+    "data.on_device",
+)
+"""Dotted keys (a trailing dot: whole sections) that never change what a run computes: where
+it runs and writes, how often it logs and checkpoints, when it stops. A run may resume with
+other values, and reports ignore them. A method lists its own in ``Method.non_result_keys``."""

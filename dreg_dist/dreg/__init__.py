@@ -1,5 +1,8 @@
 """Distinctive regularization (DReg): dual-path surgery, contrast term, best-path export.
 
+The pure library: it imports nothing of the service above it (config, methods, trainer).
+The training method built on it is :mod:`dreg_dist.methods.dreg`.
+
 Typical use::
 
     from dreg_dist.dreg import DualPathModel, DRegObjective, write_export
@@ -13,7 +16,6 @@ Typical use::
 
 from __future__ import annotations
 
-from dreg_dist.config.schema import DRegConfig
 from dreg_dist.dreg.contrast import DRegObjective, branch_stats, contrast_term
 from dreg_dist.dreg.cost import CostReport, cost_report
 from dreg_dist.dreg.dual_path import DualPathModel, UnsupportedModelError, trace, unwrap
@@ -25,24 +27,6 @@ from dreg_dist.dreg.export import (
     write_plain_export,
 )
 from dreg_dist.dreg.layer_select import DRegLayerError, level_candidates, resolve_layer
-from torch import nn
-
-
-def build_dual_model(model: nn.Module, cfg: DRegConfig, *, seed: int) -> DualPathModel:
-    """Wrap ``model`` as configured by the ``dreg`` config section."""
-    return DualPathModel(model, cfg.layer, norm=cfg.norm, init_scale=cfg.init_scale, seed=seed)
-
-
-def build_objective(cfg: DRegConfig, *, label_smoothing: float = 0.0) -> DRegObjective:
-    """The loss configured by the ``dreg`` config section."""
-    return DRegObjective(
-        lam=cfg.lam,
-        form=cfg.form,
-        contrast_reduction=cfg.contrast_reduction,
-        ce_reduction=cfg.ce_reduction,
-        tau=cfg.tau,
-        label_smoothing=label_smoothing,
-    )
 
 
 __all__ = [
@@ -52,8 +36,6 @@ __all__ = [
     "DualPathModel",
     "UnsupportedModelError",
     "branch_stats",
-    "build_dual_model",
-    "build_objective",
     "choose_path",
     "contrast_term",
     "cost_report",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dreg_dist.dreg.dual_path import DualPathModel, Path
+from dreg_dist.io import atomic_write, atomic_write_text
 
 PathChoice = Union[Path, Literal["auto"]]
 
@@ -63,7 +64,7 @@ def plain_model(model: DualPathModel, path: Path) -> nn.Module:
 
 
 def export_program(plain: nn.Module, example: Tensor, file: Union[str, os.PathLike[str]]) -> None:
-    """Save a ``torch.export`` program of ``plain`` in eval mode, batch dimension dynamic."""
+    """Save (atomically) a ``torch.export`` program of ``plain`` in eval mode, batch dimension dynamic."""
     was_training = plain.training
     plain.eval()
     try:
@@ -74,7 +75,7 @@ def export_program(plain: nn.Module, example: Tensor, file: Union[str, os.PathLi
         program = torch.export.export(plain, (example,))
     finally:
         plain.train(was_training)
-    torch.export.save(program, str(file))
+    atomic_write(file, lambda f: torch.export.save(program, f))
 
 
 def write_plain_export(
@@ -101,13 +102,8 @@ def write_plain_export(
     plain = copy.deepcopy(plain).cpu().float().eval()
     state = plain.state_dict()
 
-    tmp = out / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / STATE_FILE)
-
-    tmp = out / f".tmp-{PROGRAM_FILE}"  # torch.export.save wants a .pt2 suffix
-    export_program(plain, torch.zeros(2, *input_shape), tmp)
-    os.replace(tmp, out / PROGRAM_FILE)
+    atomic_write(out / STATE_FILE, lambda f: torch.save(state, f))
+    export_program(plain, torch.zeros(2, *input_shape), out / PROGRAM_FILE)
 
     meta: dict[str, Any] = {
         "arch": arch,
@@ -121,9 +117,7 @@ def write_plain_export(
         "torch_version": torch.__version__,
     }
     meta.update(extra_meta or {})
-    tmp = out / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / META_FILE)
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -1,25 +1,38 @@
-"""What a training method is: how it shapes the model and how it fills the gradients.
+"""What a training method is: everything the rest of the service may ask of one.
 
 The trainer owns everything around a step (data, learning rate, gradient scaling and
-clipping, the optimizer step, logging, checkpoints). A method owns one thing: given this
-rank's micro-batches, leave the *all-reduced* gradient of its objective in ``.grad``
-and return detached loss parts for logging. Methods that need two passes (SAM,
-extragradient) or double backprop (gradient-norm penalties) override
-:meth:`Method.compute_gradients`; the others only define :meth:`Method.loss`.
+clipping, the optimizer step, logging, checkpoints). A method owns everything that is
+particular to it, so that no code outside ``dreg_dist/methods/`` names a method:
+
+* its hyperparameters: a dataclass (:attr:`Method.Config`) under a config section
+  (:attr:`Method.section`, ``methods.<name>`` unless the method says otherwise);
+* model surgery, once at start-up (:meth:`Method.prepare_model`);
+* the gradient of its objective: given this rank's micro-batches, leave the *all-reduced*
+  gradient in ``.grad`` and return detached loss parts for logging. Two-pass methods (SAM,
+  extragradient) and double-backprop penalties override :meth:`Method.compute_gradients`;
+  the others only define :meth:`Method.loss`;
+* what evaluation scores (:meth:`Method.eval_outputs`: one model, or several paths), what
+  the export keeps and writes (:meth:`Method.choose_output`, :meth:`Method.export`);
+* what is logged (:meth:`Method.log_values`, :attr:`Method.console_keys`), reported
+  (:meth:`Method.summary_values`, :attr:`Method.report_curves`, :attr:`Method.study_keys`)
+  and which of its keys change results (all of them, less :attr:`Method.non_result_keys`).
+
+A method never imports the config of the whole run: it gets its own hyperparameters and
+the few run settings it may use (:class:`RunSettings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ClassVar, ContextManager, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-
-from dreg_dist.config.schema import Config
 
 Batch = tuple[Tensor, Tensor]
 
@@ -27,6 +40,21 @@ Batch = tuple[Tensor, Tensor]
 def logits_for_loss(outputs: Tensor) -> Tensor:
     """Half-precision logits go to float32 for the loss; float32/float64 stay as they are."""
     return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-level settings a method may read (and nothing else of the run's config)."""
+
+    seed: int = 0
+    """``train.seed``: seeds per-step randomness that must agree on every rank."""
+    label_smoothing: float = 0.0
+    """``train.label_smoothing`` of the training cross-entropy."""
+
+
+@dataclass
+class NoConfig:
+    """Hyperparameters of a method that has none."""
 
 
 @dataclass
@@ -58,12 +86,58 @@ class StepContext:
 class Method:
     """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce."""
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type] = NoConfig
+    """The dataclass of this method's hyperparameters (one field per config key)."""
+    section: ClassVar[Optional[str]] = None
+    """Dotted config section of :attr:`Config`; None means ``methods.<name>``."""
+    labels: ClassVar[Mapping[str, str]] = {}
+    """Field -> short label in sweep cell names and report tables ('' = the value alone)."""
+    legacy_keys: ClassVar[Mapping[str, str]] = {}
+    """Dotted keys of earlier releases -> field, so old configs and run records still load."""
+    non_result_keys: ClassVar[tuple[str, ...]] = ()
+    """Fields that do not change what the run computes (everything else does)."""
+    study_keys: ClassVar[Mapping[str, str]] = {}
+    """Field -> axis title: fields the report plots best accuracy against when a sweep varies them."""
+    console_keys: ClassVar[tuple[str, ...]] = ("loss",)
+    """Logged training values shown on the console progress line."""
+    train_ce_keys: ClassVar[tuple[str, ...]] = ("loss",)
+    """Logged training values whose mean is the training cross-entropy (report's loss curves)."""
+    report_curves: ClassVar[Mapping[str, str]] = {}
+    """Logged training value -> axis label: extra curves the report draws for this method
+    (vs epoch at the selected learning rates, and its final value vs learning rate)."""
+    report_columns: ClassVar[Mapping[str, str]] = {}
+    """:meth:`summary_values` key -> table column title: extra columns in the report."""
+    report_notes: ClassVar[tuple[str, ...]] = ()
+    """Paragraphs the report adds to its definitions when this method is in it."""
+    outputs: ClassVar[tuple[str, ...]] = ("model",)
+    """Names of what :meth:`eval_outputs` returns, in order of preference on ties."""
+    supports_compile: ClassVar[bool] = True
+    """False when the method needs something torch.compile cannot do (double backprop)."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.label_smoothing = cfg.train.label_smoothing
+    def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
+        self.hp = hp if hp is not None else self.Config()
+        self.settings = settings
+        self.label_smoothing = settings.label_smoothing
+        self.check()
 
+    # ------------------------------------------------------------ config
+    @classmethod
+    def config_section(cls) -> str:
+        return cls.section or f"methods.{cls.name}"
+
+    def check(self) -> None:
+        """Raise ConfigError (one line, naming the key) for a bad hyperparameter."""
+
+    def key(self, field: str) -> str:
+        """The dotted config key of one of this method's fields (for error messages)."""
+        return f"{self.config_section()}.{field}"
+
+    def hparams(self) -> dict[str, Any]:
+        """This method's hyperparameters by dotted key (TensorBoard's hparams view)."""
+        return {self.key(f.name): getattr(self.hp, f.name) for f in dataclasses.fields(self.hp)}
+
+    # ------------------------------------------------------------ model
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Model surgery done once at start-up (before DDP wrapping)."""
         return model
@@ -72,6 +146,13 @@ class Method:
         """Called once right after DDP wrapping, before the first forward (e.g. to register
         a communication hook). Not called for a single process."""
 
+    @property
+    def replaces_allreduce(self) -> bool:
+        """Whether :meth:`configure_ddp` installs its own DDP communication hook (so no other
+        hook, such as gradient compression, can be combined with it)."""
+        return False
+
+    # ------------------------------------------------------------ step
     def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
         loss = F.cross_entropy(logits_for_loss(outputs), target, label_smoothing=self.label_smoothing)
         return loss, {}
@@ -93,3 +174,44 @@ class Method:
     def log_values(self, module: nn.Module) -> dict[str, float]:
         """Extra scalars for ``train/`` at logging steps (e.g. branch distance)."""
         return {}
+
+    # ------------------------------------------------------------ evaluation and export
+    def eval_outputs(self, module: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        """Output name -> logits for evaluation. The best output by validation accuracy is
+        the one exported; ties go to the first name."""
+        return {"model": module(x)}
+
+    def choose_output(self, val_acc: Mapping[str, float], requested: str = "auto") -> Optional[str]:
+        """Which output the export keeps: ``requested``, or for ``auto`` the best by ``val_acc``
+        (output -> validation accuracy). None for a method with a single output."""
+        if requested not in ("auto", "model"):
+            raise ValueError(f"method {self.name} has one output ('model'); got path {requested!r}")
+        return None
+
+    def exported_model(self, module: nn.Module, output: Optional[str]) -> nn.Module:
+        """The ordinary model the export holds (what the test split scores)."""
+        return module
+
+    def export(
+        self,
+        module: nn.Module,
+        out_dir: Union[str, os.PathLike[str]],
+        *,
+        val_acc: Mapping[str, float],
+        output: Optional[str],
+        **meta: Any,
+    ) -> dict[str, Any]:
+        """Write the inference export of ``output`` (from :meth:`choose_output`) and return its
+        meta. ``meta`` holds arch, num_classes, normalization, input shape and extra_meta for
+        :func:`dreg_dist.dreg.write_plain_export`."""
+        from dreg_dist.dreg.export import write_plain_export
+
+        return write_plain_export(self.exported_model(module, output), out_dir, val_acc=val_acc, path=output,
+                                  dreg_layer=None, **meta)
+
+    def summary_values(self, module: nn.Module) -> dict[str, float]:
+        """Values about the trained model for ``summary.json`` (see :attr:`report_columns`)."""
+        return {}
+
+
+__all__ = ["Batch", "Method", "NoConfig", "RunSettings", "StepContext", "logits_for_loss"]

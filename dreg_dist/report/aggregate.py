@@ -8,14 +8,14 @@ Config keys that differ between the runs are sorted into roles:
   fixed) belongs to the batch size and is named in its table's heading;
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
-* ``method`` (and ``dreg.enabled``): the compared methods;
-* keys only one method reads (``dreg.lam``, ``dreg.layer``, ``methods.sam_rho``, ...):
-  variants of that method (``dreg (lam=0.01)``);
+* ``method``: the compared methods;
+* keys of a method's own config section (its hyperparameters): variants of that method
+  (``sam (rho=0.1)``);
 * anything else (``model.arch``, ``data.name``, ``optim.momentum``, ...): separate setups,
   each with its own section in the report.
 
-Keys that never change results (``run_dir``, ``log.*``, ``checkpoint.*``, ``data.root``, ...)
-are ignored.
+Keys that never change results (``dreg_dist.config.changes_results``) are ignored. What a
+method adds to the report (study axes, extra columns and curves, notes) comes from its class.
 """
 
 from __future__ import annotations
@@ -25,35 +25,38 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Optional, Sequence
 
-from dreg_dist.report.runs import Run, iter_finite
+from dreg_dist import methods
+from dreg_dist.config import changes_results
+from dreg_dist.report.runs import Run, iter_finite, method_of
 from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
-from dreg_dist.sweep.grid import key_applies, name_value
+from dreg_dist.sweep.grid import key_alias, name_value
 
 SEED_KEY = "train.seed"
 BATCH_KEY = "train.global_batch_size"
 LR_KEY = "optim.lr"
-METHOD_KEYS = ("method", "dreg.enabled")
-STUDY_KEYS = ("dreg.layer", "dreg.lam")
-IGNORED = ("run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device",
-           "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
-           "data.on_device")
+METHOD_KEY = "method"
 THRESHOLDS = (0.95, 0.99, 1.0)
-"""Fractions of vanilla's best validation accuracy; 1.0 = epochs to vanilla's best (the paper's claim)."""
+"""Fractions of the baseline's best validation accuracy; 1.0 = epochs to its best (the paper's claim)."""
 SPEEDUP_AT = 0.99
-BASELINE = "vanilla"
+BASELINE = methods.BASELINE
 
 LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
-    "optim.name": "optimizer", "train.epochs": "epochs", "dreg.lam": "lam", "dreg.layer": "layer",
-    "dreg.norm": "norm", "dreg.form": "form", "optim.lr": "lr", "train.global_batch_size": "batch",
-    "dreg.contrast_reduction": "contrast", "dreg.ce_reduction": "ce", "train.accumulation_steps": "accumulation",
+    "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",
+    "train.accumulation_steps": "accumulation",
 }
+"""Short names of the run's keys in tables; a method's keys use ``Method.labels``."""
 
 Pairs = tuple[tuple[str, Any], ...]
 
 
 def label_of(key: str) -> str:
-    return LABELS.get(key, key)
+    if key in LABELS:
+        return LABELS[key]
+    owner = methods.owner_of(key)
+    if owner is not None:
+        return key_alias(key) or key[len(owner.config_section()) + 1:]
+    return key
 
 
 def pairs_label(pairs: Pairs) -> str:
@@ -61,8 +64,7 @@ def pairs_label(pairs: Pairs) -> str:
 
 
 def _relevant(run: Run) -> dict[str, Any]:
-    return {k: v for k, v in run.flat.items()
-            if not k.startswith(IGNORED) and key_applies(k, run.method)}
+    return {k: v for k, v in run.flat.items() if changes_results(k)}
 
 
 def _hashable(value: Any) -> Hashable:
@@ -136,7 +138,7 @@ class Group:
 
     def train_curve(self, tag: str) -> list[tuple[float, float, float, float]]:
         """(epoch, mean, min, max) over seeds of a logged training value (``loss``,
-        ``branch_distance_rel``, ...), by step."""
+        or a method's own value), by step."""
         by_step: dict[Any, list[tuple[float, float]]] = {}
         for r in self.runs:
             for rec in r.train:
@@ -172,8 +174,8 @@ class Row:
     speedup: Optional[float]
     """Vanilla's mean epochs to 99% of its best / this row's; None without a baseline or if not reached."""
     images_per_sec: Optional[float]
-    branch_distance: Optional[float]
-    branch_distance_rel: Optional[float]
+    extras: dict[str, Optional[float]] = field(default_factory=dict)
+    """The method's report columns (``Method.report_columns``): mean over seeds."""
 
 
 @dataclass
@@ -215,7 +217,7 @@ def _group_order(g: Group) -> tuple:
 
 
 def make_row(group: Group, baseline: Optional[Group]) -> Row:
-    """Table numbers of ``group`` against the vanilla ``baseline`` (same setup and batch size)."""
+    """Table numbers of ``group`` against the ``baseline`` method's group (same setup and batch size)."""
     epochs_to: dict[float, tuple[Optional[float], int, int]] = {}
     base_by_seed = {r.seed: r.best_val_acc for r in baseline.runs} if baseline else {}
     base_mean = _mean(base_by_seed.values())
@@ -247,11 +249,18 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         epochs_to=epochs_to,
         speedup=speedup,
         images_per_sec=_mean(r.images_per_sec for r in group.runs),
-        branch_distance=_mean(r.branch_distance for r in group.runs) if group.method == "dreg" else None,
-        branch_distance_rel=_mean(
-            ((r.summary or {}).get("final_branch_stats") or {}).get("branch_distance_rel") for r in group.runs
-        ) if group.method == "dreg" else None,
+        extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
     )
+
+
+def report_columns(method_names: Iterable[str]) -> dict[str, str]:
+    """Extra table columns (summary key -> title) of the given methods, in a stable order."""
+    out: dict[str, str] = {}
+    for name in sorted(set(method_names)):
+        cls = method_of(name)
+        if cls is not None:
+            out.update(cls.report_columns)
+    return out
 
 
 @dataclass
@@ -283,7 +292,16 @@ class Analysis:
 
     @property
     def study_keys(self) -> list[str]:
-        return [k for k in STUDY_KEYS if k in self.roles.get("variant", [])]
+        return [k for k in self.study_titles() if k in self.roles.get("variant", [])]
+
+    def study_titles(self) -> dict[str, str]:
+        """Dotted key -> axis title of every study key of the methods in the analysis."""
+        out: dict[str, str] = {}
+        for name in sorted({r.method for r in self.runs}):
+            cls = method_of(name)
+            if cls is not None:
+                out.update({f"{cls.config_section()}.{k}": title for k, title in cls.study_keys.items()})
+        return out
 
     def study(self, setup: Setup, key: str) -> dict[tuple[int, Pairs], list[StudyPoint]]:
         """(batch size, the other variant keys) -> points along ``key`` (selected groups only)."""
@@ -313,10 +331,10 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
     for run in runs:
         for k, v in _relevant(run).items():
             values.setdefault(k, set()).add(_hashable(v))
-    methods = {r.method for r in runs}
+    present = {r.method for r in runs}
     roles: dict[str, list[str]] = {"seed": [], "batch": [], "lr": [], "method": [], "variant": [], "setup": []}
     for key in sorted(values):
-        if len(values[key]) < 2 and not (key == "method" and len(methods) > 1):
+        if len(values[key]) < 2 and not (key == METHOD_KEY and len(present) > 1):
             continue
         if key == SEED_KEY:
             roles["seed"].append(key)
@@ -324,9 +342,9 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
             roles["batch"].append(key)
         elif key == LR_KEY:
             roles["lr"].append(key)
-        elif key in METHOD_KEYS:
+        elif key == METHOD_KEY:
             roles["method"].append(key)
-        elif not all(key_applies(key, m) for m in methods | {"vanilla", "dreg"}):
+        elif methods.owner_of(key) is not None:
             roles["variant"].append(key)
         elif _follows_batch(runs, key):
             roles["batch"].append(key)

@@ -6,10 +6,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from dreg_dist.report.aggregate import (BATCH_KEY, THRESHOLDS, Analysis, Row, Setup, batch_groups, freeze, label_of,
-                                        pairs_label)
+from dreg_dist.report.aggregate import (BASELINE, BATCH_KEY, THRESHOLDS, Analysis, Row, Setup, batch_groups, freeze,
+                                        label_of, pairs_label, report_columns)
+from dreg_dist.report.runs import method_of
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value, safe_name
 
@@ -54,17 +55,16 @@ def fmt_lr(lr: Optional[float]) -> str:
 
 
 ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epochs to 99%",
-              "epochs to vanilla's best", "speedup (99%)",
-              "test acc (%)", "images/s", "branch distance (rel.)"]
+              f"epochs to {BASELINE}'s best", "speedup (99%)",
+              "test acc (%)", "images/s"]
 
 
-def row_cells(row: Row) -> list[str]:
+def row_header(extras: Mapping[str, str]) -> list[str]:
+    return ROW_HEADER + list(extras.values())
+
+
+def row_cells(row: Row, extras: Mapping[str, str]) -> list[str]:
     g = row.group
-    dist = "—"
-    if row.branch_distance is not None:
-        dist = f"{row.branch_distance:.4g}"
-        if row.branch_distance_rel is not None:
-            dist += f" ({row.branch_distance_rel:.3g})"
     diverged = sum(r.diverged_at is not None for r in g.runs)
     return [
         g.label + (f" (diverged: {diverged}/{len(g.runs)} seeds)" if diverged else ""),
@@ -77,7 +77,7 @@ def row_cells(row: Row) -> list[str]:
         "—" if row.speedup is None else f"{row.speedup:.2f}x",
         pct_pm(row.test[0], row.test[1], len(g.test_accs)),
         fmt_num(row.images_per_sec, ".0f"),
-        dist,
+        *(fmt_num(row.extras.get(key), ".4g") for key in extras),
     ]
 
 
@@ -85,24 +85,23 @@ DEFINITIONS = """\
 How the numbers are computed:
 
 - **Validation accuracy** is measured on the `data.val_size` images held out of the training set.
-  For DReg it is the better of the two paths at each epoch (`max(acc_R, acc_L)`), the quantity
-  the exported (epoch, path) is chosen on. Curves show the mean over seeds, shaded from the
+  For a method that scores several outputs it is the best of them at each epoch, the quantity
+  the exported (epoch, output) is chosen on. Curves show the mean over seeds, shaded from the
   minimum to the maximum seed.
-- **Best val acc**: each run's best validation accuracy (over epochs and, for DReg, paths);
-  mean ± sample standard deviation over seeds. A run that **diverged** (its loss or contrast
+- **Best val acc**: each run's best validation accuracy (over epochs and outputs);
+  mean ± sample standard deviation over seeds. A run that **diverged** (a logged value
   became infinite and the trainer stopped) counts with the best accuracy it reached before.
-- **Epochs to 95% / 99% / vanilla's best**: the first epoch at which a run's validation accuracy
-  reaches 95% / 99% / 100% of the best validation accuracy of the vanilla run with the same batch
-  size and seed (the mean over vanilla's seeds where that seed is missing), averaged over seeds;
+- **Epochs to 95% / 99% / {b}'s best**: the first epoch at which a run's validation accuracy
+  reaches 95% / 99% / 100% of the best validation accuracy of the {b} run with the same batch
+  size and seed (the mean over {b}'s seeds where that seed is missing), averaged over seeds;
   "(k/n seeds)" when only k of n seeds got there. The last is the paper's claim: a method that
-  helps reaches vanilla's best in fewer epochs (or at all, when vanilla's best is its last epoch).
-- **Speedup (99%)**: vanilla's mean epochs to 99% of its own best divided by the method's mean
+  helps reaches {b}'s best in fewer epochs (or at all, when {b}'s best is its last epoch).
+- **Speedup (99%)**: {b}'s mean epochs to 99% of its own best divided by the method's mean
   epochs to the same target (shown only when every seed reached it).
-- **Test acc**: the exported model (best (epoch, path) on validation) scored once on the test
+- **Test acc**: the exported model (best (epoch, output) on validation) scored once on the test
   split; it plays no part in any choice.
-- **images/s**: mean training throughput over the logging windows; **branch distance**:
-  `||W^R - W^L||_F` at the end of training (relative to `||W^R||_F` in parentheses), DReg only.
-"""
+- **images/s**: mean training throughput over the logging windows.
+""".format(b=BASELINE)
 
 
 def _runs_table(analysis: Analysis) -> str:
@@ -179,6 +178,9 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
         out += ["Varied: " + "; ".join(f"{role}: " + ", ".join(f"`{k}`" for k in keys)
                                        for role, keys in varying.items()) + ".", ""]
     out += [DEFINITIONS]
+    notes = [note for name in sorted({r.method for r in analysis.runs})
+             for note in (getattr(method_of(name), "report_notes", None) or ())]
+    out += [f"- {note}" for note in notes] + ([""] if notes else [])
     if analysis.lr_varies:
         out += _lr_section(analysis, figures)
     for setup in analysis.setups:
@@ -201,7 +203,9 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         extra = [k for k in analysis.roles.get("batch", []) if k != BATCH_KEY]
         first = rows[0].group.runs[0].flat if rows[0].group.runs else {}
         suffix = (" (" + ", ".join(f"{label_of(k)}={name_value(first.get(k))}" for k in extra) + ")") if extra else ""
-        out += [f"{h3} Batch size {batch}{suffix}", "", table(ROW_HEADER, [row_cells(r) for r in rows]), ""]
+        extras = report_columns(r.group.method for r in rows)
+        out += [f"{h3} Batch size {batch}{suffix}", "",
+                table(row_header(extras), [row_cells(r, extras) for r in rows]), ""]
     sub = h3
     val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in val_figs):
@@ -212,27 +216,23 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
     loss_figs = [(sizes, figures.get(("loss", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in loss_figs):
         out += [f"{sub} Training loss vs epoch", "",
-                "Cross-entropy on the training batches (DReg: mean of the two paths' cross-entropies; its total "
-                "loss also holds the unbounded contrast term).", ""]
+                "Cross-entropy on the training batches (for a method whose loss holds more than a "
+                "cross-entropy, the mean of its cross-entropy terms; see the notes above).", ""]
         for sizes, f in loss_figs:
             if f:
                 out += [f"![Training loss, batch size {', '.join(map(str, sizes))}]({f})", ""]
-    branch_figs = [(b, figures.get(("branch", setup.key, b))) for b in setup.batch_sizes]
-    if any(f for _, f in branch_figs):
-        out += [f"{sub} DReg branch distance", "",
-                "`||W^R - W^L||_F / ||W^R||_F` as logged during training: left, at each variant's selected "
-                "learning rate (mean over seeds); right, at the end of training for every learning rate tried. "
-                "The literal contrast is unbounded below, so a growing curve here is the contrast "
-                "taking over the objective.", ""]
-        for b, f in branch_figs:
+    for key in sorted({fk[2] for fk in figures if fk[0] == "curve" and fk[1] == setup.key}):
+        method, tag = key
+        out += [f"{sub} {method}: {tag}", ""]
+        for b in setup.batch_sizes:
+            f = figures.get(("curve", setup.key, key, b))
             if f:
-                out += [f"![DReg branch distance, batch size {b}]({f})", ""]
+                out += [f"![{method} {tag}, batch size {b}]({f})", ""]
     for key in analysis.study_keys:
         fig = figures.get(("study", setup.key, key))
         if not fig:
             continue
-        name = "DReg layer (topological level)" if key == "dreg.layer" else f"DReg {label_of(key)}"
-        out += [f"{sub} {name} study", ""]
+        out += [f"{sub} {analysis.study_titles()[key]} study", ""]
         rows = []
         for (batch, rest), points in analysis.study(setup, key).items():
             for p in points:
@@ -241,7 +241,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
                 rows.append([batch, pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
             base = setup.baseline(batch)
             if base is not None and base.best_vals:
-                rows.append([batch, "vanilla", "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
+                rows.append([batch, BASELINE, "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
         out += [table(["batch", "other", label_of(key), "best val acc (%)", "seeds"], rows), "",
                 f"![Best validation accuracy vs {label_of(key)}]({fig})", ""]
     return out
@@ -296,9 +296,11 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
         if f:
             figures[("lr", setup.key)] = f
         for batch in setup.batch_sizes:
-            f = plotter.branch_distance(setup, batch, prefix)
-            if f:
-                figures[("branch", setup.key, batch)] = f
+            for name in sorted({g.method for g in setup.groups}):
+                for tag, axis in (getattr(method_of(name), "report_curves", None) or {}).items():
+                    f = plotter.method_curve(setup, batch, name, tag, axis, prefix)
+                    if f:
+                        figures[("curve", setup.key, (name, tag), batch)] = f
     sweeps = [read_sweep(root) for root in roots]
     sweep = sweeps[0]
     title = "Results: " + " + ".join((sw or {}).get("name") or root.name for sw, root in zip(sweeps, roots))

@@ -3,11 +3,12 @@
 * validation accuracy vs epoch: one line per method variant x batch size, mean over seeds
   with the min-max band shaded, one figure per batch-size group (the paper's Figures 2-5);
 * training loss vs epoch, the same layout;
-* best validation accuracy vs DReg layer level / vs lambda (Figures 6-7), vanilla dashed;
+* best validation accuracy vs a method's study keys (``Method.study_keys``; the paper's
+  Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
   selected learning rate circled, one panel per batch size;
-* DReg branch distance: ``||W^R - W^L|| / ||W^R||`` vs epoch at the selected learning rates,
-  and at the end of training vs learning rate (an exploding literal contrast shows up here).
+* a method's own logged values (``Method.report_curves``) vs epoch at the selected learning
+  rates, and at the end of training vs learning rate.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dreg_dist.report.aggregate import Analysis, Group, Setup, freeze, label_of, pairs_label, sort_key
-from dreg_dist.sweep.grid import name_value
+from dreg_dist.report.aggregate import BASELINE, Analysis, Group, Setup, freeze, label_of, pairs_label, sort_key
+from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
 DPI = 110
@@ -73,11 +74,11 @@ class Plotter:
         groups = [g for g in setup.selected if g.batch_size in sizes]
         if not groups:
             return None
-        labels = list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: (g.method != "vanilla", g.label))))
+        labels = list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: (g.method != BASELINE, g.label))))
         colors = _colors(labels)
         fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
         drew = False
-        for g in sorted(groups, key=lambda g: (g.batch_size, g.method != "vanilla", g.label)):
+        for g in sorted(groups, key=lambda g: (g.batch_size, g.method != BASELINE, g.label)):
             points = g.curve() if what == "val" else g.loss_curve()
             if not points:
                 continue
@@ -132,16 +133,16 @@ class Plotter:
             mean = [(_m(p.group.best_vals) or 0.0) * 100 for p in points]
             err_lo = [m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)]
             err_hi = [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]
-            lab = f"dreg, BS {batch}" + (f" ({pairs_label(rest)})" if rest else "")
+            lab = f"{points[0].group.method}, BS {batch}" + (f" ({pairs_label(rest)})" if rest else "")
             ax.errorbar(x, mean, yerr=[err_lo, err_hi], marker="o", capsize=3, color=colors[str(batch)], label=lab)
         for batch in batches:
             base = setup.baseline(batch)
             if base is not None and base.best_vals:
                 ax.axhline((_m(base.best_vals) or 0.0) * 100, linestyle="--", color=colors[str(batch)],
-                           label=f"vanilla, BS {batch}")
+                           label=f"{BASELINE}, BS {batch}")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(values)
-        ax.set_xlabel("DReg layer (reverse topological level)" if key == "dreg.layer" else f"DReg {label_of(key)}")
+        ax.set_xlabel(analysis.study_titles().get(key, label_of(key)))
         ax.set_ylabel("best validation accuracy (%)")
         where = f" - {setup.label}" if setup.label else ""
         ax.set_title(f"Best validation accuracy vs {label_of(key)}{where}", fontsize=10)
@@ -157,7 +158,7 @@ class Plotter:
             return None
         batches = sorted({gs[0].batch_size for gs in by_key.values()})
         colors = _colors(list(dict.fromkeys(gs[0].label for gs in sorted(
-            by_key.values(), key=lambda gs: (gs[0].method != "vanilla", gs[0].label)))))
+            by_key.values(), key=lambda gs: (gs[0].method != BASELINE, gs[0].label)))))
         fig, axes = self.plt.subplots(1, len(batches), figsize=(5.6 * len(batches), 4.4), squeeze=False)
         for ax, batch in zip(axes[0], batches):
             lrs = set()
@@ -192,27 +193,29 @@ class Plotter:
         ax.set_xlabel("optim.lr (for a batch of optim.base_batch_size; log scale)")
         ax.grid(alpha=0.3, which="both")
 
-    # ---------------------------------------------------------------- DReg branches
-    def branch_distance(self, setup: Setup, batch: int, prefix: str = "") -> Optional[str]:
-        tag = "branch_distance_rel"
-        dreg = [g for g in setup.groups if g.method == "dreg" and g.batch_size == batch]
-        if not any(g.train_curve(tag) for g in dreg):
+    # ---------------------------------------------------------------- a method's own curves
+    def method_curve(self, setup: Setup, batch: int, method: str, tag: str, axis: str,
+                     prefix: str = "") -> Optional[str]:
+        """A value the method logs while training (``Method.report_curves``): left, vs epoch at each
+        variant's selected learning rate (mean over seeds); right, its final value vs learning rate."""
+        groups = [g for g in setup.groups if g.method == method and g.batch_size == batch]
+        if not any(g.train_curve(tag) for g in groups):
             return None
-        colors = _colors(list(dict.fromkeys(g.label for g in sorted(dreg, key=lambda g: g.label))))
+        colors = _colors(list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: g.label))))
         fig, (left, right) = self.plt.subplots(1, 2, figsize=(11.2, 4.4))
-        for g in sorted((g for g in setup.selected if g in dreg), key=lambda g: g.label):
+        for g in sorted((g for g in setup.selected if g in groups), key=lambda g: g.label):
             points = g.train_curve(tag)
             if points:
                 left.plot([p[0] for p in points], [p[1] for p in points], color=colors[g.label],
                           label=f"{g.label}, lr {name_value(g.lr)}")
         left.set_yscale("log")
         left.set_xlabel("epoch")
-        left.set_ylabel("||W^R - W^L|| / ||W^R|| (log scale)")
-        left.set_title(f"BS {batch}: branch distance at the selected learning rates", fontsize=10)
+        left.set_ylabel(f"{axis} (log scale)")
+        left.set_title(f"BS {batch}: {tag} at the selected learning rates", fontsize=10)
         left.grid(alpha=0.3, which="both")
         left.legend(fontsize=7)
         by_label: dict[str, list[tuple[float, float]]] = {}
-        for g in dreg:
+        for g in groups:
             points = g.train_curve(tag)
             if g.lr is not None and points:
                 by_label.setdefault(g.label, []).append((g.lr, points[-1][1]))
@@ -221,10 +224,10 @@ class Plotter:
             right.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[label], label=label)
         self._log_lr_axis(right, sorted({p[0] for pts in by_label.values() for p in pts}))
         right.set_yscale("log")
-        right.set_ylabel("final ||W^R - W^L|| / ||W^R|| (log scale)")
-        right.set_title(f"BS {batch}: branch distance at the end vs learning rate", fontsize=10)
+        right.set_ylabel(f"final {axis} (log scale)")
+        right.set_title(f"BS {batch}: {tag} at the end vs learning rate", fontsize=10)
         right.legend(fontsize=7)
-        return self._save_panels(fig, setup, f"{prefix}branch_distance_bs{batch}.png")
+        return self._save_panels(fig, setup, f"{prefix}{safe_name(method)}_{safe_name(tag)}_bs{batch}.png")
 
 
 def _m(values: Sequence[float]) -> Optional[float]:

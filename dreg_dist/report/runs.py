@@ -1,11 +1,14 @@
 """Load run folders (``config.yaml``, ``metrics.jsonl``, ``summary.json``) into :class:`Run`.
 
-Only the files the trainer writes are read; nothing here imports torch or matplotlib.
+Only the files the trainer writes are read (where: :class:`dreg_dist.run_layout.RunLayout`);
+what a method logs and how to read it comes from the method's class.
 
-Validation accuracy of a DReg run at an epoch is the better of its two paths
-(``max(acc_R, acc_L)``): that is the quantity the trainer's best (epoch, path) is chosen
-on, so the best of the curve is the run's best validation accuracy. A resumed run may
-have logged an epoch or step twice (``metrics.jsonl`` is appended to); the last record wins.
+Validation accuracy of a run with several outputs (a method that scores several paths)
+at an epoch is the best of them (``max(acc_<output>)``): that is the quantity the
+trainer's best (epoch, output) is chosen on, so the best of the curve is the run's best
+validation accuracy. A resumed run may have logged an epoch or step twice
+(``metrics.jsonl`` is appended to); the last record wins. Configs written by earlier
+releases are read as today's loader resolves them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any, Iterable, Optional, Union
 
 import yaml
 
-from dreg_dist.config.load import flatten
-from dreg_dist.sweep.grid import resolve_method
+from dreg_dist import methods
+from dreg_dist.config import ConfigError, config_from_dict, config_to_dict, flatten
+from dreg_dist.methods import Method
+from dreg_dist.run_layout import RunLayout
 
 
 def _finite(x: Any) -> Optional[float]:
@@ -50,7 +55,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def val_accuracy(record: dict[str, Any]) -> Optional[float]:
-    """A val record's accuracy: ``acc`` (one model) or the better of ``acc_R``/``acc_L`` (DReg)."""
+    """A val record's accuracy: ``acc`` (one model) or the best of its outputs' ``acc_<output>``."""
     if "acc" in record:
         return _finite(record["acc"])
     paths = [_finite(v) for k, v in record.items() if k.startswith("acc_")]
@@ -58,13 +63,31 @@ def val_accuracy(record: dict[str, Any]) -> Optional[float]:
     return max(paths) if paths else None
 
 
-def train_loss(record: dict[str, Any]) -> Optional[float]:
-    """Training cross-entropy of a train record: for DReg the mean of the two paths' CE
-    (``loss`` there includes the unbounded contrast term), ``loss`` otherwise."""
-    r, l = _finite(record.get("loss_R")), _finite(record.get("loss_L"))
-    if r is not None and l is not None:
-        return (r + l) / 2
+def train_loss(record: dict[str, Any], ce_keys: tuple[str, ...] = ("loss",)) -> Optional[float]:
+    """Training cross-entropy of a train record: the mean of the method's ``train_ce_keys``
+    (a method's ``loss`` may include terms that are not a cross-entropy)."""
+    values = [_finite(record.get(k)) for k in ce_keys]
+    if values and all(v is not None for v in values):
+        return sum(values) / len(values)  # type: ignore[arg-type]
     return _finite(record.get("loss"))
+
+
+def method_of(name: str) -> Optional[type[Method]]:
+    """The registered method class, or None for a method this installation does not know."""
+    try:
+        return methods.method_class(name)
+    except ConfigError:
+        return None
+
+
+def resolve_record(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config as today's loader resolves it (keys of earlier releases upgraded,
+    keys added since at their defaults); as saved, with legacy keys upgraded, if it no
+    longer loads."""
+    try:
+        return config_to_dict(config_from_dict(config, warn=None))
+    except ConfigError:
+        return methods.upgrade_legacy(config)[0]
 
 
 @dataclass
@@ -102,14 +125,13 @@ class Run:
     @property
     def diverged_at(self) -> Optional[int]:
         """Where the run stopped on a non-finite value: the trainer's ``diverged`` record, or
-        (runs logged before it wrote one) the first step whose loss or contrast is not finite."""
+        (runs logged before it wrote one) the first step with a logged value that is not finite."""
         if self.finished:
             return None
         if self.diverged_step is not None:
             return self.diverged_step
         for rec in self.train:
-            for tag in ("raw_loss", "contrast"):
-                value = rec.get(tag)
+            for value in rec.values():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
                     return int(rec["step"])
         return None
@@ -151,13 +173,14 @@ class Run:
             value = sum(ips) / len(ips) if ips else None
         return value
 
-    @property
-    def branch_distance(self) -> Optional[float]:
-        """||W^R - W^L||_F at the end (DReg only)."""
-        stats = (self.summary or {}).get("final_branch_stats") or {}
-        value = _finite(stats.get("branch_distance"))
+    def final_value(self, key: str) -> Optional[float]:
+        """A method's value about the trained model (``Method.summary_values``): from
+        summary.json, else the last logged training value of that name."""
+        summary = self.summary or {}
+        stats = summary.get("final_values") or summary.get("final_branch_stats") or {}
+        value = _finite(stats.get(key))
         if value is None:
-            values = [v for v in (_finite(r.get("branch_distance")) for r in self.train) if v is not None]
+            values = [v for v in (_finite(r.get(key)) for r in self.train) if v is not None]
             value = values[-1] if values else None
         return value
 
@@ -165,34 +188,37 @@ class Run:
 def load_run(path: Union[str, Path]) -> Optional[Run]:
     """A Run from a run folder, or None when it holds no config.yaml."""
     path = Path(path)
-    cfg_file = path / "config.yaml"
-    if not cfg_file.is_file():
+    layout = RunLayout(path)
+    if not layout.config.is_file():
         return None
     try:
-        config = yaml.safe_load(cfg_file.read_text()) or {}
+        config = yaml.safe_load(layout.config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
     if not isinstance(config, dict):
         return None
+    config = resolve_record(config)
     flat = flatten(config)
     summary: Optional[dict[str, Any]] = None
     try:
-        loaded = json.loads((path / "summary.json").read_text())
+        loaded = json.loads(layout.summary.read_text())
         summary = loaded if isinstance(loaded, dict) else None
     except (OSError, ValueError):
         pass
-    method = (summary or {}).get("method") or resolve_method(flat.get("method", "auto"), flat.get("dreg.enabled", True))
+    method = str((summary or {}).get("method") or flat.get("method") or methods.DEFAULT)
+    cls = method_of(method)
+    ce_keys = cls.train_ce_keys if cls is not None else ("loss",)
     val: dict[Any, dict[str, Any]] = {}
     train: dict[Any, dict[str, Any]] = {}
     diverged: Optional[int] = None
-    for rec in read_metrics(path / "metrics.jsonl"):
+    for rec in read_metrics(layout.metrics):
         kind = rec.get("kind")
         if kind == "diverged" and isinstance(rec.get("step"), int):
             diverged = rec["step"]
         if kind == "val" and rec.get("epoch") is not None:
             val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
         elif kind == "train" and rec.get("step") is not None:
-            train[rec["step"]] = dict(rec, loss=train_loss(rec), raw_loss=rec.get("loss"))
+            train[rec["step"]] = dict(rec, loss=train_loss(rec, ce_keys), raw_loss=rec.get("loss"))
     return Run(name=path.name, path=path, config=config, flat=flat, method=str(method), summary=summary,
                val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged)
 

@@ -4,6 +4,6 @@
 what a sweep leaves behind.
 """
 
-from dreg_dist.sweep.grid import Cell, Grid, GridError, expand_grid, key_applies, load_grid
+from dreg_dist.sweep.grid import Cell, Grid, GridError, expand_grid, load_grid
 
-__all__ = ["Cell", "Grid", "GridError", "expand_grid", "key_applies", "load_grid"]
+__all__ = ["Cell", "Grid", "GridError", "expand_grid", "load_grid"]

@@ -20,11 +20,13 @@ A grid is a YAML file::
       - {method: dreg, dreg.lam: 0.1, optim.lr: 0.05}
 
 The cells are the cartesian product of the axes in the order written (first axis
-slowest), times each cell's method's learning rates. Keys that do not apply to a cell's
-method (``dreg.*`` for anything but DReg, ``methods.sam_*`` for anything but SAM, ...)
-are dropped from that cell, and cells that become identical are merged, so
-``method: [vanilla, dreg]`` x ``dreg.lam: [0.1, 0.01]`` gives 3 cells, not 4. Each cell
-gets a stable, filesystem-safe name built from its values (``dreg_bs512_seed0_lam0.1``).
+slowest), times each cell's method's learning rates. Each cell's config is resolved as
+``launch/train.py`` would resolve it: a key of another method's section (``dreg.*`` in a
+vanilla cell) is dropped from that cell, and cells that become identical are merged, so
+``method: [vanilla, dreg]`` x ``dreg.lam: [0.1, 0.01]`` gives 3 cells, not 4. A key no
+component owns, or an axis that applies to no cell at all, is an error. Each cell gets a
+stable, filesystem-safe name built from its values (``dreg_bs512_seed0_lam0.1``); a
+method's keys are named by the labels the method gives them.
 """
 
 from __future__ import annotations
@@ -39,23 +41,13 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from dreg_dist.config import ConfigError, load_config
+from dreg_dist import methods
+from dreg_dist.config import Config, ConfigError, config_to_dict, flatten, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
 GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude", "only")
 LR_KEY = "optim.lr"
-
-# Config keys that only one method (or a few) reads. Everything else applies to every method.
-_METHOD_SPECIFIC: tuple[tuple[str, frozenset[str]], ...] = (
-    ("dreg.", frozenset({"dreg"})),
-    ("methods.gradnorm_", frozenset({"gradnorm"})),
-    ("methods.fisher_", frozenset({"fisher"})),
-    ("methods.penalty_micro_batch_size", frozenset({"gradnorm", "fisher"})),
-    ("methods.sam_", frozenset({"sam"})),
-    ("methods.extragradient_", frozenset({"extragradient"})),
-    ("methods.gradientmix_", frozenset({"gradientmix"})),
-)
 
 # Short names used in cell names; "" means the value alone ("vanilla", "vgg16").
 ALIASES: dict[str, str] = {
@@ -68,15 +60,20 @@ ALIASES: dict[str, str] = {
     "train.epochs": "ep",
     "optim.lr": "lr",
     "optim.momentum": "mom",
-    "dreg.lam": "lam",
-    "dreg.layer": "layer",
-    "dreg.form": "",
-    "dreg.contrast_reduction": "contrast",
-    "dreg.ce_reduction": "ce",
     "train.accumulation_steps": "acc",
-    "dreg.enabled": "dreg",
     "model.num_classes": "nc",
 }
+"""Keys of the run; a method's own keys are named by ``Method.labels``."""
+
+
+def key_alias(key: str) -> Optional[str]:
+    """The short name of ``key`` in cell names, or None when it has none."""
+    if key in ALIASES:
+        return ALIASES[key]
+    owner = methods.owner_of(key)
+    if owner is not None:
+        return owner.labels.get(key[len(owner.config_section()) + 1:])
+    return None
 
 MAX_NAME_LEN = 150
 
@@ -85,25 +82,14 @@ class GridError(ValueError):
     """A problem with a grid file, described in one line."""
 
 
-def key_applies(key: str, method: str) -> bool:
-    """Whether config ``key`` (dotted) makes a difference for a run of ``method``.
-
-    ``dreg.enabled`` applies to all: with ``method: auto`` it picks the method itself.
-    """
-    if key == "dreg.enabled":
-        return True
-    for prefix, methods in _METHOD_SPECIFIC:
-        if key.startswith(prefix):
-            return method in methods
-    return True
+def cell_config(config: str, overrides: Sequence[str]) -> Config:
+    """A cell's config as ``launch/train.py`` resolves it (ConfigError when it does not load)."""
+    return load_config(config, overrides, warn=None)
 
 
-def resolve_method(method: Any, dreg_enabled: Any) -> str:
-    """``auto`` -> dreg when dreg.enabled else vanilla (as ``dreg_dist.methods``)."""
-    method = str(method)
-    if method == "auto":
-        return "dreg" if bool(dreg_enabled) else "vanilla"
-    return method
+def resolved_keys(cfg: Config) -> set[str]:
+    """The dotted keys a run of ``cfg`` has: the run's own and its method's, no other method's."""
+    return set(flatten(config_to_dict(cfg)))
 
 
 def override_value(value: Any) -> str:
@@ -148,8 +134,9 @@ def _aliases(keys: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     last = [k.rsplit(".", 1)[-1] for k in keys]
     for key, tail in zip(keys, last):
-        if key in ALIASES:
-            out[key] = ALIASES[key]
+        alias = key_alias(key)
+        if alias is not None:
+            out[key] = alias
         elif last.count(tail) == 1 and tail not in ALIASES.values():
             out[key] = tail
         else:
@@ -189,7 +176,7 @@ class Cell:
         return Path(sweep_dir) / self.name
 
     def describe(self) -> str:
-        return " ".join(f"{k}={override_value(v)}" for k, v in self.values.items()) or "(base config)"
+        return describe(self.values)
 
 
 @dataclass
@@ -206,8 +193,6 @@ class Grid:
     description: str = ""
     source: Optional[str] = None
     """The grid file, when read from one."""
-    base_method: str = "auto"
-    base_dreg_enabled: bool = True
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -233,17 +218,15 @@ class Grid:
         exclude = _exclude(data.get("exclude"), known)
         only = _exclude(data.get("only"), known, "only")
         try:
-            base = load_config(config, overrides)
+            cell_config(config, overrides)
         except ConfigError as err:
             raise GridError(f"base config with the grid's overrides: {err}") from None
         return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude, only=only,
-                   description=str(data.get("description") or ""), source=str(source) if source else None,
-                   base_method=base.method, base_dreg_enabled=base.dreg.enabled)
+                   description=str(data.get("description") or ""), source=str(source) if source else None)
 
     # -------------------------------------------------------------- queries
-    def method_of(self, values: Mapping[str, Any]) -> str:
-        return resolve_method(values.get("method", self.base_method),
-                              values.get("dreg.enabled", self.base_dreg_enabled))
+    def cell_overrides(self, values: Mapping[str, Any]) -> list[str]:
+        return [*self.overrides, *(f"{k}={override_value(v)}" for k, v in values.items())]
 
     def learning_rates(self, method: str) -> list[Any]:
         """The optim.lr values a method is swept over; [None] = the config's."""
@@ -333,39 +316,57 @@ def _excluded(values: Mapping[str, Any], exclude: Iterable[Mapping[str, Any]]) -
 
 
 def expand_grid(grid: Grid) -> list[Cell]:
-    """All cells of ``grid`` in a stable order, irrelevant keys dropped, duplicates merged."""
+    """All cells of ``grid`` in a stable order, keys of other methods dropped, duplicates merged."""
     keys = list(grid.axes)
+    for key in keys:  # a deprecated key would be upgraded per cell and then match no cell's keys
+        _, notes = methods.upgrade_legacy(parse_overrides([f"{key}={override_value(grid.axes[key][0])}"]))
+        if notes:
+            raise GridError(f"axis '{key}': {notes[0]}")
     kept: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
+    used: set[str] = set()
     for combo in itertools.product(*grid.axes.values()):
         values = dict(zip(keys, combo))
-        method = grid.method_of(values)
+        try:
+            cfg = cell_config(grid.config, grid.cell_overrides(values))
+        except ConfigError as err:
+            raise GridError(f"cell {describe(values)}: {err}") from None
+        method = cfg.method
+        applies = resolved_keys(cfg) | {"method"}
         for lr in grid.learning_rates(method):
             full = dict(values)
             if lr is not None:
                 full[LR_KEY] = lr
             if _excluded(full, grid.exclude) or (grid.only and not _excluded(full, grid.only)):
                 continue
-            cell = {k: v for k, v in full.items() if key_applies(k, method)}
+            cell = {k: v for k, v in full.items() if k in applies}
+            used.update(cell)
             ident = json.dumps([[k, name_value(v)] for k, v in cell.items()])
             if ident in seen:
                 continue
             seen.add(ident)
             kept.append((method, cell))
+    unused = [k for k in keys if k not in used]
+    if kept and unused:
+        raise GridError(f"axis '{unused[0]}' applies to no cell: no cell's method has that key "
+                        "(add the method that owns it to the 'method' axis, or drop the axis)")
     name_keys = keys + ([LR_KEY] if grid.lr_grid is not None else [])
     names = cell_names([c for _, c in kept], name_keys)
     return [
-        Cell(index=i, name=name, method=method, values=cell,
-             overrides=[*grid.overrides, *(f"{k}={override_value(v)}" for k, v in cell.items())])
+        Cell(index=i, name=name, method=method, values=cell, overrides=grid.cell_overrides(cell))
         for i, (name, (method, cell)) in enumerate(zip(names, kept))
     ]
+
+
+def describe(values: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={override_value(v)}" for k, v in values.items()) or "(base config)"
 
 
 def check_cells(grid: Grid, cells: Iterable[Cell]) -> None:
     """Load every cell's config (no data, no model): unknown keys and wrong types fail here."""
     for cell in cells:
         try:
-            load_config(grid.config, cell.overrides)
+            cell_config(grid.config, cell.overrides)
         except ConfigError as err:
             raise GridError(f"cell {cell.index} ({cell.name}): {err}") from None
 

@@ -32,9 +32,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional, Sequence
 
-from dreg_dist.config import load_config
-from dreg_dist.sweep.grid import REPO, Cell, Grid
-from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER, PreemptionFlag  # stdlib only
+from dreg_dist.io import atomic_write_text
+from dreg_dist.run_layout import RunLayout
+from dreg_dist.sweep.grid import REPO, Cell, Grid, cell_config
+from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
 SWEEP_FILE = "sweep.json"
 TRAIN_SCRIPT = REPO / "launch" / "train.py"
@@ -60,11 +61,12 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
 
 def disk_status(run_dir: Path, epochs: Optional[int]) -> str:
     """finished | partial | pending, from what the run folder holds."""
-    summary = _read_json(run_dir / "summary.json")
+    layout = RunLayout(run_dir)
+    summary = _read_json(layout.summary)
     if summary is not None and summary.get("status") == "finished" and (
             epochs is None or summary.get("epochs") in (None, epochs)):
         return "finished"
-    if summary is not None or (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "metrics.jsonl").is_file():
+    if summary is not None or layout.last.is_file() or layout.metrics.is_file():
         return "partial"
     return "pending"
 
@@ -149,7 +151,7 @@ class SweepRunner:
 
     def _epochs(self, cell: Cell) -> Optional[int]:
         try:
-            return load_config(self.grid.config, cell.overrides).train.epochs
+            return cell_config(self.grid.config, cell.overrides).train.epochs
         except Exception:  # checked before; never block a status read on it
             return None
 
@@ -195,9 +197,7 @@ class SweepRunner:
         }
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         path = self.sweep_dir / SWEEP_FILE
-        tmp = path.with_name(f".{SWEEP_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------ listing
@@ -289,7 +289,7 @@ class SweepRunner:
 
     def _run_cell(self, st: CellState, signals: _Signals) -> None:
         st.run_dir.mkdir(parents=True, exist_ok=True)
-        marker = st.run_dir / REQUEUE_MARKER
+        marker = RunLayout(st.run_dir).requeue_marker
         marker.unlink(missing_ok=True)
         st.command = train_command(st.cell, self.grid, st.run_dir, self.nproc, self.script)
         st.status, st.returncode = "running", None

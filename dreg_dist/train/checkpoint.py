@@ -20,6 +20,9 @@ from typing import Any, Optional, Union
 
 import torch
 
+from dreg_dist.io import atomic_write, fsync_dir
+from dreg_dist.run_layout import RunLayout
+
 FORMAT = "dreg-dist-checkpoint/1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step")
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -47,19 +50,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
-    """Atomically write ``state`` to ``path`` (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Atomically write ``state`` to ``path`` (temp file, fsync, rename, fsync of the folder)."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_checkpoint(
@@ -110,6 +102,7 @@ def link_or_copy(src: PathLike, dst: PathLike) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+    fsync_dir(dst.parent)
 
 
 def step_checkpoints(folder: PathLike) -> list[Path]:
@@ -131,7 +124,7 @@ def prune_step_checkpoints(folder: PathLike, keep: int) -> None:
 def resume_candidates(folder: PathLike) -> list[Path]:
     """Checkpoints to try when resuming, newest first: last.pt, then step checkpoints."""
     folder = Path(folder)
-    ordered = [folder / "last.pt"] + list(reversed(step_checkpoints(folder)))
+    ordered = [folder / RunLayout.LAST_CHECKPOINT] + list(reversed(step_checkpoints(folder)))
     return [p for p in ordered if p.is_file()]
 
 

@@ -2,27 +2,26 @@
 
 Every sample of the split is evaluated by exactly one rank (the data module shards
 without padding), and the per-rank sums of correct predictions, losses and counts are
-all-reduced, so accuracy is exact for any world size. A dual-path model is evaluated
-in one pass per batch: the trunk runs once and both heads are scored.
+all-reduced, so accuracy is exact for any world size. What is scored is the method's
+business: ``outputs`` maps a batch to named logits (one model, or several paths of one
+network scored from a single forward).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreg_dist.distributed import all_reduce_sum
-from dreg_dist.dreg import DualPathModel
+
+Outputs = Callable[[nn.Module, Tensor], dict[str, Tensor]]
 
 
-def _outputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    if isinstance(model, DualPathModel):
-        logits_r, logits_l = model(x)
-        return {"R": logits_r, "L": logits_l}
+def single_output(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return {"model": model(x)}
 
 
@@ -32,21 +31,24 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     device: torch.device,
     autocast: ContextManager[Any] | None = None,
+    outputs: Outputs = single_output,
+    names: Sequence[str] = ("model",),
 ) -> dict[str, dict[str, float]]:
-    """Path name ("R"/"L", or "model" for a plain network) -> {acc, acc5, loss, count}.
+    """Output name (``names``, what ``outputs`` returns) -> {acc, acc5, loss, count}.
 
-    Accuracies are fractions in [0, 1]. Collective: every rank must call it.
+    Accuracies are fractions in [0, 1]. Collective: every rank must call it, with the same
+    ``names`` (a rank without batches still takes part in the all-reduce).
     """
     was_training = model.training
     model.eval()
-    names = ["R", "L"] if isinstance(model, DualPathModel) else ["model"]
+    names = list(names)
     # Per path: correct@1, correct@5, summed loss; plus the shared count.
     sums = torch.zeros(len(names), 3, dtype=torch.float64, device=device)
     count = torch.zeros(1, dtype=torch.float64, device=device)
     try:
         for x, y in batches:
             with autocast or nullcontext():
-                outs = _outputs(model, x)
+                outs = outputs(model, x)
             count += y.numel()
             for i, name in enumerate(names):
                 logits = outs[name].float()

@@ -17,7 +17,7 @@ Under ``torchrun`` (as observed with PyTorch 2.15):
   ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (default 30) and then SIGKILLs them. A
   signal the agent does not handle kills the agent itself (SIGUSR1's default action);
 * the agent then re-raises the signal as an exception and torchrun exits with status 1,
-  not the workers' 75. Rank 0 therefore also writes :data:`REQUEUE_MARKER` into the run
+  not the workers' 75. Rank 0 therefore also writes ``RunLayout.requeue_marker`` into the run
   folder, which ``launch/slurm/train.sbatch`` looks for.
 """
 
@@ -32,11 +32,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Optional, Union
 
+from dreg_dist.io import atomic_write_text
+from dreg_dist.run_layout import RunLayout
+
 REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL: 'try again later'. The sbatch script requeues the job on it."""
 
-REQUEUE_MARKER = "preempted.json"
-"""File rank 0 leaves in the run folder when it stopped for a signal (torchrun hides exit 75)."""
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -79,14 +80,12 @@ def write_requeue_marker(run_dir: Union[str, "os.PathLike[str]"], summary: dict[
     The file is replaced atomically; the launcher deletes it before it starts the next
     attempt, so its presence after the training exits means 'this attempt was preempted'.
     """
-    path = Path(run_dir) / REQUEUE_MARKER
+    path = RunLayout(run_dir).requeue_marker
     record = {
         "reason": summary.get("reason"),
         "global_step": summary.get("global_step"),
         "exit_code": REQUEUE_EXIT_CODE,
         "time": time.time(),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record) + "\n")
     return path

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, TextIO
 
+from dreg_dist.run_layout import RunLayout
+
 
 def _fmt_eta(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
@@ -71,11 +73,12 @@ class RunRecorder:
         if not self.enabled:
             return
         assert run_dir is not None
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        layout = RunLayout(run_dir)
+        self._jsonl = open(layout.metrics, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self._tb = SummaryWriter(log_dir=str(layout.tensorboard))
 
     def scalars(self, kind: str, values: Mapping[str, float], *, step: int, epoch: float) -> None:
         """Log ``values`` (tag suffix -> number) under ``kind/`` at ``step``.

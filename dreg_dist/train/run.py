@@ -14,34 +14,49 @@ from typing import Optional, Sequence
 
 import yaml
 
-from dreg_dist.config import Config, ConfigError, config_to_dict, flatten, load_config, save_config
-from dreg_dist.config.validate import validate_config
+from dreg_dist import methods
+from dreg_dist.config import (
+    Config,
+    ConfigError,
+    changes_results,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    load_config,
+    save_config,
+)
 from dreg_dist.distributed import init_distributed, launch_world, shutdown
+from dreg_dist.run_layout import RunLayout
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
 from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, write_requeue_marker
+from dreg_dist.train.preflight import preflight
 
 CONFIG_ERROR_EXIT_CODE = 2
 
-# Keys that may change between a run and its resumption without making it another run.
-_RESUMABLE_CHANGES = ("train.epochs", "train.stop_after_steps", "train.resume", "run_dir", "log.", "checkpoint.",
-                      "train.eval_every_epochs", "train.eval_batch_size", "data.num_workers", "data.root",
-                      "data.download")
+
+def _resolved(saved: dict) -> dict:
+    """A saved config as today's loader resolves it (configs of earlier releases upgraded)."""
+    try:
+        return flatten(config_to_dict(config_from_dict(saved, warn=None)))
+    except ConfigError:
+        return flatten(saved)
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
     """Refuse to mix two different runs in one directory; never delete anything."""
-    saved = run_dir / "config.yaml"
-    has_checkpoint = bool(resume_candidates(run_dir / "checkpoints"))
-    if not has_checkpoint or not saved.is_file():
+    layout = RunLayout(run_dir)
+    has_checkpoint = bool(resume_candidates(layout.checkpoints))
+    if not has_checkpoint or not layout.config.is_file():
         return
     if cfg.train.resume == "never":
         raise ConfigError(
             f"run dir '{run_dir}' already holds checkpoints; pass a new --run-dir or set train.resume=auto"
         )
-    before = flatten(yaml.safe_load(saved.read_text()) or {})
+    before = _resolved(yaml.safe_load(layout.config.read_text()) or {})
     now = flatten(config_to_dict(cfg))
+    # The schedule's length may grow on resume; keys that change no result may differ freely.
     changed = [k for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(_RESUMABLE_CHANGES)]
+               if before.get(k) != now.get(k) and changes_results(k) and k != "train.epochs"]
     if changed and cfg.train.resume == "auto":
         raise ConfigError(
             f"run dir '{run_dir}' holds a run with a different config (differs in {', '.join(changed[:5])}); "
@@ -51,8 +66,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train an image classifier with DReg (or a comparison method) on 1..K workers.",
-        epilog="Overrides use dotted keys, e.g. train.epochs=3 dreg.lam=0.01 optim.lr=0.2",
+        description=f"Train an image classifier with a large-batch method ({', '.join(methods.registry())}; "
+                    f"default {methods.DEFAULT}) on 1..K workers.",
+        epilog="Overrides use dotted keys, e.g. train.epochs=3 optim.lr=0.2 method=NAME; a method's own keys "
+               "are under its config section (see the README's method table)",
     )
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--run-dir", default=None, help="output folder (default: runs/<config name>)")
@@ -65,7 +82,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     run_dir = Path(args.run_dir or cfg.run_dir or Path("runs") / Path(args.config).stem)
     cfg.run_dir = str(run_dir)
     _, world_size, _ = launch_world()
-    validate_config(cfg, world_size)
+    preflight(cfg, world_size)
     if cfg.train.resume not in ("auto", "never"):
         load_checkpoint(cfg.train.resume, mmap=True)  # missing/truncated: exit 2 now, not a traceback later
     prepare_run_dir(cfg, run_dir)
@@ -89,8 +106,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainer = None
     try:
         if env.is_main:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            layout = RunLayout(run_dir)
+            layout.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, layout.config)
         trainer = Trainer(cfg, run_dir, env)
         summary = trainer.fit()
     except DataError as err:  # found only once the data is read (e.g. batch > training split)
@@ -99,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return CONFIG_ERROR_EXIT_CODE
     except NonFiniteLossError as err:
         if trainer is not None:  # so that reports can tell a diverged run from an interrupted one
-            trainer.recorder.event("diverged", step=trainer.global_step, epoch=trainer.epoch, reason=str(err))
+            trainer.recorder.event("diverged", step=trainer.state.global_step, epoch=trainer.state.epoch,
+                                   reason=str(err))
         if env.is_main:
             print(f"error: {err}", file=sys.stderr)
         return 1

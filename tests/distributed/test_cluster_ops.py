@@ -606,13 +606,13 @@ def test_a_skipped_step_leaves_weights_and_bn_statistics_untouched(tmp_path: Pat
         x = x.clone()
         x[0] = float("nan")  # poisons the loss and the batch statistics of this step
         trainer._train_step([(x, y)])
-        assert trainer._skipped_steps == 1
+        assert trainer.state.skipped_steps == 1
         after = trainer.module.state_dict()
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert not changed, changed
         assert all(p.grad is None for p in trainer.module.parameters())
         trainer._train_step(next(iter(trainer.data.train_batches(0, 16, 0, 1))))  # a finite step still trains
-        assert trainer._skipped_steps == 1
+        assert trainer.state.skipped_steps == 1
         assert not torch.equal(before["net.conv1.weight"], trainer.module.state_dict()["net.conv1.weight"])
     finally:
         trainer.close()

@@ -47,7 +47,7 @@ def test_grad_clipping_bounds_the_update(tmp_path: Path, tiny: list[str]) -> Non
     # 1e-2 moves the weights by at most lr * 1e-2 per step in total norm; unclipped, the
     # gradient norm here is O(1), so a missing clip would show by orders of magnitude.
     base = tiny + ["train.epochs=1", "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.schedule=constant",
-                   "dreg.enabled=false"]
+                   "method=vanilla"]
     # lr 1e-30 leaves float32 weights untouched: this run's checkpoint holds the initial weights.
     start = launch(1, QUICKSTART, tmp_path / "start", base + ["optim.lr=1e-30", "train.stop_after_steps=1"])
     assert_ok(start)

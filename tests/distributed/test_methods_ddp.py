@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dreg_dist.config.schema import Config
-from dreg_dist.methods import StepContext, build_method
+from dreg_dist.config import Config, build_method
+from dreg_dist.methods import StepContext, method_class
 from dreg_dist.methods._util import seed_from
 
 from ..conftest import launch
@@ -41,12 +41,12 @@ SEED = 3
 # name, methods.* overrides, StepContext extras, accumulation micro-batches per worker
 CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "vanilla": ("vanilla", {}, {}, 1),
-    "gradnorm": ("gradnorm", {"gradnorm_lam": 0.5, "penalty_micro_batch_size": 2}, {"step": 1}, 2),
-    "fisher": ("fisher", {"fisher_lam": 0.5, "penalty_micro_batch_size": 2}, {"step": 3}, 1),
-    "sam": ("sam", {"sam_rho": 0.1}, {}, 1),
+    "gradnorm": ("gradnorm", {"lam": 0.5, "micro_batch_size": 2}, {"step": 1}, 2),
+    "fisher": ("fisher", {"lam": 0.5, "micro_batch_size": 2}, {"step": 3}, 1),
+    "sam": ("sam", {"rho": 0.1}, {}, 1),
     "extragradient": ("extragradient", {}, {"lr": 0.5}, 2),
-    "gradientmix": ("gradientmix", {"gradientmix_strength": 1.0, "gradientmix_alpha": 1.0}, {"step": 5}, 1),
-    "gradientmix_off": ("gradientmix", {"gradientmix_strength": 0.0}, {"step": 5}, 1),
+    "gradientmix": ("gradientmix", {"strength": 1.0, "alpha": 1.0}, {"step": 5}, 1),
+    "gradientmix_off": ("gradientmix", {"strength": 0.0}, {"step": 5}, 1),
 }
 
 
@@ -70,8 +70,7 @@ def _cfg(name: str, methods: dict[str, Any]) -> Config:
     cfg = Config()
     cfg.method = name
     cfg.train.seed = SEED
-    for key, value in methods.items():
-        setattr(cfg.methods, key, value)
+    cfg.method_config = method_class(name).Config(**methods)
     return cfg
 
 
@@ -192,7 +191,7 @@ def test_penalties_two_workers_equal_one(ranks: list[dict[str, Any]], key: str) 
 
 
 def test_sam_is_the_mean_of_per_shard_sam(ranks: list[dict[str, Any]]) -> None:
-    rho = CASES["sam"][1]["sam_rho"]
+    rho = CASES["sam"][1]["rho"]
     per_worker = []
     for rank in range(K):
         x, y = _shard(rank)
@@ -239,7 +238,7 @@ TINY = [
     "model.arch=cnn_small_gn", "data.name=synthetic", "data.synthetic_train_size=192", "data.val_size=64",
     "data.synthetic_test_size=64", "train.epochs=1", "train.global_batch_size=64", "train.eval_batch_size=64",
     "train.device=cpu", "log.tensorboard=false", "log.every_steps=1", "log.progress=lines",
-    "optim.warmup_epochs=0", "methods.penalty_micro_batch_size=16",
+    "optim.warmup_epochs=0", "methods.gradnorm.micro_batch_size=16",
 ]
 OWN_KEY = {"gradnorm": "penalty", "gradientmix": "mix_weight_max"}
 

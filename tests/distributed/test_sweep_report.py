@@ -134,8 +134,9 @@ def test_sweep_skips_finished_cells_and_report_matches_runs(tmp_path: Path) -> N
                 reached = [e for e, a in sorted(curve) if a >= frac * vanilla_best - 1e-12]
                 assert row[col] == (f"{reached[0]}" if reached else "not reached"), (method, b, col, row)
             if method == "dreg":
-                dist = summary["final_branch_stats"]["branch_distance"]
-                assert re.match(re.escape(f"{dist:.4g}") + r" \(", row[10])
+                final = summary["final_values"]
+                assert summary["final_values_of"].startswith("the final weights")
+                assert (row[10], row[11]) == (f"{final['branch_distance']:.4g}", f"{final['branch_distance_rel']:.4g}")
             else:
-                assert row[10] == "—"
+                assert row[10] == row[11] == "—"
             assert runs_table[f"`{run_dir.name}`"][6] == f"{100 * best:.2f}"

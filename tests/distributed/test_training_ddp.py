@@ -143,3 +143,49 @@ def test_imagefolder_tree_trains_on_two_workers(tmp_path: Path) -> None:
     meta = json.loads((run_dir / "export" / "meta.json").read_text())
     assert summary["test"]["count"] == 16 and summary["test"]["acc"] > 0.9  # two easy classes
     assert meta["input_shape"] == [3, 32, 32] and meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def _as_earlier_release(config: dict) -> dict:
+    """A resolved config as releases before method plug-ins wrote it: ``method: auto`` with
+    ``dreg.enabled``, and every method's keys flat under ``methods``."""
+    old = {k: v for k, v in config.items() if k != "method"}
+    old["dreg"] = {"enabled": config["method"] == "dreg", **config.get("dreg", {})}
+    old["methods"] = {"gradnorm_lam": 0.01, "fisher_lam": 0.01, "penalty_micro_batch_size": 128, "sam_rho": 0.05,
+                      "extragradient_gamma": None, "gradientmix_strength": 1.0, "gradientmix_alpha": 1.0,
+                      "gradientmix_seed": None}
+    old["method"] = "auto"
+    for key in ("decoder", "skip_bad_samples"):  # data keys added since
+        old["data"].pop(key, None)
+    return old
+
+
+def test_a_run_of_an_earlier_release_resumes_and_exports(tmp_path: Path, tiny: list[str]) -> None:
+    """Its config.yaml and checkpoint hold the old keys; resuming continues the same run
+    (same final weights as uninterrupted) and the export CLI reads its checkpoint."""
+    import yaml
+
+    overrides = tiny + ["train.epochs=2"]
+    full = launch(1, QUICKSTART, tmp_path / "full", overrides)
+    assert_ok(full)
+    first = launch(1, QUICKSTART, tmp_path / "old", overrides + ["train.stop_after_steps=3"])
+    assert_ok(first)
+    run = tmp_path / "old"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(_as_earlier_release(saved), sort_keys=False))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["config"] = _as_earlier_release(state["config"])
+    torch.save(state, run / "checkpoints" / "last.pt")
+
+    second = launch(1, QUICKSTART, run, overrides)
+    assert_ok(second)
+    assert "resumed from" in second.stdout
+    a, b = final_weights(tmp_path / "full"), final_weights(run)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["config"] = _as_earlier_release(state["config"])
+    torch.save(state, run / "checkpoints" / "old-best.pt")
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(run / "checkpoints" / "old-best.pt"),
+                           "--out", str(tmp_path / "export")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "export" / "meta.json").read_text())["path"] in ("R", "L")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreg_dist.config import ConfigError, load_config
-from dreg_dist.config.validate import validate_config
+from dreg_dist.train.preflight import preflight
 
 from ..conftest import REPO, launch
 
@@ -27,11 +27,11 @@ def test_default_is_none_and_values_are_checked() -> None:
 def test_cannot_combine_with_gradientmix_hook(codec: str) -> None:
     cfg = load_config(REPO / QUICKSTART, [f"train.grad_compression={codec}", "method=gradientmix"])
     with pytest.raises(ConfigError, match="can't be combined"):
-        validate_config(cfg, world_size=2)
+        preflight(cfg, world_size=2)
     # Strength 0 registers no hook, so compression is allowed; so is every other method.
-    validate_config(load_config(REPO / QUICKSTART, [f"train.grad_compression={codec}", "method=gradientmix",
-                                                    "methods.gradientmix_strength=0"]), world_size=2)
-    validate_config(load_config(REPO / QUICKSTART, [f"train.grad_compression={codec}"]), world_size=2)
+    preflight(load_config(REPO / QUICKSTART, [f"train.grad_compression={codec}", "method=gradientmix",
+                                                    "methods.gradientmix.strength=0"]), world_size=2)
+    preflight(load_config(REPO / QUICKSTART, [f"train.grad_compression={codec}"]), world_size=2)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

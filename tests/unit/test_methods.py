@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreg_dist.config.load import ConfigError, load_config
-from dreg_dist.config.schema import Config
-from dreg_dist.methods import METHODS, StepContext, build_method
+from dreg_dist.config import Config, ConfigError, build_method, load_config
+from dreg_dist.methods import BUILTIN, StepContext, method_class
 from dreg_dist.methods._util import seed_from
 from dreg_dist.methods.gradientmix import mix_weights
 
@@ -54,8 +53,7 @@ def _cfg(method: str, **methods: object) -> Config:
     cfg = Config()
     cfg.method = method
     cfg.train.seed = 3
-    for key, value in methods.items():
-        setattr(cfg.methods, key, value)
+    cfg.method_config = method_class(method).Config(**methods)
     return cfg
 
 
@@ -129,7 +127,7 @@ def test_penalty_matches_double_backprop(fisher: bool) -> None:
     x, y = _data(10)
     batches = _split(x, y, [6, 4])  # two accumulation micro-batches; m=4 cuts them into 4+2 and 4
     name, lam = ("fisher", 0.3) if fisher else ("gradnorm", 0.2)
-    methods = {"penalty_micro_batch_size": 4, f"{name}_lam": lam}
+    methods = {"micro_batch_size": 4, "lam": lam}
     ref, ref_pen = _ref_penalty(_copy(model), batches, 4, lam, fisher, seed=3, step=5)
     got, parts = _method_grads(name, model, batches, methods=methods, step=5)
     _close(got, ref)
@@ -140,13 +138,13 @@ def test_penalty_matches_double_backprop(fisher: bool) -> None:
 def test_penalty_zero_lambda_is_plain_gradient() -> None:
     model = _mlp()
     batches = _split(*_data(8), [8])
-    got, _ = _method_grads("gradnorm", model, batches, methods={"gradnorm_lam": 0.0, "penalty_micro_batch_size": 3})
+    got, _ = _method_grads("gradnorm", model, batches, methods={"lam": 0.0, "micro_batch_size": 3})
     _close(got, _mean_loss_grad(_mlp(), batches))  # equal-weighted chunks of 3, 3, 2 recompose the mean CE
 
 
 def test_fisher_sampling_is_seeded_per_step() -> None:
     batches = _split(*_data(12), [12])
-    methods = {"fisher_lam": 1.0, "penalty_micro_batch_size": 4}
+    methods = {"lam": 1.0, "micro_batch_size": 4}
     a, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=7)
     b, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=7)
     c, _ = _method_grads("fisher", _mlp(), batches, methods=methods, step=8)
@@ -155,10 +153,12 @@ def test_fisher_sampling_is_seeded_per_step() -> None:
 
 
 def test_penalty_methods_refuse_compile() -> None:
+    from dreg_dist.train.preflight import check_method_options
+
     cfg = _cfg("gradnorm")
     cfg.train.compile = True
     with pytest.raises(ConfigError, match="compile"):
-        build_method(cfg)
+        check_method_options(cfg, build_method(cfg))
 
 
 # --------------------------------------------------------------------- sam / extragradient
@@ -171,7 +171,7 @@ def test_sam_two_step_formula_and_exact_restore() -> None:
     g = _mean_loss_grad(ref_model, batches)
     norm = torch.sqrt(sum((gi**2).sum() for gi in g))
     ref = _grad_at(ref_model, batches, [rho * gi / (norm + 1e-12) for gi in g])
-    got, parts = _method_grads("sam", model, batches, methods={"sam_rho": rho})
+    got, parts = _method_grads("sam", model, batches, methods={"rho": rho})
     _close(got, ref)
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)  # weights restored bit for bit
@@ -183,7 +183,7 @@ def test_sam_two_step_formula_and_exact_restore() -> None:
 def test_sam_leaves_batchnorm_stats_of_the_ascent_pass_out() -> None:
     model = _mlp(bn=True)
     x, y = _data(10)
-    got, _ = _method_grads("sam", model, [(x, y)], methods={"sam_rho": 0.05})
+    got, _ = _method_grads("sam", model, [(x, y)], methods={"rho": 0.05})
     # Reference: only the second forward (at w + e) may move the running statistics.
     ref_model = _mlp(bn=True)
     g = _mean_loss_grad(_copy(ref_model), [(x, y)])
@@ -208,7 +208,7 @@ def test_extragradient_formula(explicit_gamma: float | None) -> None:
     ref_model = _mlp()
     g = _mean_loss_grad(ref_model, batches)
     ref = _grad_at(ref_model, batches, [-gamma * gi for gi in g])
-    got, parts = _method_grads("extragradient", model, batches, methods={"extragradient_gamma": explicit_gamma}, lr=lr)
+    got, parts = _method_grads("extragradient", model, batches, methods={"gamma": explicit_gamma}, lr=lr)
     _close(got, ref)
     assert "loss_extrapolated" in parts
     assert float(parts["loss_extrapolated"]) < float(parts["loss"])  # a descent step on the same batch
@@ -220,8 +220,8 @@ def test_extragradient_needs_lr_or_gamma() -> None:
 
 
 def test_sam_rejects_negative_rho() -> None:
-    with pytest.raises(ConfigError, match="sam_rho"):
-        build_method(_cfg("sam", sam_rho=-1.0))
+    with pytest.raises(ConfigError, match="rho"):
+        build_method(_cfg("sam", rho=-1.0))
 
 
 # --------------------------------------------------------------------- gradientmix
@@ -251,7 +251,8 @@ def test_grad_scaler_scales_only_the_final_gradient(name: str) -> None:
     """With fp16-style loss scaling, .grad holds scale * gradient (the trainer unscales it)
     while the inner local gradients (penalty, SAM/extrapolation step) are unscaled."""
     batches = _split(*_data(8), [4, 4])
-    methods = {"penalty_micro_batch_size": 4, "gradnorm_lam": 0.5, "fisher_lam": 0.5, "sam_rho": 0.2}
+    methods = {"gradnorm": {"micro_batch_size": 4, "lam": 0.5}, "fisher": {"micro_batch_size": 4, "lam": 0.5},
+               "sam": {"rho": 0.2}}.get(name, {})
     plain, _ = _method_grads(name, _mlp(), batches, methods=methods, lr=0.4, step=2)
     model = _mlp()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -263,16 +264,16 @@ def test_grad_scaler_scales_only_the_final_gradient(name: str) -> None:
 # --------------------------------------------------------------------- registry and config
 def test_registry_and_config_keys(tmp_path: Path) -> None:
     for name in NEW_METHODS:
-        assert name in METHODS
-    cfg = load_config(None, ["method=sam", "methods.sam_rho=0.1", "methods.extragradient_gamma=0.02",
-                             "methods.penalty_micro_batch_size=64"])
+        assert name in BUILTIN
+    cfg = load_config(None, ["method=sam", "methods.sam.rho=0.1", "methods.extragradient.gamma=0.02",
+                             "methods.gradnorm.micro_batch_size=64"])
     assert build_method(cfg).name == "sam"
-    assert cfg.methods.sam_rho == 0.1 and cfg.methods.extragradient_gamma == 0.02
-    assert build_method(load_config(None, [])).name == "dreg"  # method auto + dreg.enabled
-    with pytest.raises(ConfigError, match="methods.sam_rh"):
-        load_config(None, ["methods.sam_rh=0.1"])
-    with pytest.raises(ConfigError, match="gradientmix_strength"):
-        build_method(_cfg("gradientmix", gradientmix_strength=2.0))
+    assert cfg.method_config.rho == 0.1  # the selected method's section only
+    assert build_method(load_config(None, [])).name == "dreg"  # the default method
+    with pytest.raises(ConfigError, match="methods.sam.rh"):
+        load_config(None, ["methods.sam.rh=0.1"])
+    with pytest.raises(ConfigError, match="methods.gradientmix.strength"):
+        build_method(_cfg("gradientmix", strength=2.0))
 
 
 # --------------------------------------------------------------------- end to end
@@ -281,7 +282,7 @@ E2E = [
     "model.arch=cnn_small_gn", "data.name=synthetic", "data.synthetic_train_size=192", "data.val_size=64",
     "data.synthetic_test_size=64", "train.epochs=1", "train.global_batch_size=64", "train.eval_batch_size=64",
     "train.device=cpu", "log.tensorboard=false", "log.every_steps=1", "log.progress=lines", "optim.warmup_epochs=0",
-    "methods.penalty_micro_batch_size=32",
+    "methods.gradnorm.micro_batch_size=32", "methods.fisher.micro_batch_size=32",
 ]
 OWN_KEY = {"gradnorm": "penalty", "fisher": "penalty", "sam": "loss_perturbed",
            "extragradient": "loss_extrapolated", "gradientmix": "mix_weight_max"}
@@ -304,3 +305,19 @@ def test_method_trains_end_to_end(tmp_path: Path, name: str) -> None:
     train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "train"]
     assert len(train) == 2
     assert all(OWN_KEY[name] in r and np.isfinite(r[OWN_KEY[name]]) for r in train)
+
+
+def test_penalty_says_once_when_the_micro_batch_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    batches = _split(*_data(8), [4, 4])  # micro-batches of 4 < m = 6: the penalty's chunks shrink
+    for step in range(3):
+        _method_grads("gradnorm", _mlp(), batches, methods={"micro_batch_size": 6}, step=step)
+    err = capsys.readouterr().err
+    assert err.count("warning: methods.gradnorm.micro_batch_size=6 but each worker's micro-batch holds 4") == 3
+    method = build_method(_cfg("fisher", micro_batch_size=4))
+    method.compute_gradients(_ctx(_mlp(), step=0), batches)
+    method.compute_gradients(_ctx(_mlp(), step=1), batches)
+    assert capsys.readouterr().err == ""  # m fits: nothing to say
+    method = build_method(_cfg("fisher", micro_batch_size=6))
+    method.compute_gradients(_ctx(_mlp(), step=0), batches)
+    method.compute_gradients(_ctx(_mlp(), step=1), batches)
+    assert capsys.readouterr().err.count("warning:") == 1  # once per run, not per step

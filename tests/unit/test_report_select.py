@@ -108,7 +108,7 @@ def test_report_selects_each_methods_lr_on_validation_only(tmp_path: Path) -> No
     assert "| 0.05 |" in text and "0.05 (highest tried)" not in text  # dreg tried 2 rates: no edge flag
     assert re.search(r"^\| vanilla \| 0\.1 \| 0, 1 \| 81\.00 ± 1\.41 \|", text, re.M)
     assert re.search(r"^\| dreg \| 0\.05 \| 0, 1 \| 85\.00 ± 1\.41 \|", text, re.M)
-    for fig in ("lr_sensitivity", "branch_distance_bs512"):
+    for fig in ("lr_sensitivity", "dreg_branch_distance_rel_bs512"):
         assert f"](figures/{fig}.png)" in text
         assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (dreg_05,) = [g for g in analysis.setups[0].groups if g.method == "dreg" and g.lr == 0.05]
@@ -262,7 +262,7 @@ def test_table_epochs_to_target_and_speedup(tmp_path: Path) -> None:
     assert dreg.epochs_to[1.0] == (pytest.approx((3 + 3) / 2), 2, 2)   # d0 0.80 at 3; d1 0.61 >= 0.60 at 3
     assert dreg.speedup == pytest.approx(4.5 / 2.5)
     assert van.speedup == pytest.approx(1.0)
-    assert dreg.branch_distance == pytest.approx(2.5) and van.branch_distance is None
+    assert dreg.extras["branch_distance"] == pytest.approx(2.5) and van.extras == {}  # summary.json of earlier runs
     # A seed that never gets there is counted, not averaged in.
     lone = make_row(setup.selected[0], None)
     assert lone.epochs_to[0.99] == (None, 0, 0) and lone.speedup is None
@@ -291,13 +291,21 @@ def test_grid_drops_dreg_keys_for_vanilla_cells() -> None:
 
 
 def test_grid_auto_method_lr_grid_and_exclude() -> None:
-    auto = expand_grid(Grid.from_dict({"name": "a", "config": BASE,
-                                       "axes": {"dreg.enabled": [False, True], "dreg.layer": ["R1", "R2"]}}))
-    assert [(c.method, c.values) for c in auto] == [
-        ("vanilla", {"dreg.enabled": False}),
-        ("dreg", {"dreg.enabled": True, "dreg.layer": "R1"}),
-        ("dreg", {"dreg.enabled": True, "dreg.layer": "R2"}),
+    cells = expand_grid(Grid.from_dict({"name": "a", "config": BASE,
+                                        "axes": {"method": ["vanilla", "dreg"], "dreg.layer": ["R1", "R2"]}}))
+    assert [(c.method, c.values) for c in cells] == [
+        ("vanilla", {"method": "vanilla"}),
+        ("dreg", {"method": "dreg", "dreg.layer": "R1"}),
+        ("dreg", {"method": "dreg", "dreg.layer": "R2"}),
     ]
+    with pytest.raises(GridError, match="axis 'dreg.enabled': 'dreg.enabled: false' is deprecated: write 'method"):
+        expand_grid(Grid.from_dict({"name": "a", "config": BASE, "axes": {"dreg.enabled": [False, True]}}))
+    # A key no method in the grid owns would expand to duplicate cells; it is an error instead.
+    with pytest.raises(GridError, match="axis 'methods.sam.rho' applies to no cell"):
+        expand_grid(Grid.from_dict({"name": "a", "config": BASE,
+                                    "axes": {"method": ["vanilla", "dreg"], "methods.sam.rho": [0.1, 0.2]}}))
+    with pytest.raises(GridError, match="unknown config key 'methods.sam.rh'"):
+        expand_grid(Grid.from_dict({"name": "a", "config": BASE, "axes": {"methods.sam.rh": [0.1]}}))
     cells = expand_grid(_grid(lr_grid={"vanilla": [0.05, 0.1], "dreg": [0.025]},
                               exclude=[{"method": "dreg", "dreg.lam": 0.01}]))
     assert sorted({(c.method, c.values["optim.lr"]) for c in cells}) == [("dreg", 0.025), ("vanilla", 0.05),
@@ -367,7 +375,8 @@ def test_sweep_shards_split_the_cells(tmp_path: Path, capsys: pytest.CaptureFixt
                                     "axes": {"method": ["vanilla", "dreg"], "dreg.lam": [0.1, 0.01]}}))
     names = [c.name for c in expand_grid(load_grid(grid))]
     for name in names:  # all finished: a shard only reports which cells are its own
-        plant_run(tmp_path / "runs" / "g", name, method=name.split("_")[0], curve=[0.5, 0.6], test_acc=0.5)
+        plant_run(tmp_path / "runs" / "g", name, method="vanilla" if "vanilla" in name else "dreg",
+                  curve=[0.5, 0.6], test_acc=0.5)
     assert _sweep_main(["--grid", str(grid), "--runs-root", str(tmp_path / "runs"), "--shard", "1/2"]) == 0
     out = capsys.readouterr().out
     assert "(shard 1/2)" in out

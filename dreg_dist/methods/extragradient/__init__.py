@@ -7,25 +7,33 @@ the optimizer applies that gradient from w. gamma defaults to the step's learnin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from dreg_dist.config.load import ConfigError
-from dreg_dist.config.schema import Config
+from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
 from dreg_dist.methods.base import StepContext
 
 
+@dataclass
+class ExtragradientConfig:
+    gamma: Optional[float] = None
+    """Local extrapolation step u = w - gamma * g_local; null = the current learning rate."""
+
+
 class Extragradient(LocalPerturbationMethod):
     name = "extragradient"
+    Config = ExtragradientConfig
+    labels = {"gamma": "gamma"}
+    legacy_keys = {"methods.extragradient_gamma": "gamma"}
     perturbed_key = "loss_extrapolated"
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.gamma = cfg.methods.extragradient_gamma
-        if self.gamma is not None and self.gamma < 0:
-            raise ConfigError(f"config key 'methods.extragradient_gamma' must be >= 0 or null, got {self.gamma}")
+    def check(self) -> None:
+        self.gamma = self.hp.gamma
+        if self.gamma is not None and not self.gamma >= 0:
+            raise ConfigError(f"config key '{self.key('gamma')}' must be >= 0 or null, got {self.gamma}")
 
     def step_size(self, ctx: StepContext) -> float:
         if self.gamma is not None:
@@ -33,7 +41,7 @@ class Extragradient(LocalPerturbationMethod):
         if ctx.lr is None:
             raise RuntimeError(
                 "extragradient extrapolates by the current learning rate, but the trainer did not pass it: "
-                "StepContext(..., lr=optimizer.param_groups[0]['lr']) is required, or set methods.extragradient_gamma"
+                "StepContext(..., lr=optimizer.param_groups[0]['lr']) is required, or set methods.extragradient.gamma"
             )
         return float(ctx.lr)
 
@@ -44,4 +52,4 @@ class Extragradient(LocalPerturbationMethod):
         return [g * -gamma for g in grads]
 
 
-__all__ = ["Extragradient"]
+__all__ = ["Extragradient", "ExtragradientConfig"]

@@ -10,13 +10,13 @@ of workers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from dreg_dist.config.schema import Config
-from dreg_dist.methods.gradnorm import GradNorm
+from dreg_dist.methods.gradnorm import GradNorm, GradNormConfig
 
 
 def sample_labels(logits: Tensor, seed: int) -> Tensor:
@@ -27,14 +27,18 @@ def sample_labels(logits: Tensor, seed: int) -> Tensor:
     return torch.multinomial(probs, 1, generator=gen).squeeze(1)
 
 
+@dataclass
+class FisherConfig(GradNormConfig):
+    """``lam`` weighs the micro-batch Fisher-trace penalty (labels sampled from the model)."""
+
+
 class Fisher(GradNorm):
     name = "fisher"
-
-    def _lam(self, cfg: Config) -> float:
-        return cfg.methods.fisher_lam
+    Config = FisherConfig
+    legacy_keys = {"methods.fisher_lam": "lam", "methods.penalty_micro_batch_size": "micro_batch_size"}
 
     def penalty_target(self, logits: Tensor, target: Tensor, seed: int) -> Optional[Tensor]:
         return sample_labels(logits, seed)
 
 
-__all__ = ["Fisher", "sample_labels"]
+__all__ = ["Fisher", "FisherConfig", "sample_labels"]

@@ -11,6 +11,7 @@ averaging (no hook is registered); K = 1 is the plain gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -19,10 +20,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dreg_dist.config.load import ConfigError
-from dreg_dist.config.schema import Config
+from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import rank_and_world, seed_from
-from dreg_dist.methods.base import Batch, Method, StepContext
+from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext
 
 
 def mix_weights(seed: int, step: int, world_size: int, alpha: float, strength: float) -> np.ndarray:
@@ -52,22 +52,42 @@ def mix_hook(state, bucket):  # type: ignore[no-untyped-def]
     return future.then(lambda fut: fut.value()[0])
 
 
+@dataclass
+class GradientMixConfig:
+    strength: float = 1.0
+    """0 = plain averaging, 1 = random convex weights; in between blends the two."""
+    alpha: float = 1.0
+    """Dirichlet concentration of the random worker weights (large = close to the mean)."""
+    seed: Optional[int] = None
+    """Seed of the per-step weights (the same on every rank); null = train.seed."""
+
+
 class GradientMix(Method):
     name = "gradientmix"
+    Config = GradientMixConfig
+    labels = {"strength": "mix", "alpha": "alpha", "seed": "mixseed"}
+    legacy_keys = {"methods.gradientmix_strength": "strength", "methods.gradientmix_alpha": "alpha",
+                   "methods.gradientmix_seed": "seed"}
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        m = cfg.methods
-        self.strength = m.gradientmix_strength
-        self.alpha = m.gradientmix_alpha
-        self.seed = m.gradientmix_seed if m.gradientmix_seed is not None else cfg.train.seed
+    def check(self) -> None:
+        hp = self.hp
+        self.strength = hp.strength
+        self.alpha = hp.alpha
+        self.seed = hp.seed if hp.seed is not None else self.settings.seed
         if not 0.0 <= self.strength <= 1.0:
-            raise ConfigError(f"config key 'methods.gradientmix_strength' must be in [0, 1], got {self.strength}")
-        if self.alpha <= 0:
-            raise ConfigError(f"config key 'methods.gradientmix_alpha' must be > 0, got {self.alpha}")
+            raise ConfigError(f"config key '{self.key('strength')}' must be in [0, 1], got {self.strength}")
+        if not self.alpha > 0:
+            raise ConfigError(f"config key '{self.key('alpha')}' must be > 0, got {self.alpha}")
+
+    def __init__(self, hp: Optional[GradientMixConfig] = None, settings: RunSettings = RunSettings()) -> None:
+        super().__init__(hp, settings)
         self.current_weights: Optional[np.ndarray] = None
         self.hooked = False
         self._calls = 0
+
+    @property
+    def replaces_allreduce(self) -> bool:
+        return self.strength > 0
 
     def configure_ddp(self, ddp_model: DDP) -> None:
         if self.strength > 0:
@@ -90,4 +110,4 @@ class GradientMix(Method):
         return parts
 
 
-__all__ = ["GradientMix", "mix_hook", "mix_weights"]
+__all__ = ["GradientMix", "GradientMixConfig", "mix_hook", "mix_weights"]

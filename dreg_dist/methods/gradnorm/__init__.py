@@ -9,39 +9,58 @@ and the whole step all-reduces once.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreg_dist.config.load import ConfigError
-from dreg_dist.config.schema import Config
+from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import local_grads, rank_and_world, seed_from, trainable_params
-from dreg_dist.methods.base import logits_for_loss
-from dreg_dist.methods.base import Batch, Method, StepContext
+from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext, logits_for_loss
+
+
+@dataclass
+class GradNormConfig:
+    lam: float = 0.01
+    """Weight lambda of the micro-batch penalty ||grad CE_M||^2 (Novack et al. 2023)."""
+    micro_batch_size: int = 128
+    """Micro-batch size m; each rank's batch is cut into chunks of m (paper: 128)."""
 
 
 class GradNorm(Method):
     name = "gradnorm"
+    Config = GradNormConfig
+    labels = {"lam": "lam", "micro_batch_size": "m"}
+    legacy_keys = {"methods.gradnorm_lam": "lam", "methods.penalty_micro_batch_size": "micro_batch_size"}
+    supports_compile = False  # double backprop
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.lam = self._lam(cfg)
-        self.micro_batch_size = cfg.methods.penalty_micro_batch_size
-        if self.lam < 0:
-            raise ConfigError(f"config key 'methods.{self.name}_lam' must be >= 0, got {self.lam}")
+    def check(self) -> None:
+        self.lam = self.hp.lam
+        self.micro_batch_size = self.hp.micro_batch_size
+        if not self.lam >= 0:
+            raise ConfigError(f"config key '{self.key('lam')}' must be >= 0, got {self.lam}")
         if self.micro_batch_size < 1:
-            raise ConfigError(
-                f"config key 'methods.penalty_micro_batch_size' must be >= 1, got {self.micro_batch_size}"
-            )
-        if cfg.train.compile:
-            raise ConfigError(f"method={self.name} needs double backprop, which torch.compile does not support: "
-                              "set train.compile=false")
-        self._calls = 0
+            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1, got {self.micro_batch_size}")
 
-    def _lam(self, cfg: Config) -> float:
-        return cfg.methods.gradnorm_lam
+    def __init__(self, hp: Optional[GradNormConfig] = None, settings: RunSettings = RunSettings()) -> None:
+        super().__init__(hp, settings)
+        self._calls = 0
+        self._warned = False
+
+    def _warn_if_cut(self, rank: int, micro_batch: int) -> None:
+        """Say once when the worker's micro-batch is smaller than m: the penalty is then taken over
+        smaller chunks, and its value changes with them (it is not a mean over samples)."""
+        if micro_batch >= self.micro_batch_size or self._warned:
+            return
+        self._warned = True
+        if rank == 0:
+            print(f"warning: {self.key('micro_batch_size')}={self.micro_batch_size} but each worker's micro-batch "
+                  f"holds {micro_batch} samples (global batch / (workers x accumulation steps)); the penalty is taken "
+                  f"over chunks of {micro_batch}, which changes its value: use fewer accumulation steps or workers, "
+                  f"or set {self.key('micro_batch_size')}={micro_batch} to say so", file=sys.stderr)
 
     def penalty_target(self, logits: Tensor, target: Tensor, seed: int) -> Optional[Tensor]:
         """Labels of the penalty's cross-entropy; None = the training loss itself (gradnorm)."""
@@ -53,6 +72,7 @@ class GradNorm(Method):
         params = trainable_params(ctx.module)
         rank, _ = rank_and_world()
         local_size = sum(int(y.shape[0]) for _, y in batches)
+        self._warn_if_cut(rank, max(int(y.shape[0]) for _, y in batches))
         chunks: list[tuple[Tensor, Tensor, int]] = []
         offset = rank * local_size  # global position of this rank's first sample (rank-major layout)
         for x, y in batches:
@@ -69,7 +89,7 @@ class GradNorm(Method):
                     outputs = ctx.model(x)
                 logits = logits_for_loss(outputs)
                 ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-                sampled = self.penalty_target(logits, y, seed_from(self.cfg.train.seed, step, position))
+                sampled = self.penalty_target(logits, y, seed_from(self.settings.seed, step, position))
                 r = ce if sampled is None else F.cross_entropy(logits, sampled)
                 grads = local_grads(ctx, r, params, create_graph=True)
                 penalty = torch.stack([g.pow(2).sum() for g in grads]).sum()
@@ -79,4 +99,4 @@ class GradNorm(Method):
         return {"loss": loss_total, "penalty": penalty_total}
 
 
-__all__ = ["GradNorm"]
+__all__ = ["GradNorm", "GradNormConfig"]

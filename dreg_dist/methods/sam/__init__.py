@@ -8,27 +8,35 @@ SAM gradients (m = B/K), not full-batch SAM.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from dreg_dist.config.load import ConfigError
-from dreg_dist.config.schema import Config
+from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
 from dreg_dist.methods.base import StepContext
 
 EPS = 1e-12
 
 
+@dataclass
+class SAMConfig:
+    rho: float = 0.05
+    """Radius of the per-worker ascent step e = rho * g / ||g|| (m-sharpness, m = B/K)."""
+
+
 class SAM(LocalPerturbationMethod):
     name = "sam"
+    Config = SAMConfig
+    labels = {"rho": "rho"}
+    legacy_keys = {"methods.sam_rho": "rho"}
     perturbed_key = "loss_perturbed"
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.rho = cfg.methods.sam_rho
-        if self.rho < 0:
-            raise ConfigError(f"config key 'methods.sam_rho' must be >= 0, got {self.rho}; try 0.05")
+    def check(self) -> None:
+        self.rho = self.hp.rho
+        if not self.rho >= 0:
+            raise ConfigError(f"config key '{self.key('rho')}' must be >= 0, got {self.rho}; try 0.05")
 
     def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor) -> Optional[list[Tensor]]:
         if self.rho == 0:
@@ -37,4 +45,4 @@ class SAM(LocalPerturbationMethod):
         return [g * scale for g in grads]
 
 
-__all__ = ["SAM"]
+__all__ = ["SAM", "SAMConfig"]

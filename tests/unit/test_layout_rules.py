@@ -1,0 +1,110 @@
+"""The package's structure rules, checked on the source.
+
+* Layers point one way: library <- methods <- config/data/optim <- trainer <- sweep/report
+  <- launch. A module imports only from its own layer or lower ones (function-level imports
+  included).
+* No file outside ``dreg_dist/methods/`` (and the DReg library it builds on) names a method
+  or inspects a method's model type: everything method-specific comes from the Method class.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from dreg_dist.methods import BUILTIN
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "dreg_dist"
+
+LAYERS: dict[str, int] = {
+    "errors": 0, "io": 0, "run_layout": 0, "distributed": 0, "models": 0,
+    "dreg": 1,                       # the DReg library: surgery, objective, export, cost
+    "methods": 2,                    # one folder per method, the registry
+    "config": 3, "data": 3, "optim": 3,
+    "train": 4,                      # the trainer loop, pre-flight, end of run, export CLI
+    "sweep": 5, "report": 5,
+    "cli": 6,
+}
+"""Top-level part of ``dreg_dist`` -> layer; ``launch/`` scripts are above all of them."""
+
+
+def _component(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("dreg_dist")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dreg_dist"):
+            if node.module == "dreg_dist":  # 'from dreg_dist import methods'
+                found += [f"dreg_dist.{a.name}" for a in node.names]
+            else:
+                found.append(node.module)
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_component_has_a_layer() -> None:
+    components = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in _modules()}
+    assert components <= set(LAYERS), components - set(LAYERS)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_module_imports_from_a_layer_above(path: Path) -> None:
+    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    upward = [m for m in _imports(path) if LAYERS.get(_component(m), -1) > LAYERS[own]]
+    assert not upward, f"{path.relative_to(REPO)} (layer {LAYERS[own]}, {own}) imports from above: {upward}"
+
+
+# Where a method may be named: its own folder, the registry, and the DReg library.
+_ALLOWED = ("dreg_dist/methods/", "dreg_dist/dreg/")
+_SCANNED = [p for p in sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "launch").glob("*.py"))
+            if not str(p.relative_to(REPO)).startswith(_ALLOWED)]
+_NAMES = re.compile(r"(?<![A-Za-z0-9_-])(" + "|".join(sorted(BUILTIN, key=len, reverse=True)) + r")(?![A-Za-z0-9_-])",
+                    re.IGNORECASE)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of string constants that document (module/class/function docstrings, attribute docs)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        for stmt in getattr(node, "body", []) if isinstance(getattr(node, "body", None), list) else []:
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+                out.add(id(stmt.value))
+    return out
+
+
+def _code_mentions(path: Path) -> list[str]:
+    """Method names in code: identifiers, attributes and string literals (not docs or comments)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docs = _docstrings(tree)
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            text = node.value
+        elif isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        else:
+            continue
+        if _NAMES.search(text) or "DualPath" in text:
+            hits.append(f"{getattr(node, 'lineno', '?')}: {text[:80]!r}")
+    return hits
+
+
+@pytest.mark.parametrize("path", _SCANNED, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_code_outside_methods_names_a_method(path: Path) -> None:
+    hits = _code_mentions(path)
+    assert not hits, f"{path.relative_to(REPO)} names a method in code:\n" + "\n".join(hits)
