@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["dreg_overhead", "trainer_overhead", "input_pipeline", "scaling", "memory", "fast_paths"]
+BENCHMARKS = ["dreg_overhead", "trainer_overhead", "input_pipeline", "shards", "scaling", "memory", "fast_paths"]
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Console scripts installed with the package (``dreg-train``, ``dreg-export``)."""
+"""Console scripts installed with the package (``dreg-train``, ``dreg-export``, ``dreg-shards``)."""
 
 from __future__ import annotations
 
@@ -13,5 +13,11 @@ def train_main() -> None:
 
 def export_main() -> None:
     from dreg_dist.train.export_cli import main
+
+    sys.exit(main())
+
+
+def shards_main() -> None:
+    from dreg_dist.data.shard_writer import main
 
     sys.exit(main())

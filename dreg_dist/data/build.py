@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 
 from dreg_dist.config.schema import DataConfig
-from dreg_dist.data import cifar, imagefolder, synthetic
+from dreg_dist.data import cifar, imagefolder, shard_index, shards, synthetic
+from dreg_dist.data.decoders import DECODERS
 from dreg_dist.data.errors import DataError
 from dreg_dist.data.module import DataModule, InMemoryDataModule
 
-NAMES = ("cifar10", "cifar100", "imagefolder", "synthetic")
+NAMES = ("cifar10", "cifar100", "imagefolder", "shards", "synthetic")
 
 
 def _check_sizes(cfg: DataConfig, train_size: int | None) -> None:
@@ -52,6 +53,16 @@ def check_data_available(cfg: DataConfig) -> None:
         if cfg.image_size <= 0:
             raise DataError(f"data.image_size must be positive, got {cfg.image_size}")
         _check_sizes(cfg, None)
+    elif cfg.name == "shards":
+        if cfg.image_size <= 0:
+            raise DataError(f"data.image_size must be positive, got {cfg.image_size}")
+        if cfg.decoder not in DECODERS:
+            raise DataError(f"unknown data.decoder {cfg.decoder!r}: use one of {', '.join(DECODERS)}")
+        # The index is metadata (no image is read); every shard is stat'ed, so a missing or
+        # truncated file stops the launch before any worker starts.
+        index = shard_index.load_index(cfg.root)
+        shard_index.check_shard_files(index)
+        _check_sizes(cfg, len(index.splits["train"]))
     else:
         raise DataError(f"unknown data.name {cfg.name!r}: use one of {', '.join(NAMES)}")
 
@@ -68,16 +79,12 @@ def build_data(cfg: DataConfig, *, seed: int, device: torch.device | str, num_cl
     model's)."""
     device = torch.device(device)
     check_data_available(cfg)
-    if cfg.name == "imagefolder":
-        return imagefolder.ImageFolderDataModule(
-            root=cfg.root,
-            image_size=cfg.image_size,
-            val_size=cfg.val_size,
-            augment=cfg.augment,
-            num_workers=cfg.num_workers,
-            seed=seed,
-            device=device,
-        )
+    if cfg.name in ("imagefolder", "shards"):
+        common = dict(root=cfg.root, image_size=cfg.image_size, val_size=cfg.val_size, augment=cfg.augment,
+                      num_workers=cfg.num_workers, seed=seed, device=device, skip_bad_samples=cfg.skip_bad_samples)
+        if cfg.name == "imagefolder":
+            return imagefolder.ImageFolderDataModule(**common)
+        return shards.ShardDataModule(decoder=cfg.decoder, **common)
     if cfg.name == "synthetic":
         if num_classes < 2:
             raise DataError(f"synthetic data needs num_classes >= 2 (model.num_classes), got {num_classes}")

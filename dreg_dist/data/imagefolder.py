@@ -1,12 +1,15 @@
 """ImageNet-layout folders (``root/train/<class>/*``, ``root/val/<class>/*``) via DataLoader.
 
 JPEG decoding needs worker processes, so unlike the in-memory path this one goes through
-a ``DataLoader``. The sampling contract is kept by handing the loader a *batch sampler*
-that is simply the list of this rank's micro-batches computed by
+a ``DataLoader`` (:mod:`dreg_dist.data.loader`). The sampling contract is kept by handing
+the loader this rank's micro-batches computed by
 :func:`dreg_dist.data.sampling.rank_train_ids`, and by making each sample's random
-transform a function of (seed, epoch, index): ``__getitem__`` receives an (index, epoch)
-key and re-seeds a forked torch RNG from its hash before RandomResizedCrop + flip run.
-Which worker process decodes a sample, and in which batch, then no longer matters.
+transform a function of (seed, epoch, index): :func:`dreg_dist.data.crops.train_crop`
+draws the RandomResizedCrop box and flip from a generator seeded by their hash. Which
+worker process decodes a sample, and in which batch, then no longer matters.
+
+Images are decoded with PIL and transformed with torchvision's PIL functions, so the
+``shards`` path with ``data.decoder=pil`` reproduces this path bit for bit.
 
 Workers return uint8 tensors; conversion to float and normalization happen on the
 target device, which quarters host-to-device traffic.
@@ -15,23 +18,24 @@ target device, which quarters host-to-device traffic.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from dreg_dist.data import sampling
+from dreg_dist.data import crops, sampling
 from dreg_dist.data.errors import DataError
-from dreg_dist.data.module import Batch, DataModule
+from dreg_dist.data.loader import DecodedDataModule, Fetched, Key, stack_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What PIL raises for files that are not (complete) images."""
 
-Key = tuple[int, Optional[int]]
-"""(sample index, epoch); epoch None selects the deterministic eval transform."""
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "Key", "missing_message", "scan_split"]
 
 
 def missing_message(root: str | Path) -> Optional[str]:
@@ -49,36 +53,76 @@ def missing_message(root: str | Path) -> Optional[str]:
     return None
 
 
-def _scan(folder: Path) -> ImageFolder:
+def _empty_classes(folder: Path) -> list[str]:
+    empty = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not any(has_file_allowed_extension(f.name, IMG_EXTENSIONS) for f in class_dir.rglob("*") if f.is_file()):
+            empty.append(class_dir.name)
+    return empty
+
+
+def scan_split(folder: Path) -> ImageFolder:
+    """Index one split folder (sorted classes, sorted files: torchvision's order).
+
+    An empty class folder is refused by name rather than skipped: skipping it would renumber
+    every later class, silently shifting labels against a model or another split.
+    """
     try:
         return ImageFolder(str(folder))
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"cannot index '{folder}' ({exc}): put images in {folder}/<class>/ folders") from exc
+    except FileNotFoundError as exc:
+        empty = _empty_classes(folder) if folder.is_dir() else []
+        if empty:
+            shown = ", ".join(f"'{folder / name}'" for name in empty[:3]) + (" ..." if len(empty) > 3 else "")
+            raise DataError(
+                f"class folder(s) {shown} hold no images ({', '.join(IMG_EXTENSIONS)}): add images or "
+                "remove the folder from train/ and val/ alike"
+            ) from None
+        raise DataError(f"cannot index '{folder}' ({exc}): put images in {folder}/<class>/ folders") from None
+    except OSError as exc:
+        raise DataError(f"cannot index '{folder}' ({exc}): put images in {folder}/<class>/ folders") from None
 
 
-class SeededImageFolder(Dataset):
-    """An ImageFolder whose items are keyed by (index, epoch) for reproducible augmentation."""
+def check_same_classes(root: Path, train: ImageFolder, test: ImageFolder) -> None:
+    if test.classes != train.classes:
+        raise DataError(
+            f"class folders of '{root / 'val'}' differ from those of '{root / 'train'}': "
+            "both must hold the same <class>/ folder names"
+        )
 
-    def __init__(self, folder: ImageFolder, train_tf: transforms.Compose, eval_tf: transforms.Compose, seed: int) -> None:
+
+class ImageFolderReader(Dataset):
+    """Items are micro-batches: a list of keys -> :class:`Fetched` (decoded with PIL)."""
+
+    def __init__(self, folder: ImageFolder, image_size: int, augment: bool, seed: int) -> None:
         self.folder = folder
-        self.train_tf = train_tf
-        self.eval_tf = eval_tf
+        self.image_size = image_size
+        self.augment = augment
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.folder)
 
-    def __getitem__(self, key: Key) -> tuple[Tensor, int]:
-        index, epoch = key
-        image, label = self.folder[index]
-        if epoch is None:
-            return self.eval_tf(image), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sampling.derive_seed(self.seed, "imagefolder_aug", epoch, index))
-            return self.train_tf(image), label
+    def __getitem__(self, keys: list[Key]) -> Fetched:
+        xs, ys, ids, bad = [], [], [], []
+        for index, epoch in keys:
+            path, label = self.folder.samples[index]
+            try:
+                img = self.folder.loader(path)
+            except DECODE_ERRORS as exc:
+                bad.append(f"'{path}' ({exc})")
+                continue
+            if epoch is None or not self.augment:
+                xs.append(crops.pil_eval(img, self.image_size))
+            else:
+                crop = crops.train_crop(self.seed, epoch, index, img.height, img.width)
+                xs.append(crops.pil_train(img, crop, self.image_size))
+            ys.append(label)
+            ids.append(index)
+        x = stack_images(xs, self.image_size)
+        return Fetched(x, torch.tensor(ys, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64), None, bad)
 
 
-class ImageFolderDataModule(DataModule):
+class ImageFolderDataModule(DecodedDataModule):
     """Train/val/test from an ImageNet-layout tree; val is held out of train/, test is val/."""
 
     def __init__(
@@ -91,41 +135,21 @@ class ImageFolderDataModule(DataModule):
         num_workers: int,
         seed: int,
         device: torch.device,
+        skip_bad_samples: bool = False,
     ) -> None:
         message = missing_message(root)
         if message is not None:
             raise DataError(message)
         if image_size <= 0:
             raise DataError(f"data.image_size must be positive, got {image_size}")
-        if num_workers < 0:
-            raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
         root = Path(root)
-        train_folder = _scan(root / "train")
-        test_folder = _scan(root / "val")
-        if test_folder.classes != train_folder.classes:
-            raise DataError(
-                f"class folders of '{root / 'val'}' differ from those of '{root / 'train'}': "
-                "both must hold the same <class>/ folder names"
-            )
-        eval_tf = transforms.Compose(
-            [
-                transforms.Resize(int(image_size * 256 / 224), antialias=True),
-                transforms.CenterCrop(image_size),
-                transforms.PILToTensor(),
-            ]
-        )
-        if augment:
-            train_tf = transforms.Compose(
-                [
-                    transforms.RandomResizedCrop(image_size, antialias=True),
-                    transforms.RandomHorizontalFlip(),
-                    transforms.PILToTensor(),
-                ]
-            )
-        else:
-            train_tf = eval_tf
+        train_folder = scan_split(root / "train")
+        test_folder = scan_split(root / "val")
+        check_same_classes(root, train_folder, test_folder)
         train_ids, val_ids = sampling.split_train_val(len(train_folder), val_size, seed)
         super().__init__(
+            num_workers=num_workers,
+            skip_bad_samples=skip_bad_samples,
             seed=seed,
             device=device,
             classes=train_folder.classes,
@@ -136,37 +160,9 @@ class ImageFolderDataModule(DataModule):
             val_ids=val_ids,
             test_size=len(test_folder),
         )
-        self.num_workers = num_workers
-        self._pool = SeededImageFolder(train_folder, train_tf, eval_tf, seed)
-        self._test = SeededImageFolder(test_folder, train_tf, eval_tf, seed)
+        self.augment = augment
+        self._pool = ImageFolderReader(train_folder, image_size, augment, seed)
+        self._test = ImageFolderReader(test_folder, image_size, augment, seed)
 
-    def _loader(self, dataset: Dataset, keys: list[list[Key]]) -> Iterator[tuple[Tensor, Tensor]]:
-        if not keys:
-            return iter(())
-        loader = DataLoader(
-            dataset,
-            batch_sampler=keys,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        return iter(loader)
-
-    def _finish(self, batch: tuple[Tensor, Tensor]) -> Batch:
-        x, y = batch
-        non_blocking = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=non_blocking)
-        y = y.to(self.device, dtype=torch.int64, non_blocking=non_blocking)
-        return self._normalize(x), y
-
-    def _train_iter(self, epoch: int, ids: Tensor) -> Iterator[list[Batch]]:
-        steps, accumulation, _ = ids.shape
-        keys = [[(i, epoch) for i in micro] for step in ids.tolist() for micro in step]
-        batches = self._loader(self._pool, keys)
-        for _ in range(steps):
-            yield [self._finish(next(batches)) for _ in range(accumulation)]
-
-    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
-        dataset = self._pool if split == "val" else self._test
-        keys: list[list[Key]] = [[(i, None) for i in chunk.tolist()] for chunk in chunks]
-        for batch in self._loader(dataset, keys):
-            yield self._finish(batch)
+    def _reader(self, split: str) -> Dataset:
+        return self._pool if split == "train" else self._test
