@@ -8,14 +8,17 @@ load), next to the medians of the raw figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -119,3 +122,74 @@ def subprocess_env(threads: Optional[int] = None) -> dict[str, str]:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def autocast(device: Any, amp: Optional[str]) -> ContextManager[Any]:
+    """``torch.autocast`` for ``amp`` in {bf16, fp16}; a no-op context for none/None."""
+    if amp in (None, "none"):
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc; empty where /proc is missing)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: "subprocess.Popen[Any]") -> None:
+    """SIGKILL ``proc`` and everything it started.
+
+    Killing the direct child alone is not enough: torchrun starts each worker in a session
+    of its own, so a killed torchrun leaves its workers (and their GPU memory) behind.
+    """
+    pids = descendants(proc.pid)
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+def run_command(cmd: Sequence[str], *, timeout: Optional[float], env: Optional[Mapping[str, str]] = None,
+                cwd: Optional[Path] = None) -> "subprocess.CompletedProcess[str]":
+    """``subprocess.run(cmd, capture_output=True, text=True)`` that kills the whole process tree
+    on a timeout (raising ``subprocess.TimeoutExpired`` with the output so far) or when the
+    caller is interrupted (an alarm, Ctrl-C)."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(env) if env is not None else None, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(list(cmd), timeout or 0.0, output=out, stderr=err) from None
+    except BaseException:
+        kill_tree(proc)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)

@@ -2,7 +2,8 @@
 """A bare hand-written DDP training loop: the reference the benchmarks hold the service to.
 
 Launched like the trainer (``torchrun --nproc_per_node=K bench/ddp_loop.py ...``, gloo on
-CPU; ``--device cuda``: NCCL, one GPU per process, channels_last as the trainer's default): the same dual-path model (``DualPathModel``, layer R1, per-path norm) and the same
+CPU; ``--device cuda``: NCCL, one GPU per process, channels_last as the trainer's default;
+``--amp bf16``: autocast as ``train.amp=bf16``): the same dual-path model (``DualPathModel``, layer R1, per-path norm) and the same
 Eq. 3 loss (``DRegObjective``), random tensors already in memory, plain momentum SGD, and
 nothing else: no data pipeline, no logging, no checkpoints, no per-step collectives beside
 DDP's gradient all-reduce. With K = 1 the model is not wrapped in DDP (as in the trainer).
@@ -40,6 +41,7 @@ from torch import nn  # noqa: E402
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
+from _common import autocast  # noqa: E402  (bench/ is this script's directory)
 from dreg_dist.dreg import DualPathModel  # noqa: E402
 from dreg_dist.dreg.contrast import DRegObjective  # noqa: E402
 from dreg_dist.models import build_model  # noqa: E402
@@ -108,7 +110,7 @@ def build(args: argparse.Namespace, world_size: int, variant: str,
     x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device, memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
     if args.vanilla:
-        loss_fn: Callable[[Any], torch.Tensor] = lambda out: nn.functional.cross_entropy(out, y)
+        loss_fn: Callable[[Any], torch.Tensor] = lambda out: nn.functional.cross_entropy(out.float(), y)
     else:
         loss_fn = lambda out: objective(out[0], out[1], y, module)[0]  # noqa: E731
 
@@ -116,7 +118,9 @@ def build(args: argparse.Namespace, world_size: int, variant: str,
         for _ in range(n):
             if state is not None:
                 state.reset()
-            loss_fn(model(x)).backward()
+            with autocast(device, args.amp):
+                loss = loss_fn(model(x))
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -165,6 +169,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps-per-round", type=int, default=10)
     p.add_argument("--comm-only", type=int, default=0, help="repetitions of the all-reduce-only timing (0 = skip)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: NCCL, one GPU per local rank")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast forward + loss, as train.amp (no grad scaler: fp16 is for timing only)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -204,6 +210,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     grad_numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
     result: dict[str, Any] = {
         "world_size": world_size, "device": str(device), "arch": args.arch, "dreg": not args.vanilla, "batch_per_worker": args.batch,
+        "amp": args.amp,
         "threads": torch.get_num_threads(), "steps_per_round": args.steps_per_round,
         "grad_numel": grad_numel,
         "grad_bytes_fp32": sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad),

@@ -13,19 +13,24 @@ training step counted by FlopCounterMode.
     PYTHONPATH=. python bench/dreg_overhead.py            # resnet18, vgg16, mobilenet_v2, batch 32
     PYTHONPATH=. python bench/dreg_overhead.py --quick    # resnet18 at batch 8, < 30 s
     PYTHONPATH=. python bench/dreg_overhead.py --device cuda --batch 128 --rounds 20   # on a GPU
+    PYTHONPATH=. python bench/dreg_overhead.py --device cuda --batch 512 --amp bf16 --channels-last --compile
+
+``--compile`` wraps both models in ``torch.compile`` (as ``train.compile`` does; the
+optimizer step stays eager) and ``--amp bf16`` runs forward and loss under autocast; the
+first (warm-up) round then also holds the compilation.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn.functional as F
 
-from _common import fmt_ratio, interleave, median, paired_ratio, print_machine, write_json
+from _common import autocast, fmt_ratio, interleave, median, paired_ratio, print_machine, write_json
 from dreg_dist.config.schema import OptimConfig
 from dreg_dist.dreg import DualPathModel
 from dreg_dist.dreg.contrast import DRegObjective
@@ -37,18 +42,23 @@ TARGET_PP = 3.0
 """Target: measured overhead at most this many percentage points above the FLOP floor."""
 
 
-def make_step(model: torch.nn.Module, dual: bool, x: torch.Tensor, y: torch.Tensor, steps: int) -> Callable[[], None]:
+def make_step(model: torch.nn.Module, dual: bool, x: torch.Tensor, y: torch.Tensor, steps: int,
+              forward: Optional[Callable[[torch.Tensor], Any]] = None, amp: str = "none") -> Callable[[], None]:
+    """``steps`` training steps of ``model``; ``forward`` (e.g. its ``torch.compile`` wrapper)
+    runs the forward pass, ``model`` itself owns the parameters the contrast term reads."""
     opt = build_optimizer(model, OptimConfig(), lr=0.01)
     objective = DRegObjective()
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    fwd = forward if forward is not None else model
 
     def step() -> None:
         for _ in range(steps):
-            if dual:
-                logits_r, logits_l = model(x)
-                loss, _ = objective(logits_r, logits_l, y, model)  # type: ignore[arg-type]
-            else:
-                loss = F.cross_entropy(model(x), y)
+            with autocast(x.device, amp):
+                if dual:
+                    logits_r, logits_l = fwd(x)
+                    loss, _ = objective(logits_r, logits_l, y, model)  # type: ignore[arg-type]
+                else:
+                    loss = F.cross_entropy(fwd(x).float(), y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -71,9 +81,12 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
         x = x.contiguous(memory_format=torch.channels_last)
         plain = plain.to(memory_format=torch.channels_last)
         dual = dual.to(memory_format=torch.channels_last)
+    compiled = getattr(args, "compile", False)
+    amp = getattr(args, "amp", "none")
     variants = {
-        "vanilla": make_step(plain, False, x, y, args.steps_per_round),
-        "dreg": make_step(dual, True, x, y, args.steps_per_round),
+        "vanilla": make_step(plain, False, x, y, args.steps_per_round,
+                             torch.compile(plain) if compiled else None, amp),
+        "dreg": make_step(dual, True, x, y, args.steps_per_round, torch.compile(dual) if compiled else None, amp),
     }
     # Warm-up round(s), timed to size the run: as many rounds as fit in --budget-s, at least --rounds.
     warm = interleave(variants, args.warmup_rounds, 0) if args.warmup_rounds else {}
@@ -89,7 +102,8 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     measured_pct = 100.0 * (ratio["median"] - 1.0)
     floor_pct = cost.extra_train_pct
     gap = measured_pct - floor_pct
-    print(f"{arch:<13} layer {dual.layer_path:<22} batch {args.batch}, {rounds} rounds: "
+    mode = ("compiled" if compiled else "eager") + (f", {amp}" if amp != "none" else "")
+    print(f"{arch:<13} layer {dual.layer_path:<22} batch {args.batch} ({mode}), {rounds} rounds: "
           f"vanilla {per_step['vanilla']['wall']:7.1f} ms/step wall ({per_step['vanilla']['cpu']:7.1f} cpu), "
           f"dreg {per_step['dreg']['wall']:7.1f} ms/step wall ({per_step['dreg']['cpu']:7.1f} cpu)")
     minima = {c: min(times["dreg"][c]) / min(times["vanilla"][c]) for c in ("cpu", "wall")}
@@ -99,13 +113,15 @@ def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
           f"(params +{cost.extra_params_pct:.1f}%): gap {gap:+.1f} pp "
           f"[{'met' if gap <= TARGET_PP else 'NOT met'}: <= {TARGET_PP:.0f} pp] (FLOP count took {cost_s:.1f}s)")
     return {
-        "arch": arch, "layer": dual.layer_path, "batch": args.batch, "ms_per_step": per_step,
+        "arch": arch, "layer": dual.layer_path, "batch": args.batch, "compiled": compiled, "amp": amp,
+        "channels_last": bool(args.channels_last), "ms_per_step": per_step,
         "ratio": ratios, "ratio_of_minima": minima, "rounds": rounds, "clock": clock, "measured_pct": measured_pct, "floor_pct": floor_pct, "gap_pp": gap,
         "extra_params_pct": cost.extra_params_pct, "met": gap <= TARGET_PP, "times_s": times,
     }
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line (``argv``, default sys.argv) with --quick and the clock choice applied."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", default="resnet18,vgg16,mobilenet_v2")
     p.add_argument("--layer", default="R1", help="DReg layer (dreg.layer)")
@@ -123,15 +139,22 @@ def main() -> None:
                         "robust to other jobs on the cores) or wall (default otherwise; always on CUDA)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (the warm-up round compiles)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast forward + loss")
     p.add_argument("--quick", action="store_true", help="resnet18 at batch 8, ~8 s of rounds (< 30 s)")
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.archs, args.batch, args.rounds, args.budget_s = "resnet18", 8, 3, 8.0
     if args.device != "cpu":
         args.clock = "wall"  # CPU time says nothing about GPU kernels
     elif args.clock is None:
         args.clock = "cpu" if args.threads == 1 else "wall"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     print_machine()
     print(f"dreg_overhead: step = fwd + bwd + SGD step, batch {args.batch}, threads {args.threads}, "

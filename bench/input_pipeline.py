@@ -14,6 +14,10 @@ data images/s / model images/s.
 
     PYTHONPATH=. python bench/input_pipeline.py           # cnn_small and resnet18, batch 32
     PYTHONPATH=. python bench/input_pipeline.py --quick   # cnn_small only, < 30 s
+    PYTHONPATH=. python bench/input_pipeline.py --device cuda --models resnet18 --batch 512 --amp bf16 --channels-last
+
+``--amp`` / ``--channels-last`` apply to the model side only (the data path's output is
+what the trainer feeds the model, before its own channels_last copy).
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
-from _common import fmt_ratio, interleave, median, paired_ratio, print_machine, write_json
+from _common import autocast, fmt_ratio, interleave, median, paired_ratio, print_machine, write_json
 from dreg_dist.config.schema import DataConfig
 from dreg_dist.data import build_data
 from dreg_dist.dreg import DualPathModel
@@ -38,8 +42,9 @@ CIFAR_ROOT = Path("/work/shared/data")
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
-    if not args.synthetic and (CIFAR_ROOT / "cifar-10-batches-py").is_dir():
-        return DataConfig(name="cifar10", root=str(CIFAR_ROOT), val_size=5000)
+    root = Path(getattr(args, "cifar_root", None) or CIFAR_ROOT)
+    if not args.synthetic and (root / "cifar-10-batches-py").is_dir():
+        return DataConfig(name="cifar10", root=str(root), val_size=5000)
     return DataConfig(name="synthetic", val_size=1000, synthetic_train_size=args.synthetic_size,
                       synthetic_test_size=100)
 
@@ -67,16 +72,20 @@ def data_reader(args: argparse.Namespace) -> tuple[Callable[[], None], Any]:
 
 def model_stepper(arch: str, args: argparse.Namespace) -> Callable[[], None]:
     torch.manual_seed(0)
-    model = DualPathModel(build_model(arch, 10), "R1").to(args.device).train()
+    memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    model = DualPathModel(build_model(arch, 10), "R1").to(args.device, memory_format=memory_format).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     objective = DRegObjective()
-    x = torch.randn(args.batch, 3, 32, 32, device=args.device)
+    x = torch.randn(args.batch, 3, 32, 32, device=args.device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
+    amp = getattr(args, "amp", "none")
 
     def step() -> None:
         for _ in range(args.model_steps):
-            logits_r, logits_l = model(x)
-            objective(logits_r, logits_l, y, model)[0].backward()
+            with autocast(args.device, amp):
+                logits_r, logits_l = model(x)
+                loss = objective(logits_r, logits_l, y, model)[0]
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         if args.device == "cuda":
@@ -85,7 +94,7 @@ def model_stepper(arch: str, args: argparse.Namespace) -> Callable[[], None]:
     return step
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="cnn_small,resnet18", help="dual-path models whose consumption is compared")
     p.add_argument("--batch", type=int, default=32)
@@ -97,13 +106,19 @@ def main() -> None:
     p.add_argument("--synthetic-size", type=int, default=20000)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: data resident and augmented on the GPU (data.on_device default), model on the GPU")
+    p.add_argument("--cifar-root", default=str(CIFAR_ROOT), help="folder containing cifar-10-batches-py/")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast the model's forward + loss")
+    p.add_argument("--channels-last", action="store_true", help="model and its input in channels_last")
     p.add_argument("--quick", action="store_true", help="cnn_small only, 3 rounds")
     p.add_argument("--json", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.models, args.rounds = "cnn_small", 3
-    torch.set_num_threads(args.threads)
-    print_machine()
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the data path and each model's step interleaved; print and return the figures."""
     t0 = time.perf_counter()
     read, data = data_reader(args)
     cfg = data_config(args)
@@ -131,7 +146,8 @@ def main() -> None:
                 for t in times["data"]["wall"]]
     print(f"data path alone: {median(data_ips):,.0f} images/s ({1e3 * median(times['data']['wall']) / args.data_batches:.2f} "
           f"ms per batch of {args.batch}, plus the amortized epoch set-up)")
-    results: dict[str, Any] = {"data_images_per_sec": data_ips, "source": cfg.name, "models": {}}
+    results: dict[str, Any] = {"data_images_per_sec": data_ips, "source": cfg.name, "train_size": data.train_size,
+                               "epoch_setup_s": epoch_setup, "models": {}}
     parts = []
     for arch in models:
         model_ips = [args.model_steps * args.batch / t for t in times[arch]["wall"]]
@@ -141,8 +157,18 @@ def main() -> None:
               f"{fmt_ratio(ratio, 1)} [target >= {TARGET:.0f}x {verdict}]")
         results["models"][arch] = {"images_per_sec": model_ips, "ratio": ratio}
         parts.append(f"{arch} {ratio['median']:,.0f}x")
+    results["summary_parts"] = parts
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    print_machine()
+    results = run(args)
+    data_ips, parts = results["data_images_per_sec"], results.pop("summary_parts")
     _common.print_load()
-    print(f"SUMMARY: input_pipeline {cfg.name} batch {args.batch}: data path {median(data_ips):,.0f} img/s; "
+    print(f"SUMMARY: input_pipeline {results['source']} batch {args.batch}: data path {median(data_ips):,.0f} img/s; "
           f"data/model " + ", ".join(parts) + f" (target >= {TARGET:.0f}x)")
     write_json(args.json, {"bench": "input_pipeline", "args": vars(args), **results})
 

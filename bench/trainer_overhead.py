@@ -26,6 +26,11 @@ trainer's final ``shutdown`` so the group outlives it) and by the next bare loop
 
     PYTHONPATH=. python bench/trainer_overhead.py           # 3 pairs, 32 images per worker
     PYTHONPATH=. python bench/trainer_overhead.py --quick   # 1 pair, 8 images per worker, < 30 s
+    PYTHONPATH=. python bench/trainer_overhead.py --device cuda --k 1 --arch resnet18 --batch 512 --amp bf16
+
+With ``--k 1`` the job is one process and there is no process group (the trainer wraps
+nothing in DDP at world size 1, and neither does the bare loop). ``--amp`` sets
+``train.amp`` for the trainer and the same autocast for the bare loop.
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 
-from _common import REPO, median, print_machine, subprocess_env, write_json
+from _common import REPO, median, print_machine, run_command, subprocess_env, write_json
 
 TARGET = 0.95
 LOG_EVERY = 20  # the schema default of log.every_steps
@@ -54,14 +59,14 @@ def trainer_argv(args: argparse.Namespace, run_dir: Path) -> list[str]:
             f"model.arch={args.arch}", "data.name=synthetic", f"data.synthetic_train_size={train_size}",
             "data.val_size=256", "data.synthetic_test_size=64", f"train.global_batch_size={global_batch}",
             "train.epochs=1", f"train.stop_after_steps={args.steps}", f"log.every_steps={LOG_EVERY}",
-            f"train.device={args.device}"]
+            f"train.device={args.device}", f"train.amp={args.amp}"]
 
 
 def trainer_ips(run_dir: Path, global_batch: int) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("kind") == "train" and "images_per_sec" in r]
     if len(train) < 2:
-        raise SystemExit(f"need >= 2 train records in metrics.jsonl (got {len(train)}): raise --steps")
+        raise ValueError(f"need >= 2 train records in metrics.jsonl (got {len(train)}): raise --steps")
     images = seconds = 0.0
     prev = train[0]["step"]
     for r in train[1:]:
@@ -86,7 +91,7 @@ def worker(args: argparse.Namespace) -> None:
     train_main = run_module.main
 
     measured = args.steps - LOG_EVERY
-    bare_argv = ["--arch", args.arch, "--batch", str(args.batch), "--device", args.device,
+    bare_argv = ["--arch", args.arch, "--batch", str(args.batch), "--device", args.device, "--amp", args.amp,
                  "--warmup-rounds", "0", "--warmup-steps", "3",
                  "--rounds", "1", "--steps-per-round", str(measured)]
     rank = int(os.environ.get("RANK", "0"))
@@ -108,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="cnn_small")
     p.add_argument("--batch", type=int, default=32, help="per-worker batch")
@@ -117,35 +122,32 @@ def main() -> None:
                    help=f"optimizer steps per trainer run (the first {LOG_EVERY} are excluded)")
     p.add_argument("--pairs", type=int, default=3, help="trainer runs (each between two bare runs)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: NCCL, one GPU per worker")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="train.amp and the bare loop's autocast")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before the torchrun job is killed")
     p.add_argument("--quick", action="store_true", help="1 pair at 8 images per worker")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.batch, args.pairs = 8, 1
     if args.steps < 2 * LOG_EVERY:
         raise SystemExit(f"--steps must be >= {2 * LOG_EVERY}")
-    if args.worker:
-        worker(args)
-        return
-    print_machine()
-    print(f"trainer_overhead: {args.arch} dual path, K={args.k} {'gloo' if args.device == 'cpu' else 'NCCL'} workers "
-          f"x {args.batch} images, 1 thread each; "
-          f"trainer runs of {args.steps} steps (first {LOG_EVERY} excluded) between bare-loop runs of "
-          f"{args.steps - LOG_EVERY} timed steps, in one torchrun job: " + " ".join(["bare", "trainer"] * args.pairs)
-          + " bare")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the torchrun job; the pairs (trainer vs the bare runs around it) and their median ratio."""
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         out_file = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.k}",
                __file__, "--worker", "--tmp", tmp, "--out", str(out_file), "--arch", args.arch,
                "--batch", str(args.batch), "--k", str(args.k), "--steps", str(args.steps), "--pairs", str(args.pairs),
-               "--device", args.device]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(threads=1), cwd=REPO,
-                              timeout=900)
+               "--device", args.device, "--amp", args.amp]
+        done = run_command(cmd, env=subprocess_env(threads=1), cwd=REPO, timeout=args.timeout)
         if done.returncode != 0 or not out_file.exists():
-            raise SystemExit(f"job failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"job failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         out = json.loads(out_file.read_text())
     pairs = []
     for i, t in enumerate(out["trainer"]):
@@ -155,15 +157,34 @@ def main() -> None:
         print(f"pair {i + 1}: bare {before:7.1f} img/s | trainer {t['images_per_sec']:7.1f} img/s (windows "
               f"{', '.join(f'{w:.1f}' for w in t['windows'])}; first excluded) | bare {after:7.1f} img/s "
               f"-> trainer/bare {ratio:.3f}")
-    ratio = median([q["ratio"] for q in pairs])
-    t_ips = median([q["trainer"]["images_per_sec"] for q in pairs])
-    b_ips = median(out["bare"])
+    return {"pairs": pairs, "bare": out["bare"], "ratio": median([q["ratio"] for q in pairs]),
+            "trainer_images_per_sec": median([q["trainer"]["images_per_sec"] for q in pairs]),
+            "bare_images_per_sec": median(out["bare"]), "target": TARGET}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    print_machine()
+    print(f"trainer_overhead: {args.arch} dual path, K={args.k} {'gloo' if args.device == 'cpu' else 'NCCL'} workers "
+          f"x {args.batch} images, 1 thread each; "
+          f"trainer runs of {args.steps} steps (first {LOG_EVERY} excluded) between bare-loop runs of "
+          f"{args.steps - LOG_EVERY} timed steps, in one torchrun job: " + " ".join(["bare", "trainer"] * args.pairs)
+          + " bare")
+    try:
+        result = measure(args)
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        raise SystemExit(str(err)) from None
+    ratio, t_ips, b_ips = result["ratio"], result["trainer_images_per_sec"], result["bare_images_per_sec"]
     verdict = "met" if ratio >= TARGET else "NOT met"
     _common.print_load()
     print(f"SUMMARY: trainer_overhead {args.arch} K={args.k} x{args.batch}: trainer {t_ips:.1f} img/s, bare DDP loop "
-          f"{b_ips:.1f} img/s, trainer/bare {ratio:.3f} (median of {len(pairs)} pairs; target >= {TARGET} {verdict})")
-    write_json(args.json, {"bench": "trainer_overhead", "args": vars(args), "pairs": pairs, "bare": out["bare"],
-                           "ratio": ratio})
+          f"{b_ips:.1f} img/s, trainer/bare {ratio:.3f} (median of {len(result['pairs'])} pairs; target >= {TARGET} "
+          f"{verdict})")
+    write_json(args.json, {"bench": "trainer_overhead", "args": vars(args), "pairs": result["pairs"],
+                           "bare": result["bare"], "ratio": ratio})
 
 
 if __name__ == "__main__":
