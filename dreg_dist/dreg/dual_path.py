@@ -20,7 +20,10 @@ How it is built (once, at start-up, like Composer's model surgery):
 
 W^R lives at its original place inside ``self.net`` (so path R *is* the plain model);
 W^L is ``self.branch_L``. The state_dict therefore holds ``net.*``, ``branch_L.*``
-and, for a per-path norm, ``norm_L.*``.
+and, for a per-path norm, ``norm_L.*`` (the norm right after the layer: own affine and
+statistics) and ``stats_L.*`` (every later norm layer with running statistics: path L's
+own statistics, affine parameters shared with path R), so each path's statistics come
+from its own activations alone and the exported path carries only its own.
 
 Supported models: anything ``torch.fx.symbolic_trace`` can trace without
 data-dependent Python control flow, whose DReg layer is a Conv2d or Linear called
@@ -90,10 +93,20 @@ def _make_out_of_place(node: fx.Node, first_arg_is_trunk: bool) -> None:
             node.target = name[:-1]
 
 
+def stats_key(module_path: str) -> str:
+    """The ``stats_L`` key of a downstream norm layer (ModuleDict keys cannot hold dots)."""
+    return module_path.replace(".", "__")
+
+
 def build_path_graph(
-    source: fx.Graph, site: DRegSite, paths: tuple[Path, ...], per_path_norm: bool
+    source: fx.Graph, site: DRegSite, paths: tuple[Path, ...], per_path_norm: bool,
+    stats_paths: frozenset[str] = frozenset(),
 ) -> fx.Graph:
-    """A graph computing ``paths`` with a shared trunk; module targets get the ``net.`` prefix."""
+    """A graph computing ``paths`` with a shared trunk; module targets get the ``net.`` prefix.
+
+    ``stats_paths``: downstream norm layers that path L calls through its own statistics
+    copy ``stats_L.<key>`` (same affine parameters, own running statistics).
+    """
     layer_node = next(
         n for n in source.nodes if n.op == "call_module" and n.target == site.layer_path
     )
@@ -109,6 +122,8 @@ def build_path_graph(
             new.target = "branch_L"
         elif path == "L" and per_path_norm and old.op == "call_module" and old.target == site.norm_path:
             new.target = "norm_L"
+        elif path == "L" and old.op == "call_module" and old.target in stats_paths:
+            new.target = f"stats_L.{stats_key(str(old.target))}"
         else:
             new.target = f"net.{old.target}"
 
@@ -165,6 +180,19 @@ def _perturbed_copy(layer: nn.Module, init_scale: float, seed: int) -> nn.Module
     return branch
 
 
+def _has_running_stats(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+
+
+def _stats_copy(norm: nn.Module) -> nn.Module:
+    """A copy of ``norm`` with its own running statistics and the *same* affine parameters."""
+    twin = copy.deepcopy(norm)
+    for name in ("weight", "bias"):
+        if getattr(norm, name, None) is not None:
+            setattr(twin, name, getattr(norm, name))
+    return twin
+
+
 class DualPathModel(nn.Module):
     """A plain classifier with its DReg layer replicated into two branches.
 
@@ -202,6 +230,21 @@ class DualPathModel(nn.Module):
             n for n in traced.graph.nodes
             if n.op == "call_module" and n.target == self.site.layer_path
         )
+        # Under per_path every later norm layer with running statistics also gets path L its
+        # own statistics (its affine parameters stay shared, as the paper shares the rest of the
+        # network): a shared one would see both paths' activations each step, move twice as
+        # fast, and the exported path would carry a mix of both.
+        self.stats_paths: tuple[str, ...] = ()
+        if norm == "per_path":
+            downstream = _downstream_nodes(traced.graph, layer_node)
+            self.stats_paths = tuple(dict.fromkeys(
+                str(n.target) for n in traced.graph.nodes
+                if n in downstream and n.op == "call_module" and n.target not in (self.site.layer_path,
+                                                                                   self.site.norm_path)
+                and _has_running_stats(model.get_submodule(str(n.target)))
+            ))
+        self.stats_L = nn.ModuleDict({stats_key(p): _stats_copy(model.get_submodule(p)) for p in self.stats_paths})
+        self._register_load_state_dict_pre_hook(self._stats_from_earlier_release)
         out_node = next(n for n in traced.graph.nodes if n.op == "output")
         if not any(n in _downstream_nodes(traced.graph, layer_node) for n in out_node.all_input_nodes):
             raise UnsupportedModelError(
@@ -210,9 +253,21 @@ class DualPathModel(nn.Module):
             )
         # Plain functions taking ``self``: not submodules, so nothing is registered twice.
         self._forwards: dict[tuple[Path, ...], Callable[..., Any]] = {
-            paths: _compile_graph(build_path_graph(traced.graph, self.site, paths, self.per_path_norm))
+            paths: _compile_graph(build_path_graph(traced.graph, self.site, paths, self.per_path_norm,
+                                                   frozenset(self.stats_paths)))
             for paths in (("R", "L"), ("R",), ("L",))
         }
+
+    def _stats_from_earlier_release(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A state_dict written before path L had its own downstream statistics (no ``stats_L``
+        keys) loads with path L starting from the shared statistics it had then."""
+        for p in self.stats_paths:
+            ours = f"{prefix}stats_L.{stats_key(p)}."
+            if any(k.startswith(ours) for k in state_dict):
+                continue
+            shared = f"{prefix}net.{p}."
+            for key in [k for k in state_dict if k.startswith(shared)]:
+                state_dict[ours + key[len(shared):]] = state_dict[key]
 
     @property
     def layer_path(self) -> str:
@@ -227,6 +282,8 @@ class DualPathModel(nn.Module):
         modules = {self.site.layer_path: self.net.get_submodule(self.site.layer_path)}
         if self.per_path_norm:
             modules[self.site.norm_path] = self.net.get_submodule(self.site.norm_path)
+        for p in self.stats_paths:
+            modules[p] = self.stats_L[stats_key(p)] if path == "L" else self.net.get_submodule(p)
         if path == "L":
             modules[self.site.layer_path] = self.branch_L
             if self.per_path_norm:

@@ -195,3 +195,39 @@ def test_layer_called_twice_is_rejected() -> None:
 def test_zero_init_scale_is_rejected() -> None:
     with pytest.raises(ValueError, match="init_scale must be > 0"):
         DualPathModel(build_model("cnn_small", 10), "R1", init_scale=0.0)
+
+
+def test_per_path_gives_path_l_its_own_downstream_statistics_and_export_equals_a_lone_path() -> None:
+    """MobileNetV2 has two norm layers after the DReg layer's own (features.17.conv.3,
+    features.18.1). Under per_path each path's statistics come from its activations alone: after
+    training forwards of the dual model, the export of either path equals a plain model that
+    saw the same batches by itself; with shared downstream statistics it would not."""
+    from dreg_dist.dreg import plain_model
+
+    torch.manual_seed(0)
+    dual = DualPathModel(build_model("mobilenet_v2", 10), "R1", norm="per_path")
+    assert dual.stats_paths == ("features.17.conv.3", "features.18.1")
+    shared_affine = dual.stats_L["features__18__1"].weight is dual.net.features[18][1].weight
+    assert shared_affine  # the rest of the network stays shared: statistics only
+    alone = {p: plain_model(dual, p).train() for p in ("R", "L")}
+    dual.train()
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(8, 3, 32, 32)
+            dual(x)
+            for model in alone.values():
+                model(x)
+    for path, model in alone.items():
+        exported, reference = plain_model(dual, path).state_dict(), model.state_dict()
+        for key, value in reference.items():
+            torch.testing.assert_close(exported[key], value, rtol=0, atol=0, msg=f"{path} {key}")
+    l_var = dual.stats_L["features__18__1"].running_var
+    assert not torch.equal(l_var, dual.net.features[18][1].running_var)  # the paths' statistics differ
+
+    # A state_dict of an earlier release (no stats_L keys) loads: path L starts from the shared statistics.
+    old = {k: v for k, v in dual.state_dict().items() if not k.startswith("stats_L.")}
+    fresh = DualPathModel(build_model("mobilenet_v2", 10), "R1", norm="per_path")
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.stats_L["features__18__1"].running_var, dual.net.features[18][1].running_var)
+    shared = DualPathModel(build_model("mobilenet_v2", 10), "R1", norm="shared")
+    assert shared.stats_paths == () and not any(k.startswith("stats_L.") for k in shared.state_dict())
