@@ -82,8 +82,18 @@ def main(argv=None) -> int:
     parser.add_argument("--edge-grid", default=None, metavar="FILE",
                         help="write a grid with one more learning rate beyond each selection at the edge of the "
                              "learning rates its method variant tried, instead of a report")
+    parser.add_argument("--copy-records", default=None, metavar="DEST",
+                        help="copy the finished runs' config.yaml, metrics.jsonl and summary.json (and sweep.json) "
+                             "to DEST/<sweep name>/<run>/, to commit them, instead of a report")
     args = parser.parse_args(argv)
     roots = [Path(r) for r in args.runs]
+    if args.copy_records:
+        from dreg_dist.report.runs import copy_records
+
+        for root in roots:
+            copied = copy_records(root, Path(args.copy_records) / root.name)
+            print(f"{root}: records of {len(copied)} finished run(s) -> {Path(args.copy_records) / root.name}")
+        return 0
     try:
         if args.seed_grid and args.edge_grid:
             raise ReportError("write one follow-up grid at a time: --seed-grid or --edge-grid")

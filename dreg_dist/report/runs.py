@@ -234,6 +234,28 @@ def load_runs(root: Union[str, Path]) -> list[Run]:
     return [r for r in runs if r is not None]
 
 
+def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
+    """Copy the small records (config.yaml, metrics.jsonl, summary.json) of every *finished* run
+    under ``root`` to ``dest/<run name>/``, and the sweep's sweep.json, so that a report
+    regenerates from what is committed (checkpoints and exports are never copied)."""
+    import shutil
+
+    root, dest = Path(root), Path(dest)
+    copied = []
+    for run in load_runs(root):
+        if not run.finished:
+            continue
+        src, out = RunLayout(run.path), RunLayout(dest / run.name)
+        out.root.mkdir(parents=True, exist_ok=True)
+        for a, b in ((src.config, out.config), (src.metrics, out.metrics), (src.summary, out.summary)):
+            shutil.copyfile(a, b)
+        copied.append(out.root)
+    if (root / "sweep.json").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "sweep.json", dest / "sweep.json")
+    return copied
+
+
 def read_sweep(root: Union[str, Path]) -> Optional[dict[str, Any]]:
     try:
         data = json.loads((Path(root) / "sweep.json").read_text())

@@ -405,3 +405,21 @@ def test_sweep_dry_run_lists_cells_and_count(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("name: b\nconfig: %s\naxes: {train.epoch: [1]}\n" % BASE)
     assert _sweep_main(["--grid", str(bad), "--dry-run"]) == 2
     assert "train.epoch" in capsys.readouterr().err
+
+
+def test_copy_records_takes_only_finished_runs_small_files(tmp_path: Path) -> None:
+    root = tmp_path / "runs" / "g"
+    done = plant_run(root, "vanilla", method="vanilla", curve=[0.5, 0.6], test_acc=0.5)
+    plant_run(root, "dreg", method="dreg", curve=[0.5], test_acc=0.5, finished=False)
+    (done / "checkpoints").mkdir()
+    (done / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (root / "sweep.json").write_text("{}")
+    from dreg_dist.report.runs import copy_records, load_runs
+
+    copied = copy_records(root, tmp_path / "records" / "g")
+    assert [p.name for p in copied] == ["vanilla"]
+    assert sorted(p.name for p in (tmp_path / "records" / "g" / "vanilla").iterdir()) == \
+        ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert (tmp_path / "records" / "g" / "sweep.json").is_file()
+    again = load_runs(tmp_path / "records" / "g")  # the report reads the copies as it read the runs
+    assert [(r.name, r.best_val_acc, r.test_acc) for r in again] == [("vanilla", 0.6, 0.5)]
