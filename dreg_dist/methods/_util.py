@@ -1,11 +1,14 @@
 """Small helpers shared by the comparison methods (gradnorm/fisher, sam/extragradient, gradientmix).
 
 None of them communicates: local gradients are taken with ``torch.autograd.grad`` (which
-never runs the AccumulateGrad nodes DDP hooks into), so they stay per-worker.
+never runs the AccumulateGrad nodes DDP hooks into), so they stay per-worker, and local
+passes run with :func:`local_norm_statistics`, so SyncBatchNorm (``train.sync_bn``) does
+not synchronize them either.
 """
 
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
@@ -84,6 +87,24 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def local_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Inside, every SyncBatchNorm normalizes with this worker's own batch statistics.
+
+    A method's local pass (SAM's and extragradient's first pass, a penalty's inner gradient)
+    is per worker by definition; with ``train.sync_bn`` its SyncBatchNorm layers would
+    otherwise all-reduce statistics (and, in backward, gradients) with the other ranks.
+    """
+    swapped = [m for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
+    for m in swapped:
+        m.forward = types.MethodType(_BatchNorm.forward, m)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
+
+
+@contextmanager
 def shifted(params: Sequence[Tensor], deltas: Optional[Sequence[Tensor]]) -> Iterator[None]:
     """Temporarily add ``deltas`` to ``params`` in place; restores the exact original values."""
     if deltas is None:
@@ -125,7 +146,7 @@ class LocalPerturbationMethod(Method):
         n = len(batches)
         total: Optional[list[Tensor]] = None
         loss_sum = torch.zeros((), device=batches[0][1].device)
-        with frozen_bn_stats(ctx.module):
+        with frozen_bn_stats(ctx.module), local_norm_statistics(ctx.module):
             for x, y in batches:
                 with ctx.autocast():
                     outputs = ctx.module(x)

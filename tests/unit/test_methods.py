@@ -321,3 +321,31 @@ def test_penalty_says_once_when_the_micro_batch_is_cut(capsys: pytest.CaptureFix
     method.compute_gradients(_ctx(_mlp(), step=0), batches)
     method.compute_gradients(_ctx(_mlp(), step=1), batches)
     assert capsys.readouterr().err.count("warning:") == 1  # once per run, not per step
+
+
+def test_local_passes_use_local_statistics_under_sync_bn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With train.sync_bn a method's local pass must not communicate: inside
+    ``local_norm_statistics`` a SyncBatchNorm computes exactly what a BatchNorm would, even
+    where (a process group of 2 is faked here) it would otherwise synchronize."""
+    import torch.distributed as dist
+
+    from dreg_dist.methods._util import local_norm_statistics
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(_copy(plain))
+    x = torch.randn(6, 3, 8, 8)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+
+    def no_communication(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a local pass communicated")
+
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor"):
+        monkeypatch.setattr(dist, name, no_communication)
+    with pytest.raises(Exception):
+        synced(x)  # outside: SyncBatchNorm tries to synchronize
+    with local_norm_statistics(synced):
+        torch.testing.assert_close(synced(x), plain(x))
+    torch.testing.assert_close(synced[1].running_mean, plain[1].running_mean)
+    assert "forward" not in vars(synced[1])  # restored

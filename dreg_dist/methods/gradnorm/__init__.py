@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods._util import local_grads, rank_and_world, seed_from, trainable_params
+from dreg_dist.methods._util import local_grads, local_norm_statistics, rank_and_world, seed_from, trainable_params
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext, logits_for_loss
 
 
@@ -84,7 +84,9 @@ class GradNorm(Method):
         penalty_total = loss_total
         for i, (x, y, position) in enumerate(chunks):
             weight = y.shape[0] / local_size
-            with ctx.no_sync(last=i == len(chunks) - 1):
+            # The penalty is per micro-batch by definition: with train.sync_bn its forward uses
+            # local statistics, so the inner gradient's double backward does not communicate.
+            with ctx.no_sync(last=i == len(chunks) - 1), local_norm_statistics(ctx.module):
                 with ctx.autocast():
                     outputs = ctx.model(x)
                 logits = logits_for_loss(outputs)
