@@ -56,3 +56,26 @@ def test_prune_keeps_newest(tmp_path: Path) -> None:
         ckpt.save_checkpoint(_state(step), tmp_path / f"step-{step}.pt")
     ckpt.prune_step_checkpoints(tmp_path, keep=2)
     assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-8.pt", "step-10.pt"]
+
+
+def test_checkpoint_write_fsyncs_the_file_and_then_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the rename the folder is fsynced too, so a power loss cannot undo the rename
+    and bring back the previous checkpoint."""
+    import os
+    import stat
+
+    from dreg_dist.train.checkpoint import save_checkpoint
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    save_checkpoint({"model": {}, "optimizer": {}, "scheduler": {}, "epoch": 0, "step_in_epoch": 0,
+                     "global_step": 0}, tmp_path / "ckpt" / "last.pt")
+    assert synced == ["file", "dir"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.pt"]  # no temp file left
