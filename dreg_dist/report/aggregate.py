@@ -9,8 +9,9 @@ Config keys that differ between the runs are sorted into roles:
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
 * ``method``: the compared methods;
-* keys of a method's own config section (its hyperparameters): variants of that method
-  (``sam (rho=0.1)``);
+* keys of a method's own config section (its hyperparameters), and the optimizer
+  (``optim.name``, shown only where it is not SGD): variants of that method
+  (``sam (rho=0.1)``, ``vanilla (optimizer=lars)``);
 * anything else (``model.arch``, ``data.name``, ``optim.momentum``, ...): separate setups,
   each with its own section in the report.
 
@@ -35,6 +36,9 @@ SEED_KEY = "train.seed"
 BATCH_KEY = "train.global_batch_size"
 LR_KEY = "optim.lr"
 METHOD_KEY = "method"
+VARIANT_DEFAULTS: dict[str, Any] = {"optim.name": "sgd"}
+"""Run keys compared as variants of a method (LARS or LAMB is a way to train vanilla), with the
+value that is not named in labels."""
 THRESHOLDS = (0.95, 0.99, 1.0)
 """Fractions of the baseline's best validation accuracy; 1.0 = epochs to its best (the paper's claim)."""
 SPEEDUP_AT = 0.99
@@ -174,6 +178,8 @@ class Row:
     speedup: Optional[float]
     """Vanilla's mean epochs to 99% of its best / this row's; None without a baseline or if not reached."""
     images_per_sec: Optional[float]
+    cost: Optional[float] = None
+    """Mean seconds per epoch over the baseline's at the same batch size (same sweep, same machine)."""
     extras: dict[str, Optional[float]] = field(default_factory=dict)
     """The method's report columns (``Method.report_columns``): mean over seeds."""
 
@@ -249,8 +255,57 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         epochs_to=epochs_to,
         speedup=speedup,
         images_per_sec=_mean(r.images_per_sec for r in group.runs),
+        cost=_ratio(_mean(r.seconds_per_epoch for r in group.runs),
+                    _mean(r.seconds_per_epoch for r in baseline.runs) if baseline else None),
         extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
     )
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+"""Two-sided 95% Student-t quantiles by degrees of freedom (1.96 beyond 10 would understate)."""
+
+
+def mean_ci(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and the half-width of its 95% t-interval over seeds (None with fewer than 2)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    if len(values) < 2:
+        return values[0], None
+    df = len(values) - 1
+    return statistics.fmean(values), T95.get(df, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+@dataclass
+class GapClosed:
+    """(method - baseline at batch B) / (baseline at the reference batch - baseline at B), on test accuracy."""
+
+    value: Optional[float]
+    half_width: Optional[float]
+    """Of the 95% interval, from the method's seeds only (the baselines' means are taken as exact)."""
+    reference_batch: int
+
+
+def gap_closed(setup: "Setup", group: Group) -> Optional[GapClosed]:
+    """How much of the large-batch gap ``group`` closes, against the baseline at the setup's
+    smallest batch size; None at that batch size or without both baselines."""
+    small = min(setup.batch_sizes)
+    if group.batch_size == small:
+        return None
+    ref, base = setup.baseline(small), setup.baseline(group.batch_size)
+    if ref is None or base is None or not ref.test_accs or not base.test_accs or not group.test_accs:
+        return None
+    gap = statistics.fmean(ref.test_accs) - statistics.fmean(base.test_accs)
+    if gap <= 0:
+        return None
+    mean, half = mean_ci(group.test_accs)
+    assert mean is not None
+    base_mean = statistics.fmean(base.test_accs)
+    return GapClosed((mean - base_mean) / gap, half / gap if half is not None else None, small)
 
 
 def report_columns(method_names: Iterable[str]) -> dict[str, str]:
@@ -344,7 +399,7 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
             roles["lr"].append(key)
         elif key == METHOD_KEY:
             roles["method"].append(key)
-        elif methods.owner_of(key) is not None:
+        elif methods.owner_of(key) is not None or key in VARIANT_DEFAULTS:
             roles["variant"].append(key)
         elif _follows_batch(runs, key):
             roles["batch"].append(key)
@@ -361,7 +416,8 @@ def analyse(runs: Sequence[Run]) -> Analysis:
     for run in runs:
         rel = _relevant(run)
         setup = tuple((k, rel.get(k)) for k in roles["setup"])
-        variant = tuple((k, rel[k]) for k in roles["variant"] if k in rel)
+        variant = tuple((k, rel[k]) for k in roles["variant"]
+                        if k in rel and not (k in VARIANT_DEFAULTS and rel[k] == VARIANT_DEFAULTS[k]))
         key = (tuple((k, _hashable(v)) for k, v in setup), run.method,
                tuple((k, _hashable(v)) for k, v in variant), run.batch_size, run.lr)
         if key not in groups:

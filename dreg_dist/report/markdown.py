@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from dreg_dist.report.aggregate import (BASELINE, BATCH_KEY, THRESHOLDS, Analysis, Row, Setup, batch_groups, freeze,
-                                        label_of, pairs_label, report_columns)
+from dreg_dist.report.aggregate import (BASELINE, BATCH_KEY, THRESHOLDS, Analysis, GapClosed, Row, Setup,
+                                        batch_groups, freeze, gap_closed, label_of, pairs_label, report_columns)
 from dreg_dist.report.runs import method_of
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value, safe_name
@@ -59,11 +59,25 @@ ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epo
               "test acc (%)", "images/s"]
 
 
-def row_header(extras: Mapping[str, str]) -> list[str]:
-    return ROW_HEADER + list(extras.values())
+def row_header(extras: Mapping[str, str], gap_batch: Optional[int] = None) -> list[str]:
+    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}"]
+            + ([f"gap to {BASELINE} at {gap_batch} closed (test, 95% CI)"] if gap_batch else []))
 
 
-def row_cells(row: Row, extras: Mapping[str, str]) -> list[str]:
+def fmt_gap(gap: Optional[GapClosed]) -> str:
+    if gap is None or gap.value is None:
+        return "—"
+    text = f"{gap.value * 100:+.0f}%"
+    return text + (f" ± {gap.half_width * 100:.0f}" if gap.half_width is not None else " (1 seed)")
+
+
+def row_cells(row: Row, extras: Mapping[str, str], gap: Optional[GapClosed] = None,
+              with_gap: bool = False) -> list[str]:
+    return _row_cells(row, extras) + ["—" if row.cost is None else f"{row.cost:.2f}x"] + (
+        [fmt_gap(gap)] if with_gap else [])
+
+
+def _row_cells(row: Row, extras: Mapping[str, str]) -> list[str]:
     g = row.group
     diverged = sum(r.diverged_at is not None for r in g.runs)
     return [
@@ -100,7 +114,15 @@ How the numbers are computed:
   epochs to the same target (shown only when every seed reached it).
 - **Test acc**: the exported model (best (epoch, output) on validation) scored once on the test
   split; it plays no part in any choice.
-- **images/s**: mean training throughput over the logging windows.
+- **images/s**: mean training throughput over the logging windows; **time/epoch**: a run's
+  wall-clock (validation included) per epoch over the {b} run's at the same batch size, mean
+  over seeds, runs launched once only. Runs of one sweep share a machine, so read it as a
+  cost ratio, not an absolute speed.
+- **Gap closed**: (the method's mean test accuracy - {b}'s at this batch size) / ({b}'s at
+  the smallest batch size in the report - {b}'s at this one): 0% is {b} at this batch,
+  100% recovers the small-batch accuracy. The 95% interval is a Student-t interval over the
+  method's seeds, with the {b} means taken as exact; a difference whose interval includes
+  0% is inside seed noise.
 """.format(b=BASELINE)
 
 
@@ -204,8 +226,11 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         first = rows[0].group.runs[0].flat if rows[0].group.runs else {}
         suffix = (" (" + ", ".join(f"{label_of(k)}={name_value(first.get(k))}" for k in extra) + ")") if extra else ""
         extras = report_columns(r.group.method for r in rows)
+        gaps = {id(r): gap_closed(setup, r.group) for r in rows}
+        gap_batch = next((gap.reference_batch for gap in gaps.values() if gap is not None), None)
         out += [f"{h3} Batch size {batch}{suffix}", "",
-                table(row_header(extras), [row_cells(r, extras) for r in rows]), ""]
+                table(row_header(extras, gap_batch),
+                      [row_cells(r, extras, gaps[id(r)], gap_batch is not None) for r in rows]), ""]
     sub = h3
     val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in val_figs):

@@ -173,6 +173,16 @@ class Run:
             value = sum(ips) / len(ips) if ips else None
         return value
 
+    @property
+    def seconds_per_epoch(self) -> Optional[float]:
+        """Wall-clock per epoch of a finished run launched once (a resumed run's summary
+        holds only its last launch's time), validation included."""
+        summary = self.summary or {}
+        if not self.finished or summary.get("resumed_from"):
+            return None
+        wall, epochs = _finite(summary.get("wall_time_s")), _finite(summary.get("epochs"))
+        return wall / epochs if wall is not None and epochs else None
+
     def final_value(self, key: str) -> Optional[float]:
         """A method's value about the trained model (``Method.summary_values``): from
         summary.json, else the last logged training value of that name."""

@@ -25,7 +25,7 @@ BASE = "configs/cifar10_cnn_small.yaml"
 
 def plant_run(root: Path, name: str, *, method: str, batch: int = 512, seed: int = 0, lr: float = 0.1,
               lam: float = 0.1, curve: Sequence[float], test_acc: float, finished: bool = True,
-              extra: Sequence[str] = ()) -> Path:
+              extra: Sequence[str] = (), wall: float = 100.0) -> Path:
     """A run folder as the trainer leaves it; ``curve`` = validation accuracy after each epoch."""
     run = root / name
     run.mkdir(parents=True)
@@ -51,7 +51,7 @@ def plant_run(root: Path, name: str, *, method: str, batch: int = 512, seed: int
         summary = {"status": "finished", "method": method, "global_batch_size": batch, "epochs": len(curve),
                    "best": {"epoch": curve.index(best) + 1, "path": "R" if method == "dreg" else None,
                             "val_acc": val_acc},
-                   "test": {"acc": test_acc}, "images_per_sec": 1000.0}
+                   "test": {"acc": test_acc}, "images_per_sec": 1000.0, "wall_time_s": wall}
         if method == "dreg":
             summary["final_branch_stats"] = {"branch_distance": 2.5, "branch_distance_rel": 0.1}
         (run / "summary.json").write_text(json.dumps(summary))
@@ -423,3 +423,36 @@ def test_copy_records_takes_only_finished_runs_small_files(tmp_path: Path) -> No
     assert (tmp_path / "records" / "g" / "sweep.json").is_file()
     again = load_runs(tmp_path / "records" / "g")  # the report reads the copies as it read the runs
     assert [(r.name, r.best_val_acc, r.test_acc) for r in again] == [("vanilla", 0.6, 0.5)]
+
+
+def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
+    from dreg_dist.report.aggregate import analyse, gap_closed
+    from dreg_dist.report.markdown import write_report
+    from dreg_dist.report.runs import load_runs
+
+    root = tmp_path / "g"
+    for seed, (small, large, dreg) in enumerate([(0.80, 0.60, 0.70), (0.82, 0.62, 0.74)]):
+        plant_run(root, f"v512_{seed}", method="vanilla", seed=seed, curve=[0.7, small], test_acc=small)
+        plant_run(root, f"v4096_{seed}", method="vanilla", batch=4096, seed=seed, curve=[0.5, large], test_acc=large)
+        plant_run(root, f"d4096_{seed}", method="dreg", batch=4096, seed=seed, curve=[0.5, dreg], test_acc=dreg,
+                  wall=200.0)
+    plant_run(root, "lars4096_0", method="vanilla", batch=4096, curve=[0.5, 0.65], test_acc=0.65,
+              extra=["optim.name=lars"], wall=110.0)
+    analysis = analyse(load_runs(root))
+    assert analysis.roles["variant"] == ["optim.name"] and analysis.roles["setup"] == []
+    (setup,) = analysis.setups
+    rows = {r.group.label: r for r in setup.rows(4096)}
+    assert set(rows) == {"vanilla", "vanilla (optimizer=lars)", "dreg"}  # SGD is not named
+    assert rows["vanilla"].cost == pytest.approx(1.0) and rows["dreg"].cost == pytest.approx(2.0)
+    assert rows["vanilla (optimizer=lars)"].cost == pytest.approx(1.1)
+    gap = gap_closed(setup, rows["dreg"].group)
+    assert gap is not None and gap.reference_batch == 512
+    assert gap.value == pytest.approx((0.72 - 0.61) / 0.20)
+    assert gap.half_width == pytest.approx(12.706 * 0.0282843 / 2 ** 0.5 / 0.20, rel=1e-4)
+    lars = gap_closed(setup, rows["vanilla (optimizer=lars)"].group)
+    assert lars is not None and lars.value == pytest.approx(0.2) and lars.half_width is None
+    assert gap_closed(setup, rows["vanilla"].group).value == pytest.approx(0.0)
+    assert gap_closed(setup, setup.rows(512)[0].group) is None  # the reference itself
+    text = write_report(root, tmp_path / "report", say=lambda _: None).read_text()
+    assert "| gap to vanilla at 512 closed (test, 95% CI) |" in text
+    assert "+55% ± 127" in text and "+20% (1 seed)" in text and "| 2.00x |" in text
