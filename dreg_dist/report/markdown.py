@@ -177,6 +177,13 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
     return out
 
 
+def _newest_record(runs: Sequence[Any]) -> str:
+    """When the newest of the runs' records was written (UTC): from the records, not the clock,
+    so a report regenerated from committed records is byte-identical."""
+    times = [rec["time"] for r in runs for rec in (*r.train, *r.val) if isinstance(rec.get("time"), (int, float))]
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(times))) if times else "unknown"
+
+
 def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, str],
            bs_spec: Optional[str] = None, sweep: Optional[dict[str, Any]] = None,
            commands: Sequence[str] = ()) -> str:
@@ -192,7 +199,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
             + (f", {diverged} diverged (stopped on a non-finite value; counted with what they reached)"
                if diverged else "")
             + (f", {unfinished} unfinished (numbers so far)" if unfinished else "")
-            + f". Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+            + f". Newest record: {_newest_record(runs)}.", ""]
     if commands:
         out += ["Reproduce:", "", "```bash", *commands, "```", ""]
     varying = {role: keys for role, keys in analysis.roles.items() if keys}
