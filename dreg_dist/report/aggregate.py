@@ -180,6 +180,9 @@ class Row:
     images_per_sec: Optional[float]
     cost: Optional[float] = None
     """Mean seconds per epoch over the baseline's at the same batch size (same sweep, same machine)."""
+    best_in_budget: Optional[float] = None
+    """Mean over seeds of the best validation accuracy reached within the baseline's wall-clock
+    (its epochs x its time/epoch), estimated from epochs x this row's time/epoch."""
     extras: dict[str, Optional[float]] = field(default_factory=dict)
     """The method's report columns (``Method.report_columns``): mean over seeds."""
 
@@ -241,6 +244,8 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
             if e is not None:
                 reached.append(e)
         epochs_to[frac] = (sum(reached) / len(reached) if reached else None, len(reached), counted)
+    cost = _ratio(_mean(r.seconds_per_epoch for r in group.runs),
+                  _mean(r.seconds_per_epoch for r in baseline.runs) if baseline else None)
     speedup = None
     if baseline is not None:
         own = epochs_to[SPEEDUP_AT]
@@ -255,10 +260,28 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         epochs_to=epochs_to,
         speedup=speedup,
         images_per_sec=_mean(r.images_per_sec for r in group.runs),
-        cost=_ratio(_mean(r.seconds_per_epoch for r in group.runs),
-                    _mean(r.seconds_per_epoch for r in baseline.runs) if baseline else None),
+        cost=cost,
+        best_in_budget=_best_in_budget(group, baseline, cost),
         extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
     )
+
+
+def _best_in_budget(group: Group, baseline: Optional[Group], cost: Optional[float]) -> Optional[float]:
+    if baseline is None or cost is None:
+        return None
+    budget = max((e for r in baseline.runs for e, _ in r.curve), default=None)  # in baseline epochs
+    if budget is None:
+        return None
+    best = [max((a for e, a in r.curve if e * cost <= budget + 1e-9), default=None) for r in group.runs]
+    return _mean(best)
+
+
+def compute_cost(setup: "Setup", group: Group) -> Optional[float]:
+    """``group``'s mean time/epoch over the baseline's at its batch size (None when unknown)."""
+    base = setup.baseline(group.batch_size)
+    if base is None:
+        return None
+    return _ratio(_mean(r.seconds_per_epoch for r in group.runs), _mean(r.seconds_per_epoch for r in base.runs))
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -60,7 +60,7 @@ ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epo
 
 
 def row_header(extras: Mapping[str, str], gap_batch: Optional[int] = None) -> list[str]:
-    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}"]
+    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}", f"best val acc in {BASELINE}'s time (%)"]
             + ([f"gap to {BASELINE} at {gap_batch} closed (test, 95% CI)"] if gap_batch else []))
 
 
@@ -73,7 +73,7 @@ def fmt_gap(gap: Optional[GapClosed]) -> str:
 
 def row_cells(row: Row, extras: Mapping[str, str], gap: Optional[GapClosed] = None,
               with_gap: bool = False) -> list[str]:
-    return _row_cells(row, extras) + ["—" if row.cost is None else f"{row.cost:.2f}x"] + (
+    return _row_cells(row, extras) + ["—" if row.cost is None else f"{row.cost:.2f}x", pct(row.best_in_budget)] + (
         [fmt_gap(gap)] if with_gap else [])
 
 
@@ -117,7 +117,9 @@ How the numbers are computed:
 - **images/s**: mean training throughput over the logging windows; **time/epoch**: a run's
   wall-clock (validation included) per epoch over the {b} run's at the same batch size, mean
   over seeds, runs launched once only. Runs of one sweep share a machine, so read it as a
-  cost ratio, not an absolute speed.
+  cost ratio, not an absolute speed. **Best val acc in {b}'s time**: the best validation
+  accuracy a run reached by the epoch whose wall-clock (epochs x time/epoch) matches {b}'s
+  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis.
 - **Gap closed**: (the method's mean test accuracy - {b}'s at this batch size) / ({b}'s at
   the smallest batch size in the report - {b}'s at this one): 0% is {b} at this batch,
   100% recovers the small-batch accuracy. The 95% interval is a Student-t interval over the
@@ -245,6 +247,16 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         for sizes, f in val_figs:
             if f:
                 out += [f"![Validation accuracy, batch size {', '.join(map(str, sizes))}]({f})", ""]
+    compute_figs = [(sizes, figures.get(("compute", setup.key, tuple(sizes))))
+                    for sizes in batch_groups(setup.batch_sizes, bs_spec)]
+    if any(f for _, f in compute_figs):
+        out += [f"{sub} Validation accuracy vs compute", "",
+                f"The curves above with each epoch scaled by the method's time/epoch over {BASELINE}'s "
+                f"(x = {BASELINE}-epoch equivalents of wall-clock): a method that costs 2x per step must "
+                "reach an accuracy in half the epochs to be as fast to it.", ""]
+        for sizes, f in compute_figs:
+            if f:
+                out += [f"![Validation accuracy vs compute, batch size {', '.join(map(str, sizes))}]({f})", ""]
     loss_figs = [(sizes, figures.get(("loss", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in loss_figs):
         out += [f"{sub} Training loss vs epoch", "",
@@ -320,6 +332,9 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
             f = plotter.train_loss(setup, sizes, prefix)
             if f:
                 figures[("loss", setup.key, tuple(sizes))] = f
+            f = plotter.val_vs_compute(setup, sizes, prefix)
+            if f:
+                figures[("compute", setup.key, tuple(sizes))] = f
         for key in analysis.study_keys:
             f = plotter.study(analysis, setup, key, prefix)
             if f:

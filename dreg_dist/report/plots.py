@@ -3,6 +3,8 @@
 * validation accuracy vs epoch: one line per method variant x batch size, mean over seeds
   with the min-max band shaded, one figure per batch-size group (the paper's Figures 2-5);
 * training loss vs epoch, the same layout;
+* validation accuracy vs compute: the same curves with epochs scaled by each method's
+  time/epoch over the baseline's (baseline-epoch equivalents of wall-clock);
 * best validation accuracy vs a method's study keys (``Method.study_keys``; the paper's
   Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
@@ -16,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dreg_dist.report.aggregate import BASELINE, Analysis, Group, Setup, freeze, label_of, pairs_label, sort_key
+from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, compute_cost, freeze, label_of, pairs_label,
+                                        sort_key)
 from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
@@ -79,11 +82,12 @@ class Plotter:
         fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
         drew = False
         for g in sorted(groups, key=lambda g: (g.batch_size, g.method != BASELINE, g.label)):
-            points = g.curve() if what == "val" else g.loss_curve()
-            if not points:
+            points = g.loss_curve() if what == "loss" else g.curve()
+            cost = compute_cost(setup, g) if what == "compute" else 1.0
+            if not points or cost is None:
                 continue
-            scale = 100.0 if what == "val" else 1.0
-            x = [p[0] for p in points]
+            scale = 1.0 if what == "loss" else 100.0
+            x = [p[0] * cost for p in points]
             mean = [p[1] * scale for p in points]
             lo = [p[2] * scale for p in points]
             hi = [p[3] * scale for p in points]
@@ -98,10 +102,11 @@ class Plotter:
         if not drew:
             self.plt.close(fig)
             return None
-        ax.set_xlabel("epoch")
-        if what == "val":
+        ax.set_xlabel(f"{BASELINE}-epoch equivalents of wall-clock (epoch x time/epoch vs {BASELINE})"
+                      if what == "compute" else "epoch")
+        if what in ("val", "compute"):
             ax.set_ylabel("validation accuracy (%)")
-            title = "Validation accuracy"
+            title = "Validation accuracy vs compute" if what == "compute" else "Validation accuracy"
         else:
             ax.set_ylabel("training loss (cross-entropy)")
             title = "Training loss"
@@ -109,7 +114,12 @@ class Plotter:
         ax.set_title(f"{title}, BS {', '.join(str(b) for b in sizes)}{where}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        return self._save(fig, f"{prefix}{'val_acc' if what == 'val' else 'train_loss'}_bs{_bs_text(sizes)}.png")
+        stem = {"val": "val_acc", "loss": "train_loss", "compute": "val_acc_compute"}[what]
+        return self._save(fig, f"{prefix}{stem}_bs{_bs_text(sizes)}.png")
+
+    def val_vs_compute(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
+        """Validation accuracy against wall-clock in units of the baseline's epochs (needs time/epoch)."""
+        return self._curves(setup, sizes, "compute", prefix)
 
     def val_accuracy(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
         return self._curves(setup, sizes, "val", prefix)

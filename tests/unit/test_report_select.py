@@ -456,3 +456,6 @@ def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
     text = write_report(root, tmp_path / "report", say=lambda _: None).read_text()
     assert "| gap to vanilla at 512 closed (test, 95% CI) |" in text
     assert "+55% ± 127" in text and "+20% (1 seed)" in text and "| 2.00x |" in text
+    # Within vanilla's wall-clock (2 epochs at 100 s) DReg at 200 s/epoch has done 1 epoch: its best then is 0.5.
+    assert rows["dreg"].best_in_budget == pytest.approx(0.5) and rows["vanilla"].best_in_budget == pytest.approx(0.61)
+    assert "](figures/val_acc_compute_bs4096.png)" in text
