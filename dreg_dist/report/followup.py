@@ -8,7 +8,11 @@ grid's base config, overrides and axes:
 * :func:`edge_grid`: where a method variant's best learning rate is the lowest or highest
   it tried, one more learning rate a grid step beyond it (same seeds), so that every
   selection ends up bracketed (or is reported as an edge);
-* :func:`seed_grid`: new seeds at each variant's selected learning rate.
+* :func:`seed_grid`: new seeds at each variant's selected learning rate;
+* :func:`transfer_grid`: each variant at another global batch size with the learning rate
+  selected at the tuned one, scaled by the config's rule (``optim.lr`` is given per
+  ``optim.base_batch_size`` and ``optim.lr_scaling`` scales it), no re-tuning: how a method
+  survives the way users scale a batch.
 
 Both list their cells in the grid's ``only`` entries (one per variant and batch size).
 
@@ -43,6 +47,12 @@ def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     if "method" in axes:
         entry["method"] = group.method
+    # From the runs' configs, not only the keys that vary among the runs so far: an axis whose
+    # other values have not run yet (dreg.form before its second form ran) still singles out.
+    flat = group.runs[0].flat if group.runs else {}
+    for k in axes:
+        if k not in ("method", "train.seed", LR_KEY) and k in flat:
+            entry[k] = flat[k]
     for k, v in (*group.setup, *group.variant):
         if k in axes:
             entry[k] = v
@@ -122,3 +132,39 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
     description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
                    "highest. " + str(grid.get("description") or ""))
     return _followup(grid, name, description, sorted(seeds), picks), lines
+
+
+def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], batch: int,
+                  name: str) -> tuple[Grid, list[str]]:
+    """Each variant at global batch ``batch`` (the micro-batch kept: accumulation scaled) with its
+    learning rate selected at the grid's batch size, for ``seeds``."""
+    _check(grid, analysis)
+    if BATCH_KEY in (grid.get("axes") or {}):
+        raise ReportError(f"'{BATCH_KEY}' is an axis of '{grid.get('name')}': transfer from a grid of one batch size")
+    if not seeds:
+        raise ReportError("--seeds needs at least one seed")
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    lines = []
+    tuned: set[int] = set()
+    for key, groups in _compared(analysis):
+        chosen = analysis.selected_lr.get(freeze(key))
+        picks[key] = (groups[0], chosen.lr if chosen is not None else None)
+        tuned.add(groups[0].batch_size)
+        lines.append(f"{groups[0].label}: lr {name_value(chosen.lr) if chosen else 'none'} selected at batch "
+                     f"{groups[0].batch_size}, run at {batch}")
+    (old,) = tuned
+    if batch % old and old % batch:
+        raise ReportError(f"--batch {batch} must be a multiple or a divisor of the tuned batch {old}")
+    flat = analysis.runs[0].flat
+    accumulation = int(flat.get("train.accumulation_steps", 1)) * batch // old
+    if accumulation < 1:
+        raise ReportError(f"--batch {batch}: fewer than one micro-batch of the tuned size per step")
+    out = _followup(grid, name, "", seeds, picks)
+    out["overrides"] = [o for o in out["overrides"]
+                        if not o.startswith((f"{BATCH_KEY}=", "train.accumulation_steps="))] + [
+        f"{BATCH_KEY}={batch}", f"train.accumulation_steps={accumulation}"]
+    out["description"] = (f"Learning-rate transfer: each method variant at global batch {batch} (micro-batch as "
+                          f"tuned, {accumulation} accumulation steps) with the learning rate selected on validation "
+                          f"at {old} in '{grid.get('name')}', scaled by optim.lr_scaling; no re-tuning. "
+                          + str(grid.get("description") or ""))
+    return out, lines

@@ -186,6 +186,29 @@ def test_seed_grid_reruns_only_the_selected_lrs(tmp_path: Path, capsys: pytest.C
     assert "already ran" in capsys.readouterr().err
 
 
+def test_transfer_grid_runs_each_selection_at_another_batch(tmp_path: Path) -> None:
+    """Learning-rate transfer: the rate selected at 512 runs at 1024 (same per-256 value, so
+    the linear rule doubles the peak), micro-batch kept, new seeds; axis values of forms that
+    have not run yet still single out the right cells."""
+    root = tmp_path / "runs" / "stage1"
+    grid = {"name": "stage1", "config": BASE, "overrides": ["train.epochs=3", "train.global_batch_size=512"],
+            "axes": {"method": ["vanilla", "dreg"], "dreg.form": ["relative", "literal"]},
+            "lr_grid": [0.05, 0.1], "exclude": []}
+    for method, lr, acc in (("vanilla", 0.05, 0.7), ("vanilla", 0.1, 0.8), ("dreg", 0.05, 0.85), ("dreg", 0.1, 0.6)):
+        plant_run(root, f"{method}_{lr}", method=method, lr=lr, curve=[acc / 2, acc], test_acc=0.5,
+                  extra=["dreg.form=relative"] if method == "dreg" else [])
+    (root / "sweep.json").write_text(json.dumps({"name": "stage1", "grid": grid, "command": ["launch/sweep.py"]}))
+    out = tmp_path / "transfer.yaml"
+    report = _cli("report.py")
+    assert report([str(root), "--transfer-grid", str(out), "--batch", "1024", "--seeds", "0,1"]) == 0
+    loaded = load_grid(out)
+    assert "train.global_batch_size=1024" in loaded.overrides and "train.accumulation_steps=2" in loaded.overrides
+    cells = expand_grid(loaded)
+    assert sorted((c.method, c.values.get("dreg.form"), c.values["optim.lr"], c.values["train.seed"]) for c in cells) == [
+        ("dreg", "relative", 0.05, 0), ("dreg", "relative", 0.05, 1), ("vanilla", None, 0.1, 0), ("vanilla", None, 0.1, 1)]
+    assert report([str(root), "--transfer-grid", str(out)]) == 2  # --batch is required
+
+
 def test_edge_grid_extends_only_selections_at_the_edge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "runs" / "stage1"
     grid = {"name": "stage1", "config": BASE, "overrides": ["train.epochs=3"],
