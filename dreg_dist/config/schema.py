@@ -70,9 +70,24 @@ class TrainConfig:
     global_batch_size: int = 1024
     """Images per optimizer step summed over all workers and accumulation micro-steps."""
     accumulation_steps: int = 1
+    """Micro-batches per worker per optimizer step (``no_sync`` on all but the last); each
+    worker's micro-batch is B / (K x accumulation_steps). Leave at 1 when
+    ``micro_batch_size`` is set."""
+    micro_batch_size: Optional[int] = None
+    """Images per worker per forward. When set, the accumulation steps are derived at
+    start-up as B / (K x micro_batch_size), so the same global batch runs on every K that
+    divides B / micro_batch_size (elastic jobs, resuming on another K); null = use
+    ``accumulation_steps``."""
     seed: int = 0
     sync_bn: bool = False
-    """Convert BatchNorm to SyncBatchNorm so statistics cover the global micro-batch."""
+    """Convert BatchNorm to SyncBatchNorm so statistics cover the global micro-batch (CUDA
+    only; not with ``bn_group_size``)."""
+    bn_group_size: Optional[int] = None
+    """Ghost batch norm: BatchNorm batch statistics over fixed groups of this many
+    consecutive samples of the global batch, so the forward and gradients are the same on
+    any K and accumulation (Hoffer et al. 2017). Must divide each worker's micro-batch.
+    Running statistics are updated once per step with the mean of all groups' statistics
+    (all-reduced), identical on all ranks and any K. null = plain per-micro-batch BN."""
     label_smoothing: float = 0.0
     grad_clip_norm: Optional[float] = None
     """Clip the global gradient norm to this value (after unscaling)."""
@@ -93,6 +108,11 @@ class TrainConfig:
     ``epochs``), writing last.pt; a later launch resumes. For time-boxed jobs."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """What to do when the loss is NaN/Inf on any rank."""
+    step_guard: Literal["auto", "host", "device"] = "auto"
+    """Where the per-step non-finite and preemption decision is made: host reads the one
+    all-reduced flag pair every step; device undoes a bad update on the GPU and lets the host
+    learn of it two steps later (no host sync per step). auto = device on CUDA, host on CPU.
+    Either way a non-finite update is never applied nor checkpointed."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -161,7 +181,7 @@ class Config:
 
 
 NON_RESULT_KEYS: tuple[str, ...] = (
-    "run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device",
+    "run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device", "train.step_guard",
     "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
     "data.on_device",
 )

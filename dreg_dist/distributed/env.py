@@ -95,8 +95,13 @@ def init_distributed(
     return DistEnv(rank, world_size, local_rank, dev, backend)
 
 
-def shutdown() -> None:
+def shutdown(together: bool = False) -> None:
+    """Destroy the process group; ``together`` (a run that ended normally on every rank) first
+    waits for all ranks, since a rank that tears down its gloo connections while another still
+    has its own open can abort at exit after the work is done."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

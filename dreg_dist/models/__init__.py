@@ -5,6 +5,8 @@ path, not on how the registry is split into modules. Every model returned is
 traceable by ``torch.fx.symbolic_trace``, which the DReg layer surgery relies on.
 """
 
+from dreg_dist.models.forward_keys import ForwardKeys, convert_keyed_random
+from dreg_dist.models.ghost_bn import convert_ghost_batch_norm, ghost_modules, install_running_stat_updates
 from dreg_dist.models.registry import (
     UnknownModelError,
     available_models,
@@ -12,4 +14,14 @@ from dreg_dist.models.registry import (
     input_size,
 )
 
-__all__ = ["UnknownModelError", "available_models", "build_model", "input_size"]
+__all__ = [
+    "ForwardKeys",
+    "UnknownModelError",
+    "available_models",
+    "build_model",
+    "convert_ghost_batch_norm",
+    "convert_keyed_random",
+    "ghost_modules",
+    "input_size",
+    "install_running_stat_updates",
+]

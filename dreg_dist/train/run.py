@@ -104,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     env = init_distributed(cfg.train.device)
     trainer = None
+    summary = None
     try:
         if env.is_main:
             layout = RunLayout(run_dir)
@@ -125,9 +126,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if trainer is not None:
             trainer.close()
-        shutdown()
+        shutdown(together=summary is not None)
     if summary.get("status") == "stopped" and summary.get("preempted"):
         if env.is_main:
             write_requeue_marker(run_dir, summary)  # torchrun exits 1, not 75: tell train.sbatch
         return REQUEUE_EXIT_CODE
+    if env.is_main and summary.get("status") == "finished":
+        # An elastic torchrun stops its workers with SIGTERM when an agent joins or leaves, and the
+        # group it starts next finishes the run: that stop is not this job's preemption.
+        RunLayout(run_dir).requeue_marker.unlink(missing_ok=True)
     return 0

@@ -28,19 +28,25 @@ from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
 from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank, barrier
 from dreg_dist.methods import StepContext
-from dreg_dist.models import build_model
+from dreg_dist.models import ForwardKeys, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
 from dreg_dist.run_layout import RunLayout
+from dreg_dist.train import any_k
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.evaluate import evaluate
 from dreg_dist.train.preemption import PreemptionFlag
 from dreg_dist.train.preflight import check_method_options
 from dreg_dist.train.records import RunRecorder
-from dreg_dist.train.state import Best, TrainState
+from dreg_dist.train.state import TrainState
+from dreg_dist.train.step_guard import StepGuard, UndoOnFlag, nonfinite_flag
 
 
 _COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 """train.grad_compression -> DDP communication hook (cast, all-reduce, cast back to fp32)."""
+
+
+STEP_FLAG_LAG = 2
+"""Device mode: a step's flags are acted on this many steps later (see train/step_guard.py)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,14 +81,20 @@ class Trainer:
         self.method = build_method(cfg)
         model = build_model(cfg.model.arch, cfg.model.num_classes, zero_init_residual=cfg.model.zero_init_residual)
         model = self.method.prepare_model(model)
+        # Random ops keyed by sample, ghost BN with train.bn_group_size: the same training on any K.
+        self.forward_keys = ForwardKeys(t.seed)
+        self.k_independent = any_k.prepare_model(model, t, self.forward_keys)
         if t.sync_bn and env.world_size > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         channels_last = t.channels_last if t.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.module = model.to(self.device, memory_format=self.memory_format)
+        self.data = any_k.KeyedTrainData(self.data, self.forward_keys, t, env.world_size, self.memory_format,
+                                         step=lambda: self.state.global_step)
 
         self.lr = peak_lr(cfg.optim, t.global_batch_size)
         self.optimizer = build_optimizer(self.module, cfg.optim, self.lr)
+        any_k.install_step_hooks(self.optimizer, self.module, self.forward_keys)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
@@ -109,11 +121,16 @@ class Trainer:
         self.recorder = RunRecorder(
             self.run_dir if env.is_main else None, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress
         )
+        if t.bn_group_size is not None and not self.k_independent["ghost"]:
+            self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
         self.preempt = PreemptionFlag()
+        self.guard = StepGuard(t.step_guard, self.device)
+        self.undo = UndoOnFlag(self.optimizer, self.module)
+        self._preempted = False
         self.state = TrainState(world_size=env.world_size)
         self.resumed_from: Optional[str] = None
         self._window: dict[str, Tensor] = {}
-        self._window_steps = 0
+        self._window_steps: Any = 0
         self._window_start = time.perf_counter()
         self.throughput: list[float] = []
         self._resume()
@@ -155,12 +172,12 @@ class Trainer:
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank], self.device)
         elif rngs:
-            self._say(f"warning: checkpoint was written by {len(rngs)} workers, now {self.env.world_size}; "
-                      "data order is unchanged, random streams restart")
+            self._say(any_k.different_world_warning(state, self.cfg, self.env.world_size, self.module))
         self.state.world_size = self.env.world_size
 
     def save(self, reason: str) -> None:
         """Checkpoint on every rank's call (gathers RNG states); rank 0 writes last.pt."""
+        self._read_flags(wait=True)  # a skipped or diverged step is known before anything is written
         sync_buffers(self.module)
         state = self.state_dict()
         if self.env.is_main:
@@ -173,6 +190,7 @@ class Trainer:
         barrier()
 
     def _save_best(self) -> None:
+        self._read_flags(wait=True)
         state = self.state_dict()
         if self.env.is_main:
             ckpt.save_checkpoint(state, self.layout.best)
@@ -204,52 +222,87 @@ class Trainer:
     def _train_step(self, batches: list[tuple[Tensor, Tensor]]) -> None:
         if self.memory_format is torch.channels_last:
             batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+        t = self.cfg.train
         ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
                           lr=self.optimizer.param_groups[0]["lr"], step=self.state.global_step)
-        # A skipped step must leave the state as it was: the forward already moved BN statistics.
+        on_device = self.guard.on_device
+        # A skipped step must leave the state as it was: the forward already moves BN statistics.
+        if on_device:
+            self.undo.take()
         saved_buffers = [b.detach().clone() for b in self.module.buffers()] \
-            if self.cfg.train.on_nonfinite == "skip" else []
+            if t.on_nonfinite == "skip" and not on_device else []
         parts = self.method.compute_gradients(ctx, batches)
-        loss = parts["loss"]
-        finite = torch.isfinite(loss.detach()).all()
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        if grads and not self.scaler.is_enabled():  # with fp16 the scaler skips inf gradients itself
-            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all()
-        if any_rank(not bool(finite.item()), self.device):
-            where = f"step {self.state.global_step + 1} (epoch {self.state.epoch + 1})"
-            if self.cfg.train.on_nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"loss or gradient is not finite at {where}: lower optim.lr, set train.grad_clip_norm, or "
-                    "set train.on_nonfinite=skip to skip such steps"
-                )
-            self.state.skipped_steps += 1
-            self._say(f"warning: non-finite loss or gradient at {where}; step skipped")
-            for buf, saved in zip(self.module.buffers(), saved_buffers):
-                buf.copy_(saved)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            return
+        # With fp16 the scaler skips inf gradients itself; the loss is still checked.
+        bad = nonfinite_flag(parts["loss"], grads, check_grads=not self.scaler.is_enabled())
+        flags = self.guard.exchange(self.state.global_step, bad, self.preempt.is_set())
+        if not on_device:
+            read = self.guard.read_now(self.state.global_step, flags)
+            self._preempted = read.preempted
+            if read.nonfinite:
+                self._nonfinite(read.step)  # raises for on_nonfinite=stop
+                for buf, saved in zip(self.module.buffers(), saved_buffers):
+                    buf.copy_(saved)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return
         self.scaler.unscale_(self.optimizer)
-        if self.cfg.train.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.train.grad_clip_norm)
+        if t.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), t.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        for key, value in parts.items():
-            self._window[key] = self._window.get(key, 0.0) + value
-        self._window_steps += 1
+        if on_device:
+            skipped = flags[0] > 0
+            self.undo.restore_if(flags[0])
+            for key, value in parts.items():
+                masked = torch.where(skipped, torch.zeros_like(value), value)
+                self._window[key] = self._window.get(key, 0.0) + masked
+            self._window_steps = self._window_steps + (1.0 - flags[0])
+        else:
+            for key, value in parts.items():
+                self._window[key] = self._window.get(key, 0.0) + value
+            self._window_steps += 1
+
+    def _nonfinite(self, step: int) -> None:
+        """A step the ranks agreed was not finite (its update was not applied): stop or count it."""
+        where = f"step {step + 1} (epoch {step // self.steps_per_epoch + 1})"
+        if self.cfg.train.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"loss or gradient is not finite at {where}: lower optim.lr, set train.grad_clip_norm, or "
+                "set train.on_nonfinite=skip to skip such steps"
+            )
+        self.state.skipped_steps += 1
+        self._say(f"warning: non-finite loss or gradient at {where}; step skipped")
+
+    def _read_flags(self, wait: bool) -> None:
+        """Device mode: act on the flags of steps at least ``STEP_FLAG_LAG`` old (all with ``wait``).
+
+        The lag is a step count, not a time, so every rank acts on the same step's flags at the
+        same point; waiting on a copy that old does not stall the GPU queue.
+        """
+        if not self.guard.on_device:
+            return
+        upto = None if wait else self.state.global_step - 1 - STEP_FLAG_LAG
+        for flags in self.guard.landed(upto):
+            if flags.nonfinite:
+                self._nonfinite(flags.step)
+            self._preempted = self._preempted or flags.preempted
 
     def _log_train(self) -> None:
         """Average the window's loss parts over steps and ranks (a collective), then log."""
         keys = sorted(self._window)
-        if self._window_steps == 0 or not keys:
+        if not keys:
+            return
+        steps = float(self._window_steps)  # in device mode, a tensor: this host read is the logging cadence's
+        if steps == 0:
             return
         vec = torch.stack([torch.as_tensor(self._window[k], device=self.device).float() for k in keys])
         all_reduce_sum(vec)
-        vec /= self._window_steps * self.env.world_size
+        vec /= steps * self.env.world_size
         elapsed = time.perf_counter() - self._window_start
-        ips = self._window_steps * self.cfg.train.global_batch_size / max(elapsed, 1e-9)
+        ips = steps * self.cfg.train.global_batch_size / max(elapsed, 1e-9)
         self.throughput.append(ips)
         values = {k: v for k, v in zip(keys, vec.tolist())}
         values.update(self.method.log_values(self.module))
@@ -301,19 +354,27 @@ class Trainer:
             self._save_best()
 
     # ------------------------------------------------------------------ run
-    def _stop_reason(self, more_to_do: bool) -> Optional[str]:
+    def _stop_reason(self, more_to_do: bool, fresh: bool = False) -> Optional[str]:
         """Why to stop before the run's end (stop_after_steps or a signal on any rank), or None.
 
-        Collective: every rank calls it at the same points, whatever the answer.
+        After a step it uses the flags that step exchanged (no extra collective); ``fresh``
+        exchanges the signal flag anew (after validation and checkpointing, which take a while).
+        Every rank calls it at the same points and reaches the same answer.
         """
-        preempted = any_rank(self.preempt.is_set(), self.device)
+        if fresh:
+            zero = torch.zeros((), device=self.device)
+            flags = self.guard.exchange(self.state.global_step, zero, self.preempt.is_set())
+            self._read_flags(wait=True)
+            self._preempted = self._preempted or self.guard.read_now(self.state.global_step, flags).preempted
+        else:
+            self._read_flags(wait=False)
         if not more_to_do:
             return None
         limit = self.cfg.train.stop_after_steps
         if limit is not None and self.state.global_step >= limit:
             return "stop_after_steps"
-        if preempted:
-            return f"signal {self.preempt.signal_name}"
+        if self._preempted:
+            return f"signal {self.preempt.signal_name or 'on another rank'}"
         return None
 
     def fit(self) -> dict[str, Any]:
@@ -355,7 +416,7 @@ class Trainer:
             if s.epoch % t.eval_every_epochs == 0 or s.epoch == t.epochs:
                 self._validate()
             self.save("epoch")
-            stopped = self._stop_reason(more_to_do=s.epoch < t.epochs)
+            stopped = self._stop_reason(more_to_do=s.epoch < t.epochs, fresh=True)
         wall = time.perf_counter() - start
         if stopped:
             self._say(f"stopped ({stopped}) at global step {s.global_step}; last.pt holds the state, "
