@@ -59,7 +59,7 @@ def trainer_argv(args: argparse.Namespace, run_dir: Path) -> list[str]:
             f"model.arch={args.arch}", "data.name=synthetic", f"data.synthetic_train_size={train_size}",
             "data.val_size=256", "data.synthetic_test_size=64", f"train.global_batch_size={global_batch}",
             "train.epochs=1", f"train.stop_after_steps={args.steps}", f"log.every_steps={LOG_EVERY}",
-            f"train.device={args.device}", f"train.amp={args.amp}"]
+            f"train.device={args.device}", f"train.amp={args.amp}", f"train.step_guard={args.step_guard}"]
 
 
 def trainer_ips(run_dir: Path, global_batch: int) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> None:
 
     # Keep the one process group for the whole job: re-creating it after the trainer's exit
     # can race with stale rendezvous keys. Shutdown happens after the run, outside any window.
-    run_module.shutdown = lambda: None
+    run_module.shutdown = lambda together=False: None
     train_main = run_module.main
 
     measured = args.steps - LOG_EVERY
@@ -125,6 +125,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="train.amp and the bare loop's autocast")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before the torchrun job is killed")
     p.add_argument("--quick", action="store_true", help="1 pair at 8 images per worker")
+    p.add_argument("--step-guard", choices=("auto", "host", "device"), default="auto",
+                   help="train.step_guard: where the per-step non-finite/preemption decision is made")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)

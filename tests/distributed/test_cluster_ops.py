@@ -598,14 +598,19 @@ def _trainer(tmp_path: Path, *overrides: str) -> Any:
     return Trainer(cfg, tmp_path, init_distributed("cpu"))
 
 
-def test_a_skipped_step_leaves_weights_and_bn_statistics_untouched(tmp_path: Path, no_launcher_env: None) -> None:
-    trainer = _trainer(tmp_path, "model.arch=cnn_small", "train.on_nonfinite=skip")
+@pytest.mark.parametrize("guard", ["host", "device"])
+def test_a_skipped_step_leaves_weights_and_bn_statistics_untouched(tmp_path: Path, no_launcher_env: None,
+                                                                   guard: str) -> None:
+    """``device`` undoes the update with tensor ops and learns of it later; ``host`` never applies it."""
+    trainer = _trainer(tmp_path, "model.arch=cnn_small", "train.on_nonfinite=skip", f"train.step_guard={guard}")
     try:
         before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
         (x, y), = next(iter(trainer.data.train_batches(0, 16, 0, 1)))
         x = x.clone()
         x[0] = float("nan")  # poisons the loss and the batch statistics of this step
         trainer._train_step([(x, y)])
+        trainer.state.global_step += 1
+        trainer._read_flags(wait=True)  # device mode: the host learns of the skip here
         assert trainer.state.skipped_steps == 1
         after = trainer.module.state_dict()
         changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -667,3 +672,56 @@ def test_truncated_last_checkpoint_falls_back_to_an_older_one(tmp_path: Path, no
 
     assert run_main(tmp_path / "fresh", f"train.resume={tmp_path / 'missing.pt'}") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_one_collective_and_no_host_read_per_step_in_device_mode(tmp_path: Path, no_launcher_env: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The non-finite check and the preemption flag share one all-reduce per step; with
+    ``train.step_guard=device`` (the CUDA default) a step reads nothing back to the host, and
+    a step that diverges (on_nonfinite=stop) is reported two steps later, never applied."""
+    import torch.distributed as dist
+
+    from dreg_dist.train.trainer import NonFiniteLossError
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    calls = {"all_reduce": 0, "host_reads": 0}
+    real_all_reduce, real_item, real_tolist = dist.all_reduce, torch.Tensor.item, torch.Tensor.tolist
+
+    def counting_all_reduce(*args: Any, **kwargs: Any) -> Any:
+        calls["all_reduce"] += 1
+        return real_all_reduce(*args, **kwargs)
+
+    def counting(real: Any) -> Any:
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            calls["host_reads"] += 1
+            return real(self, *args, **kwargs)
+        return read
+
+    try:
+        trainer = _trainer(tmp_path, "model.arch=cnn_small", "train.step_guard=device")
+        batches = list(trainer.data.train_batches(0, 16, 0, 1))
+        monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
+        monkeypatch.setattr(torch.Tensor, "item", counting(real_item))
+        monkeypatch.setattr(torch.Tensor, "tolist", counting(real_tolist))
+        for step in range(3):
+            trainer._train_step(batches[step])
+            trainer.state.global_step += 1
+        assert calls == {"all_reduce": 3, "host_reads": 0}
+        monkeypatch.undo()
+        before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+        (x, y), = batches[3]
+        x = x.clone()
+        x[0] = float("nan")
+        trainer._train_step([(x, y)])  # step 4 diverges: undone on the device, not yet known on the host
+        trainer.state.global_step += 1
+        assert all(torch.equal(before[k], v) for k, v in trainer.module.state_dict().items())
+        trainer._stop_reason(more_to_do=True)  # flags of step <= 4 - 1 - 2 = 1: nothing yet
+        with pytest.raises(NonFiniteLossError, match="not finite at step 4"):
+            for _ in range(3):
+                trainer._train_step(batches[4])
+                trainer.state.global_step += 1
+                trainer._stop_reason(more_to_do=True)
+        trainer.close()
+    finally:
+        dist.destroy_process_group()

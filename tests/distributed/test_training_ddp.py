@@ -189,3 +189,49 @@ def test_a_run_of_an_earlier_release_resumes_and_exports(tmp_path: Path, tiny: l
                            "--out", str(tmp_path / "export")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "export" / "meta.json").read_text())["path"] in ("R", "L")
+
+
+def test_export_of_a_mid_epoch_checkpoint_re_evaluates_its_own_weights(tmp_path: Path, tiny: list[str]) -> None:
+    """A mid-epoch last.pt holds the previous epoch's validation of other weights; the export CLI
+    chooses the path on a fresh validation of the checkpoint's weights unless --no-evaluate."""
+    from dreg_dist.config import build_method, config_from_dict
+
+    run = tmp_path / "run"
+    assert_ok(launch(1, QUICKSTART, run, tiny + ["train.epochs=2", "train.stop_after_steps=6"]))  # 4 steps/epoch
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step_in_epoch"] == 2 and state["last_val"]
+    cfg = config_from_dict(state["config"], warn=None)
+    method = build_method(cfg)
+    model = method.prepare_model(build_model(cfg.model.arch, cfg.model.num_classes))
+    model.load_state_dict(state["model"])
+    data = build_data(cfg.data, seed=cfg.train.seed, device=torch.device("cpu"), num_classes=cfg.model.num_classes)
+    fresh = evaluate(model, data.eval_batches("val", 0, 1, 64), torch.device("cpu"),
+                     outputs=method.eval_outputs, names=method.outputs)
+    for flag, expected in (([], fresh), (["--no-evaluate"], state["last_val"])):
+        out = tmp_path / f"export{len(flag)}"
+        done = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(run / "checkpoints" / "last.pt"),
+                               "--out", str(out), *flag], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["val_acc"] == pytest.approx({p: r["acc"] for p, r in expected.items()})
+
+
+def test_validation_and_test_scores_use_the_same_precision(tmp_path: Path, tiny: list[str]) -> None:
+    """With train.amp=bf16 the test score in summary.json is the export scored under the same
+    autocast as validation (which chose it), not in float32."""
+    from dreg_dist.config import config_from_dict
+
+    run = tmp_path / "run"
+    assert_ok(launch(1, QUICKSTART, run, tiny + ["train.epochs=1", "train.amp=bf16", "train.device=cpu"]))
+    summary = json.loads((run / "summary.json").read_text())
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    cfg = config_from_dict(state["config"], warn=None)
+    model = build_model(cfg.model.arch, cfg.model.num_classes)
+    model.load_state_dict(torch.load(run / "export" / "model_state.pt", weights_only=True))
+    data = build_data(cfg.data, seed=cfg.train.seed, device=torch.device("cpu"), num_classes=cfg.model.num_classes)
+    scores = {}
+    for name, autocast in (("bf16", torch.autocast("cpu", dtype=torch.bfloat16)), ("fp32", None)):
+        result = evaluate(model, data.eval_batches("test", 0, 1, 64), torch.device("cpu"), autocast)
+        scores[name] = result["model"]["loss"]
+    assert summary["test"]["loss"] == pytest.approx(scores["bf16"], rel=1e-6)
+    assert scores["bf16"] != scores["fp32"]  # the two precisions are told apart by this check
