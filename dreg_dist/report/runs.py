@@ -245,20 +245,22 @@ def load_runs(root: Union[str, Path]) -> list[Run]:
 
 
 def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
-    """Copy the small records (config.yaml, metrics.jsonl, summary.json) of every *finished* run
-    under ``root`` to ``dest/<run name>/``, and the sweep's sweep.json, so that a report
-    regenerates from what is committed (checkpoints and exports are never copied)."""
+    """Copy the small records (config.yaml, metrics.jsonl, summary.json) of every run under
+    ``root`` that is over (finished, or diverged: stopped on a non-finite value) to
+    ``dest/<run name>/``, and the sweep's sweep.json, so that a report regenerates from what is
+    committed (checkpoints and exports are never copied)."""
     import shutil
 
     root, dest = Path(root), Path(dest)
     copied = []
     for run in load_runs(root):
-        if not run.finished:
+        if not run.finished and run.diverged_at is None:
             continue
         src, out = RunLayout(run.path), RunLayout(dest / run.name)
         out.root.mkdir(parents=True, exist_ok=True)
         for a, b in ((src.config, out.config), (src.metrics, out.metrics), (src.summary, out.summary)):
-            shutil.copyfile(a, b)
+            if a.is_file():
+                shutil.copyfile(a, b)
         copied.append(out.root)
     if (root / "sweep.json").is_file():
         dest.mkdir(parents=True, exist_ok=True)

@@ -434,18 +434,23 @@ def test_copy_records_takes_only_finished_runs_small_files(tmp_path: Path) -> No
     root = tmp_path / "runs" / "g"
     done = plant_run(root, "vanilla", method="vanilla", curve=[0.5, 0.6], test_acc=0.5)
     plant_run(root, "dreg", method="dreg", curve=[0.5], test_acc=0.5, finished=False)
+    diverged = plant_run(root, "sam", method="sam", curve=[0.5], test_acc=0.5, finished=False)
+    with (diverged / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "diverged", "step": 12, "epoch": 1, "reason": "not finite"}) + "\n")
     (done / "checkpoints").mkdir()
     (done / "checkpoints" / "last.pt").write_bytes(b"weights")
     (root / "sweep.json").write_text("{}")
     from dreg_dist.report.runs import copy_records, load_runs
 
     copied = copy_records(root, tmp_path / "records" / "g")
-    assert [p.name for p in copied] == ["vanilla"]
+    assert [p.name for p in copied] == ["sam", "vanilla"]  # finished or diverged; not the unfinished one
+    assert sorted(p.name for p in (tmp_path / "records" / "g" / "sam").iterdir()) == ["config.yaml", "metrics.jsonl"]
     assert sorted(p.name for p in (tmp_path / "records" / "g" / "vanilla").iterdir()) == \
         ["config.yaml", "metrics.jsonl", "summary.json"]
     assert (tmp_path / "records" / "g" / "sweep.json").is_file()
     again = load_runs(tmp_path / "records" / "g")  # the report reads the copies as it read the runs
-    assert [(r.name, r.best_val_acc, r.test_acc) for r in again] == [("vanilla", 0.6, 0.5)]
+    assert [(r.name, r.best_val_acc, r.test_acc, r.status) for r in again] == [
+        ("sam", 0.5, None, "diverged at step 12"), ("vanilla", 0.6, 0.5, "finished")]
 
 
 def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
