@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib import metadata
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods.base import Method, NoConfig, RunSettings, StepContext

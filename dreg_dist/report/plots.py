@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, compute_cost, freeze, label_of, pairs_label,
+from dreg_dist.report.aggregate import (BASELINE, Analysis, Setup, compute_cost, freeze, label_of, pairs_label,
                                         sort_key)
 from dreg_dist.sweep.grid import name_value, safe_name
 
