@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run only the cells whose index is I modulo N, to run N sweeps side by side "
                              "(e.g. one per CPU core with OMP_NUM_THREADS=1, or one per GPU)")
+    parser.add_argument("--retry-diverged", action="store_true",
+                        help="launch cells whose run stopped on a non-finite value again (skipped by default: "
+                             "a resume replays the same steps)")
     parser.add_argument("--cell-args", action="store_true",
                         help="with --cell-index: print the cell's config, run dir and overrides, one per line, "
                              "and run nothing (used by launch/slurm/sweep.sbatch)")
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         runner.dry_run(args.cell_index)
         return 0
-    return runner.run(args.cell_index, shard)
+    return runner.run(args.cell_index, shard, retry_diverged=args.retry_diverged)
 
 
 if __name__ == "__main__":

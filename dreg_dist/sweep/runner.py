@@ -2,13 +2,15 @@
 
 Each cell is one ``launch/train.py`` subprocess (``python -m torch.distributed.run
 --standalone --nproc_per_node=K`` for K > 1) with ``--run-dir RUNS_ROOT/NAME/CELL``. A cell
-whose ``summary.json`` says ``finished`` (for the epochs the grid asks for) is skipped; any
-other cell is launched, and the trainer resumes it from ``checkpoints/last.pt`` when there
-is one. ``RUNS_ROOT/NAME/sweep.json`` lists every cell, its overrides and its status; it is
+whose ``summary.json`` says ``finished`` (for the epochs the grid asks for) is skipped, and so
+is one whose trainer stopped on a non-finite value (``diverged``: resuming it replays the same
+steps into the same overflow; ``retry_diverged`` launches it anyway); any other cell is
+launched, and the trainer resumes it from ``checkpoints/last.pt`` when there is one. ``RUNS_ROOT/NAME/sweep.json`` lists every cell, its overrides and its status; it is
 rewritten after each cell (atomically; statuses are re-read from the run folders, so
 parallel ``--cell-index`` jobs of a Slurm array do not lose each other's results).
 
-Exit status: 0 when every launched cell ended without error, 1 when one failed (the
+Exit status: 0 when every launched cell ended without error (a diverged cell is a result,
+not an error), 1 when one failed (the
 others still ran), 2 for a grid or config error (nothing runs), 75 when a cell stopped for
 SIGTERM/SIGUSR1 (preemption: launch the same command to resume), 130 after Ctrl-C.
 
@@ -40,6 +42,8 @@ from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 SWEEP_FILE = "sweep.json"
 TRAIN_SCRIPT = REPO / "launch" / "train.py"
 _CARRIED = ("failed", "preempted", "stopped")
+DONE = ("finished", "diverged")
+"""Statuses a sweep does not launch again (``diverged`` unless asked to)."""
 
 
 def fmt_duration(seconds: Optional[float]) -> str:
@@ -59,13 +63,34 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
+def _last_record(path: Path) -> Optional[dict[str, Any]]:
+    """The last complete line of a JSON-lines file, parsed (None when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue  # a torn last line (killed mid-write) or the cut first one
+        return data if isinstance(data, dict) else None
+    return None
+
+
 def disk_status(run_dir: Path, epochs: Optional[int]) -> str:
-    """finished | partial | pending, from what the run folder holds."""
+    """finished | diverged | partial | pending, from what the run folder holds."""
     layout = RunLayout(run_dir)
     summary = _read_json(layout.summary)
     if summary is not None and summary.get("status") == "finished" and (
             epochs is None or summary.get("epochs") in (None, epochs)):
         return "finished"
+    last = _last_record(layout.metrics) if summary is None else None
+    if last is not None and last.get("kind") == "diverged":
+        return "diverged"
     if summary is not None or layout.last.is_file() or layout.metrics.is_file():
         return "partial"
     return "pending"
@@ -165,7 +190,7 @@ class SweepRunner:
                 continue
             old = previous.get(st.cell.name, {})
             st.status = disk_status(st.run_dir, st.epochs)
-            if st.status == "finished":
+            if st.status in DONE:
                 pass
             elif st.outcome is not None:  # ran in this invocation
                 st.status = st.outcome
@@ -213,23 +238,26 @@ class SweepRunner:
         print(f"{len(self.cells)} cells")
 
     # ------------------------------------------------------------ running
-    def run(self, only: Optional[int] = None, shard: Optional[tuple[int, int]] = None) -> int:
+    def run(self, only: Optional[int] = None, shard: Optional[tuple[int, int]] = None,
+            retry_diverged: bool = False) -> int:
         """Run the selected cells one after another: all, only cell ``only``, or with
         ``shard=(i, n)`` the cells whose index is i modulo n (n sweeps side by side)."""
         todo = [st for st in self.states if (only is None or st.cell.index == only)
                 and (shard is None or st.cell.index % shard[1] == shard[0])]
         total = len(self.states)
-        to_run = [st for st in todo if st.status != "finished"]
-        skipped = [st for st in todo if st.status == "finished"]
+        done_states = ("finished",) if retry_diverged else DONE
+        to_run = [st for st in todo if st.status not in done_states]
+        skipped = [st for st in todo if st.status in done_states]
         self.say(f"{total} cells, {self.counts().get('finished', 0)} finished, {len(to_run)} to run"
                  + (f" (only cell {only})" if only is not None else "")
                  + (f" (shard {shard[0]}/{shard[1]})" if shard is not None else "")
                  + f"; {self.nproc} worker(s) per cell; runs in {self.sweep_dir}")
         for st in skipped:
-            self.say(f"cell {st.cell.index} {st.cell.name}: finished already, skipped")
+            self.say(f"cell {st.cell.index} {st.cell.name}: {st.status} already, skipped"
+                     + (" (--retry-diverged runs it again)" if st.status == "diverged" else ""))
         self.write()
         if not to_run:
-            self.say(f"nothing to run: all {len(todo)} selected cell(s) finished")
+            self.say(f"nothing to run: all {len(todo)} selected cell(s) finished or diverged")
             return 0
 
         signals = _Signals()
@@ -313,8 +341,11 @@ class SweepRunner:
         finally:
             signals.child = None
         st.returncode = rc
-        if disk_status(st.run_dir, st.epochs) == "finished" and rc == 0:
+        on_disk = disk_status(st.run_dir, st.epochs)
+        if on_disk == "finished" and rc == 0:
             st.status = "finished"
+        elif on_disk == "diverged":
+            st.status = "diverged"
         elif rc == REQUEUE_EXIT_CODE or marker.is_file():
             st.status = "preempted"
         elif rc == 0:

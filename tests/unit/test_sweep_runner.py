@@ -69,3 +69,45 @@ def test_runner_skips_resumes_and_records(tmp_path: Path) -> None:
     only = SweepRunner(grid, cells, root, script=script, say=lines.append)
     assert only.run(only=0) == 0
     assert _launches(root / "fake" / "seed0") == 1
+
+
+FAKE_DIVERGING_TRAIN = r'''
+import json, os, sys
+args = sys.argv[1:]
+run_dir = args[args.index("--run-dir") + 1]
+os.makedirs(run_dir, exist_ok=True)
+with open(os.path.join(run_dir, "launches.txt"), "a") as f:
+    f.write("x\n")
+with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"kind": "val", "step": 10, "acc": 0.5}) + "\n")
+    f.write(json.dumps({"kind": "diverged", "step": 12, "reason": "loss is not finite"}) + "\n")
+sys.exit(1)                                       # as launch/train.py exits after a divergence
+'''
+
+
+def test_diverged_cell_is_a_result_and_not_relaunched(tmp_path: Path) -> None:
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_DIVERGING_TRAIN)
+    grid = Grid.from_dict({"name": "div", "config": "configs/quickstart.yaml", "axes": {"train.seed": [0]}})
+    cells = expand_grid(grid)
+    root = tmp_path / "runs"
+    lines: list[str] = []
+    runner = SweepRunner(grid, cells, root, script=script, say=lines.append)
+    assert runner.run() == 0  # a learning rate too high for the method is an outcome, not a failure
+    sweep = json.loads((root / "div" / "sweep.json").read_text())
+    assert sweep["cells"][0]["status"] == "diverged"
+
+    again = SweepRunner(grid, cells, root, script=script, say=lines.append)
+    assert again.states[0].status == "diverged"
+    lines.clear()
+    assert again.run() == 0
+    assert _launches(root / "div" / "seed0") == 1  # a resume would replay the same steps
+    assert any("diverged already, skipped (--retry-diverged" in line for line in lines)
+
+    assert again.run(retry_diverged=True) == 0
+    assert _launches(root / "div" / "seed0") == 2
+
+    # A torn last line (killed mid-write) does not hide the record before it.
+    with open(root / "div" / "seed0" / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "tra')
+    assert SweepRunner(grid, cells, root, script=script, say=lines.append).states[0].status == "diverged"
