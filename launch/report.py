@@ -7,6 +7,9 @@ summary.json) and writes OUT/report.md with PNG figures under OUT/figures/ (matp
 so far. Several sweep folders are reported as one (a learning-rate sweep and the seeds run
 at its selected values). ``--seed-grid FILE --seeds 1,2`` writes that second grid instead,
 ``--edge-grid FILE`` a grid that extends learning rates selected at the edge of the grid.
+``--title``, ``--preface FILE`` (the study's verdict, under the title) and ``--step-cost FILE``
+(a benchmark's per-step cost ratios) shape the report; the report's "Reproduce" block repeats
+every option given, paths relative to the repository root, so that line alone regenerates it.
 """
 
 import argparse
@@ -16,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = Path(os.path.abspath(__file__)).parents[1]
+sys.path.insert(0, str(REPO))
 
 from dreg_dist.report.markdown import write_report  # noqa: E402
 from dreg_dist.report.plots import ReportError  # noqa: E402
@@ -73,7 +77,42 @@ def write_followup(roots: list[Path], out: Path, seeds_text: Optional[str], batc
     print(f"{flag[2:]}: {len(lines)} method variant(s) -> {out}")
 
 
-def main(argv=None) -> int:
+def repo_path(path: Path) -> str:
+    """``path`` as the Reproduce line names it: relative to the repository root (where that line
+    runs) when inside it, else absolute."""
+    full = Path(os.path.abspath(path))
+    try:
+        return full.relative_to(REPO).as_posix()
+    except ValueError:
+        return str(full)
+
+
+def reproduce_line(args: argparse.Namespace, out: Path) -> str:
+    """The report.py command that regenerates this report: every report option given."""
+    argv = [repo_path(Path(r)) for r in args.runs] + ["--out", repo_path(out)]
+    if args.bs_groups:
+        argv += ["--bs-groups", args.bs_groups]
+    if args.title is not None:
+        argv += ["--title", args.title]
+    for flag, path in (("--preface", args.preface), ("--step-cost", args.step_cost)):
+        if path:
+            argv += [flag, repo_path(Path(path))]
+    return "python launch/report.py " + " ".join(shlex.quote(a) for a in argv)
+
+
+def report(args: argparse.Namespace, out_dir: Optional[Path] = None, figures: bool = True) -> Path:
+    """Write the report ``args`` ask for; into ``out_dir`` instead of ``--out`` when given (a
+    check that regenerates a committed report elsewhere: its Reproduce line still names
+    ``--out``), without drawing when not ``figures``."""
+    roots = [Path(r) for r in args.runs]
+    out = Path(args.out) if args.out else Path("docs") / "results" / roots[0].name
+    commands = [line for root in roots for line in sweep_command(root)] + [reproduce_line(args, out)]
+    return write_report(roots, out_dir if out_dir is not None else out, bs_spec=args.bs_groups, commands=commands,
+                        title=args.title, preface=Path(args.preface) if args.preface else None,
+                        step_cost=Path(args.step_cost) if args.step_cost else None, figures=figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write report.md and figures for a sweep's runs.")
     parser.add_argument("runs", nargs="+",
                         help="the sweep's folder, RUNS_ROOT/NAME (or a single run folder); several are reported as one")
@@ -94,7 +133,17 @@ def main(argv=None) -> int:
     parser.add_argument("--copy-records", default=None, metavar="DEST",
                         help="copy the finished runs' config.yaml, metrics.jsonl and summary.json (and sweep.json) "
                              "to DEST/<sweep name>/<run>/, to commit them, instead of a report")
-    args = parser.parse_args(argv)
+    parser.add_argument("--title", default=None, help="the report's title (default: 'Results: ' and the sweep names)")
+    parser.add_argument("--preface", default=None, metavar="FILE",
+                        help="a Markdown file put verbatim under the title (the study's verdict)")
+    parser.add_argument("--step-cost", default=None, metavar="FILE",
+                        help="a benchmark's JSON of per-step cost ratios against the baseline, by '<sweep>/<run>' "
+                             "(bench/method_cost.py): a 'step cost' column, and the compute columns and figure use it")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     roots = [Path(r) for r in args.runs]
     if args.copy_records:
         from dreg_dist.report.runs import copy_records
@@ -112,11 +161,7 @@ def main(argv=None) -> int:
             write_followup(roots, Path(args.seed_grid or args.edge_grid or args.transfer_grid),
                            None if args.edge_grid else args.seeds, args.batch if args.transfer_grid else None)
             return 0
-        out = Path(args.out) if args.out else Path("docs") / "results" / roots[0].name
-        commands = [line for root in roots for line in sweep_command(root)]
-        report_args = [*map(str, roots), "--out", str(out)] + (["--bs-groups", args.bs_groups] if args.bs_groups else [])
-        commands.append("python launch/report.py " + " ".join(shlex.quote(a) for a in report_args))
-        write_report(roots, out, bs_spec=args.bs_groups, commands=commands)
+        report(args)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,11 @@ Config keys that differ between the runs are sorted into roles:
 * ``train.global_batch_size``: one table and one figure per batch size (group); a key that
   takes one value per batch size (``train.accumulation_steps`` set to keep the micro-batch
   fixed) belongs to the batch size and is named in its table's heading;
+* how a batch is split (``train.accumulation_steps``, ``train.micro_batch_size``, and the
+  number of worker processes the run trained on): when it varies, each setting of a batch
+  size is a batch setup of its own, with its own table and its own baseline (a method that
+  needs 8 real workers is compared with the baseline on the same 8 workers, the others with
+  the baseline on 8 accumulated micro-batches);
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
 * ``method``: the compared methods;
@@ -36,6 +41,11 @@ SEED_KEY = "train.seed"
 BATCH_KEY = "train.global_batch_size"
 LR_KEY = "optim.lr"
 METHOD_KEY = "method"
+WORKERS_KEY = "world_size"
+"""Not a config key: the number of worker processes a run trained on (:attr:`Run.workers`)."""
+LAYOUT_KEYS = ("train.accumulation_steps", "train.micro_batch_size", WORKERS_KEY)
+"""How a global batch is split over workers and micro-steps: when one varies it is part of the
+batch setup, never a separate setup (the smallest batch size stays every table's reference)."""
 VARIANT_DEFAULTS: dict[str, Any] = {"optim.name": "sgd"}
 """Run keys compared as variants of a method (LARS or LAMB is a way to train vanilla), with the
 value that is not named in labels."""
@@ -47,7 +57,7 @@ BASELINE = methods.BASELINE
 LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
     "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",
-    "train.accumulation_steps": "accumulation",
+    "train.accumulation_steps": "accumulation", "train.micro_batch_size": "micro-batch", WORKERS_KEY: "workers",
 }
 """Short names of the run's keys in tables; a method's keys use ``Method.labels``."""
 
@@ -67,8 +77,17 @@ def pairs_label(pairs: Pairs) -> str:
     return ", ".join(f"{label_of(k)}={name_value(v)}" for k, v in pairs)
 
 
-def _relevant(run: Run) -> dict[str, Any]:
-    return {k: v for k, v in run.flat.items() if changes_results(k)}
+def _result_keys(runs: Sequence[Run]) -> frozenset[str]:
+    """The config keys of ``runs`` that can change results. Asked once per key, not per run and
+    key: the answer consults the method registry, whose entry-point scan is slow."""
+    return frozenset(k for k in {k for r in runs for k in r.flat} if changes_results(k))
+
+
+def _relevant(run: Run, keys: frozenset[str]) -> dict[str, Any]:
+    out = {k: v for k, v in run.flat.items() if k in keys}
+    if run.workers is not None:
+        out[WORKERS_KEY] = run.workers
+    return out
 
 
 def _hashable(value: Any) -> Hashable:
@@ -110,15 +129,27 @@ class Group:
     batch_size: int
     lr: Optional[float]
     runs: list[Run] = field(default_factory=list)
+    layout: Pairs = ()
+    """The batch setup's other keys (see :data:`LAYOUT_KEYS`): accumulation, workers."""
 
     @property
     def label(self) -> str:
         return self.method + (f" ({pairs_label(self.variant)})" if self.variant else "")
 
     @property
+    def variant_key(self) -> tuple:
+        """The method variant, at any batch size."""
+        return (self.setup, self.method, self.variant)
+
+    @property
     def compare_key(self) -> tuple:
         """What learning rates are compared within."""
-        return (self.setup, self.method, self.variant, self.batch_size)
+        return (*self.variant_key, self.batch_size, self.layout)
+
+    @property
+    def diverged(self) -> int:
+        """How many of its runs stopped on a non-finite value."""
+        return sum(r.diverged_at is not None for r in self.runs)
 
     @property
     def seeds(self) -> list[int]:
@@ -180,9 +211,14 @@ class Row:
     images_per_sec: Optional[float]
     cost: Optional[float] = None
     """Mean seconds per epoch over the baseline's at the same batch size (same sweep, same machine)."""
+    step_cost: Optional[float] = None
+    """Mean over its runs that have one of the benchmarked cost of an optimizer step over the
+    baseline's (:class:`dreg_dist.report.runs.StepCosts`)."""
     best_in_budget: Optional[float] = None
-    """Mean over seeds of the best validation accuracy reached within the baseline's wall-clock
-    (its epochs x its time/epoch), estimated from epochs x this row's time/epoch."""
+    """Mean over seeds of the best validation accuracy reached within the baseline's compute
+    (its epochs), estimated from epochs x this row's step cost (time/epoch where it has none)."""
+    vs_baseline: Optional[Difference] = None
+    """Test accuracy minus the baseline's, paired by seed where it can be (:func:`difference_on_test`)."""
     extras: dict[str, Optional[float]] = field(default_factory=dict)
     """The method's report columns (``Method.report_columns``): mean over seeds."""
 
@@ -202,6 +238,29 @@ class Setup:
     def batch_sizes(self) -> list[int]:
         return sorted({g.batch_size for g in self.groups})
 
+    @property
+    def batch_keys(self) -> list[tuple[int, Pairs]]:
+        """Every (batch size, batch setup) with runs, in order: one table each."""
+        keys = {(g.batch_size, g.layout) for g in self.groups}
+        return sorted(keys, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1])))
+
+    def layouts(self, batch_size: int) -> list[Pairs]:
+        return [layout for b, layout in self.batch_keys if b == batch_size]
+
+    def batch_text(self, batch_size: int, layout: Pairs, always: bool = False) -> str:
+        """'4096', and its setup ('4096 (accumulation=1, workers=8)') when the batch size has
+        several (or ``always``)."""
+        named = layout and (always or len(self.layouts(batch_size)) > 1)
+        return f"{batch_size} ({pairs_label(layout)})" if named else str(batch_size)
+
+    def _layout(self, batch_size: int, layout: Optional[Pairs]) -> Pairs:
+        if layout is not None:
+            return layout
+        found = self.layouts(batch_size)
+        if len(found) > 1:
+            raise ValueError(f"batch size {batch_size} has {len(found)} batch setups: name one")
+        return found[0] if found else ()
+
     def compared(self) -> dict[tuple, list[Group]]:
         """compare key (method variant x batch size) -> its groups, by learning rate (None last)."""
         out: dict[tuple, list[Group]] = {}
@@ -209,16 +268,35 @@ class Setup:
             out.setdefault(g.compare_key, []).append(g)
         return {k: sorted(v, key=lambda g: (g.lr is None, g.lr or 0.0)) for k, v in out.items()}
 
-    def baseline(self, batch_size: int) -> Optional[Group]:
+    def baseline(self, batch_size: int, layout: Optional[Pairs] = None) -> Optional[Group]:
+        """The baseline method's selected group at ``batch_size`` in batch setup ``layout``
+        (None: the batch size's only one)."""
+        layout = self._layout(batch_size, layout)
         for g in self.selected:
-            if g.method == BASELINE and g.batch_size == batch_size and not g.variant:
+            if g.method == BASELINE and g.batch_size == batch_size and g.layout == layout and not g.variant:
                 return g
         return None
 
-    def rows(self, batch_size: int) -> list[Row]:
-        base = self.baseline(batch_size)
-        groups = sorted((g for g in self.selected if g.batch_size == batch_size), key=_group_order)
+    def reference(self, group: Group) -> Optional[Group]:
+        """The baseline at the smallest batch size, whose accuracy the large batch is to recover:
+        in ``group``'s batch setup where it ran there, else in the first one that did."""
+        small = self.batch_sizes[0]
+        layouts = sorted(self.layouts(small), key=lambda layout: layout != group.layout)
+        return next((b for b in (self.baseline(small, layout) for layout in layouts) if b is not None), None)
+
+    def rows(self, batch_size: int, layout: Optional[Pairs] = None) -> list[Row]:
+        layout = self._layout(batch_size, layout)
+        base = self.baseline(batch_size, layout)
+        groups = sorted((g for g in self.selected if g.batch_size == batch_size and g.layout == layout),
+                        key=_group_order)
         return [make_row(g, base) for g in groups]
+
+    def unvalidated(self, batch_size: int, layout: Pairs) -> list[Group]:
+        """Groups of this batch setup whose method variant has no selected learning rate: every
+        run it has stopped before its first validation (diverged), so no row shows it."""
+        shown = {g.compare_key for g in self.selected}
+        return [g for g in self.groups
+                if g.batch_size == batch_size and g.layout == layout and g.compare_key not in shown]
 
 
 def _group_order(g: Group) -> tuple:
@@ -246,6 +324,7 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         epochs_to[frac] = (sum(reached) / len(reached) if reached else None, len(reached), counted)
     cost = _ratio(_mean(r.seconds_per_epoch for r in group.runs),
                   _mean(r.seconds_per_epoch for r in baseline.runs) if baseline else None)
+    step_cost = _mean(r.step_cost for r in group.runs)
     speedup = None
     if baseline is not None:
         own = epochs_to[SPEEDUP_AT]
@@ -261,7 +340,9 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         speedup=speedup,
         images_per_sec=_mean(r.images_per_sec for r in group.runs),
         cost=cost,
-        best_in_budget=_best_in_budget(group, baseline, cost),
+        step_cost=step_cost,
+        best_in_budget=_best_in_budget(group, baseline, step_cost if step_cost is not None else cost),
+        vs_baseline=difference_on_test(group, baseline) if baseline is not None and group is not baseline else None,
         extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
     )
 
@@ -277,8 +358,13 @@ def _best_in_budget(group: Group, baseline: Optional[Group], cost: Optional[floa
 
 
 def compute_cost(setup: "Setup", group: Group) -> Optional[float]:
-    """``group``'s mean time/epoch over the baseline's at its batch size (None when unknown)."""
-    base = setup.baseline(group.batch_size)
+    """What one of ``group``'s epochs costs in the baseline's epochs at its batch setup: the
+    benchmarked step cost where its runs have one (timed side by side, so far less noisy than
+    the sweep's wall-clock), else its mean time/epoch over the baseline's; None when unknown."""
+    step_cost = _mean(r.step_cost for r in group.runs)
+    if step_cost is not None:
+        return step_cost
+    base = setup.baseline(group.batch_size, group.layout)
     if base is None:
         return None
     return _ratio(_mean(r.seconds_per_epoch for r in group.runs), _mean(r.seconds_per_epoch for r in base.runs))
@@ -304,31 +390,139 @@ def mean_ci(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
 
 
 @dataclass
+class Difference:
+    """A mean difference of a per-seed quantity and the half-width of its 95% t-interval."""
+
+    mean: float
+    half_width: Optional[float]
+    """None with one seed, or for a difference of means (nothing to pair)."""
+    seeds: int
+    """Seeds the interval is over (0: a difference of means)."""
+    paired: bool
+    """Per-seed differences (runs with the same seed share initialisation and data order, so
+    pairing removes that part of the seed noise); else the method's seeds against the other
+    side's mean, taken as exact."""
+
+    @property
+    def inside_noise(self) -> bool:
+        """Whether the interval includes 0: the difference cannot be told from seed noise."""
+        return self.half_width is not None and abs(self.mean) <= self.half_width
+
+    def scaled(self, factor: float) -> "Difference":
+        return Difference(self.mean * factor, None if self.half_width is None else self.half_width * abs(factor),
+                          self.seeds, self.paired)
+
+
+def _test_by_seed(group: Group) -> dict[int, float]:
+    return {r.seed: r.test_acc for r in group.runs if r.test_acc is not None}
+
+
+def difference_on_test(group: Group, base: Group) -> Optional[Difference]:
+    """``group``'s test accuracy minus ``base``'s: the mean of per-seed differences when ``base``
+    has every seed ``group`` has, else ``group``'s seeds against ``base``'s mean."""
+    mine, theirs = _test_by_seed(group), _test_by_seed(base)
+    if not mine or not theirs:
+        return None
+    if set(mine) <= set(theirs):
+        mean, half = mean_ci([mine[s] - theirs[s] for s in sorted(mine)])
+        assert mean is not None
+        return Difference(mean, half, len(mine), True)
+    mean, half = mean_ci(list(mine.values()))
+    assert mean is not None
+    return Difference(mean - statistics.fmean(theirs.values()), half, len(mine), False)
+
+
+@dataclass
 class GapClosed:
     """(method - baseline at batch B) / (baseline at the reference batch - baseline at B), on test accuracy."""
 
     value: Optional[float]
     half_width: Optional[float]
-    """Of the 95% interval, from the method's seeds only (the baselines' means are taken as exact)."""
+    """Of the 95% interval of :func:`difference_on_test` (paired by seed where it can be), over the
+    gap; the gap's two means are taken as exact."""
     reference_batch: int
+    reference_layout: Pairs = ()
+    paired: bool = False
 
 
 def gap_closed(setup: "Setup", group: Group) -> Optional[GapClosed]:
     """How much of the large-batch gap ``group`` closes, against the baseline at the setup's
-    smallest batch size; None at that batch size or without both baselines."""
+    smallest batch size (:meth:`Setup.reference`) and the baseline of its own batch setup;
+    None at that batch size or without both baselines."""
     small = min(setup.batch_sizes)
     if group.batch_size == small:
         return None
-    ref, base = setup.baseline(small), setup.baseline(group.batch_size)
-    if ref is None or base is None or not ref.test_accs or not base.test_accs or not group.test_accs:
+    ref, base = setup.reference(group), setup.baseline(group.batch_size, group.layout)
+    if ref is None or base is None or not ref.test_accs or not base.test_accs:
         return None
     gap = statistics.fmean(ref.test_accs) - statistics.fmean(base.test_accs)
-    if gap <= 0:
+    diff = difference_on_test(group, base)
+    if gap <= 0 or diff is None:
         return None
-    mean, half = mean_ci(group.test_accs)
-    assert mean is not None
-    base_mean = statistics.fmean(base.test_accs)
-    return GapClosed((mean - base_mean) / gap, half / gap if half is not None else None, small)
+    closed = diff.scaled(1 / gap)
+    return GapClosed(closed.mean, closed.half_width, small, ref.layout, diff.paired)
+
+
+@dataclass
+class Transfer:
+    """A method variant at a larger batch size with the learning rate selected at a smaller one,
+    not re-tuned (``launch/report.py --transfer-grid``): ``optim.lr`` is per
+    ``optim.base_batch_size`` and scaled by the configured rule, so its value is the same."""
+
+    tuned: Group
+    """At the tuning batch: the selected learning rate of two or more."""
+    moved: Group
+    """At the larger batch: every run at that learning rate."""
+    base_tuned: Optional[Group]
+    base_moved: Optional[Group]
+    """The baseline's groups at the two batch setups."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.tuned is self.base_tuned
+
+    @property
+    def change(self) -> Optional[float]:
+        """Mean test accuracy at the larger batch minus at the tuning batch."""
+        a, b = _mean(self.tuned.test_accs), _mean(self.moved.test_accs)
+        return b - a if a is not None and b is not None else None
+
+    def loss_vs_baseline(self) -> Optional[Difference]:
+        """Mean over seeds of (method - baseline at the larger batch) - (method - baseline at the
+        tuning batch) in test accuracy, over the seeds all four have; a difference of the four
+        means (no interval) when no seed has all four."""
+        if self.base_tuned is None or self.base_moved is None or self.is_baseline:
+            return None
+        sides = [_test_by_seed(g) for g in (self.moved, self.base_moved, self.tuned, self.base_tuned)]
+        seeds = sorted(set.intersection(*(set(side) for side in sides)))
+        if seeds:
+            m2, v2, m1, v1 = sides
+            mean, half = mean_ci([(m2[s] - v2[s]) - (m1[s] - v1[s]) for s in seeds])
+            assert mean is not None
+            return Difference(mean, half, len(seeds), True)
+        m2, v2, m1, v1 = (_mean(side.values()) for side in sides)
+        if m2 is None or v2 is None or m1 is None or v1 is None:
+            return None
+        return Difference((m2 - v2) - (m1 - v1), None, 0, False)
+
+
+def transfers(setup: "Setup") -> list[Transfer]:
+    """Every (method variant, tuning batch setup with two or more learning rates, larger batch
+    setup where all its runs use the selected one), in table order."""
+    compared = setup.compared()
+    out = []
+    for key, groups in compared.items():
+        tuned = next((g for g in setup.selected if g.compare_key == key), None)
+        if tuned is None or len({g.lr for g in groups if g.lr is not None}) < 2:
+            continue
+        for others in compared.values():
+            moved = others[0]
+            if (len(others) == 1 and moved.variant_key == tuned.variant_key and moved.batch_size > tuned.batch_size
+                    and _same_lr(tuned.lr, moved.lr)):
+                out.append(Transfer(tuned, moved, setup.baseline(tuned.batch_size, tuned.layout),
+                                    setup.baseline(moved.batch_size, moved.layout)))
+    return sorted(out, key=lambda t: (t.moved.batch_size, tuple(sort_key(v) for _, v in t.moved.layout),
+                                      t.tuned.batch_size, _group_order(t.tuned)))
 
 
 def report_columns(method_names: Iterable[str]) -> dict[str, str]:
@@ -382,13 +576,16 @@ class Analysis:
         return out
 
     def study(self, setup: Setup, key: str) -> dict[tuple[int, Pairs], list[StudyPoint]]:
-        """(batch size, the other variant keys) -> points along ``key`` (selected groups only)."""
+        """(batch size, the other variant keys, and the batch setup where the batch size has
+        several) -> points along ``key`` (selected groups only)."""
         out: dict[tuple[int, Pairs], list[StudyPoint]] = {}
         for g in setup.selected:
             values = dict(g.variant)
             if key not in values:
                 continue
             rest = tuple((k, v) for k, v in g.variant if k != key)
+            if len(setup.layouts(g.batch_size)) > 1:
+                rest += g.layout
             out.setdefault((g.batch_size, rest), []).append(StudyPoint(values[key], g))
         for points in out.values():
             points.sort(key=lambda p: sort_key(p.value))
@@ -403,11 +600,13 @@ def _follows_batch(runs: Sequence[Run], key: str) -> bool:
     return len(per_batch) > 1 and all(len(v) == 1 for v in per_batch.values())
 
 
-def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
-    """The varying config keys of ``runs`` by role (see the module doc)."""
+def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None) -> dict[str, list[str]]:
+    """The varying config keys of ``runs`` by role (see the module doc); ``keys``: those that
+    can change results (default: asked of the config)."""
+    keys = _result_keys(runs) if keys is None else keys
     values: dict[str, set[Hashable]] = {}
     for run in runs:
-        for k, v in _relevant(run).items():
+        for k, v in _relevant(run, keys).items():
             values.setdefault(k, set()).add(_hashable(v))
     present = {r.method for r in runs}
     roles: dict[str, list[str]] = {"seed": [], "batch": [], "lr": [], "method": [], "variant": [], "setup": []}
@@ -422,6 +621,8 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
             roles["lr"].append(key)
         elif key == METHOD_KEY:
             roles["method"].append(key)
+        elif key in LAYOUT_KEYS:
+            roles["batch"].append(key)
         elif methods.owner_of(key) is not None or key in VARIANT_DEFAULTS:
             roles["variant"].append(key)
         elif _follows_batch(runs, key):
@@ -433,18 +634,24 @@ def classify_keys(runs: Sequence[Run]) -> dict[str, list[str]]:
 
 def analyse(runs: Sequence[Run]) -> Analysis:
     """Group, average and select learning rates for a sweep's runs."""
-    runs = [r for r in runs if r.val]  # a run that never validated has nothing to report
-    roles = classify_keys(runs)
+    # A run that never validated has nothing to report, unless it diverged: that is a result
+    # (a learning rate too high), shown as such rather than left out.
+    runs = [r for r in runs if r.val or r.diverged_at is not None]
+    keys = _result_keys(runs)
+    roles = classify_keys(runs, keys)
     groups: dict[tuple, Group] = {}
     for run in runs:
-        rel = _relevant(run)
+        rel = _relevant(run, keys)
         setup = tuple((k, rel.get(k)) for k in roles["setup"])
         variant = tuple((k, rel[k]) for k in roles["variant"]
                         if k in rel and not (k in VARIANT_DEFAULTS and rel[k] == VARIANT_DEFAULTS[k]))
+        layout = tuple((k, rel.get(k)) for k in roles["batch"] if k != BATCH_KEY)
         key = (tuple((k, _hashable(v)) for k, v in setup), run.method,
-               tuple((k, _hashable(v)) for k, v in variant), run.batch_size, run.lr)
+               tuple((k, _hashable(v)) for k, v in variant), run.batch_size,
+               tuple((k, _hashable(v)) for k, v in layout), run.lr)
         if key not in groups:
-            groups[key] = Group(setup=setup, method=run.method, variant=variant, batch_size=run.batch_size, lr=run.lr)
+            groups[key] = Group(setup=setup, method=run.method, variant=variant, batch_size=run.batch_size, lr=run.lr,
+                                layout=layout)
         groups[key].runs.append(run)
     for g in groups.values():
         g.runs.sort(key=lambda r: (r.seed, r.name))
@@ -457,7 +664,8 @@ def analyse(runs: Sequence[Run]) -> Analysis:
 
     setups: dict[tuple, Setup] = {}
     for g in sorted(groups.values(), key=lambda g: (tuple(sort_key(v) for _, v in g.setup), g.batch_size,
-                                                    _group_order(g), g.lr or 0.0)):
+                                                    tuple(sort_key(v) for _, v in g.layout), _group_order(g),
+                                                    g.lr or 0.0)):
         skey = tuple((k, _hashable(v)) for k, v in g.setup)
         setup = setups.setdefault(skey, Setup(key=g.setup, groups=[], selected=[]))
         setup.groups.append(g)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from dreg_dist.report.aggregate import (BASELINE, BATCH_KEY, THRESHOLDS, Analysis, GapClosed, Row, Setup,
-                                        batch_groups, freeze, gap_closed, label_of, pairs_label, report_columns)
-from dreg_dist.report.runs import method_of
+from dreg_dist.report.aggregate import (BASELINE, THRESHOLDS, Analysis, Difference, GapClosed, Group, Row, Setup,
+                                        Transfer, batch_groups, freeze, gap_closed, label_of, mean_ci, pairs_label,
+                                        report_columns, transfers)
+from dreg_dist.report.runs import StepCosts, method_of
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value, safe_name
 
@@ -59,8 +61,16 @@ ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epo
               "test acc (%)", "images/s"]
 
 
-def row_header(extras: Mapping[str, str], gap_batch: Optional[int] = None) -> list[str]:
-    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}", f"best val acc in {BASELINE}'s time (%)"]
+VS_BASELINE = f"vs {BASELINE}, test (points, 95% CI)"
+
+
+def row_header(extras: Mapping[str, str], gap_batch: Optional[str] = None, *, step_cost: bool = False,
+               vs_baseline: bool = False) -> list[str]:
+    """The per-batch table's columns: ``step_cost`` with a benchmark's step costs, ``vs_baseline``
+    when the table has a baseline, ``gap_batch`` (the reference batch) when a row closes a gap."""
+    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}"]
+            + ([f"step cost vs {BASELINE} (bench)"] if step_cost else [])
+            + [f"best val acc in {BASELINE}'s time (%)"] + ([VS_BASELINE] if vs_baseline else [])
             + ([f"gap to {BASELINE} at {gap_batch} closed (test, 95% CI)"] if gap_batch else []))
 
 
@@ -71,17 +81,39 @@ def fmt_gap(gap: Optional[GapClosed]) -> str:
     return text + (f" ± {gap.half_width * 100:.0f}" if gap.half_width is not None else " (1 seed)")
 
 
+def fmt_points(diff: Optional[Difference]) -> str:
+    """A difference of accuracies in percentage points with its interval: '+1.20 ± 0.80',
+    '-0.30 ± 0.90 (inside seed noise)', '+0.40 (1 seed)'."""
+    if diff is None:
+        return "—"
+    text = f"{diff.mean * 100:+.2f}"
+    if diff.half_width is not None:
+        text += f" ± {diff.half_width * 100:.2f}" + (" (inside seed noise)" if diff.inside_noise else "")
+    elif diff.seeds == 1:
+        text += " (1 seed)"
+    return text + ("" if diff.paired else " (unpaired)")
+
+
+def fmt_ratio(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
 def row_cells(row: Row, extras: Mapping[str, str], gap: Optional[GapClosed] = None,
-              with_gap: bool = False) -> list[str]:
-    return _row_cells(row, extras) + ["—" if row.cost is None else f"{row.cost:.2f}x", pct(row.best_in_budget)] + (
-        [fmt_gap(gap)] if with_gap else [])
+              with_gap: bool = False, *, step_cost: bool = False, vs_baseline: bool = False) -> list[str]:
+    """One table row, columns as :func:`row_header` with the same flags."""
+    return (_row_cells(row, extras) + [fmt_ratio(row.cost)] + ([fmt_ratio(row.step_cost)] if step_cost else [])
+            + [pct(row.best_in_budget)] + ([fmt_points(row.vs_baseline)] if vs_baseline else [])
+            + ([fmt_gap(gap)] if with_gap else []))
+
+
+def diverged_label(g: Group) -> str:
+    return g.label + (f" (diverged: {g.diverged}/{len(g.runs)} seeds)" if g.diverged else "")
 
 
 def _row_cells(row: Row, extras: Mapping[str, str]) -> list[str]:
     g = row.group
-    diverged = sum(r.diverged_at is not None for r in g.runs)
     return [
-        g.label + (f" (diverged: {diverged}/{len(g.runs)} seeds)" if diverged else ""),
+        diverged_label(g),
         fmt_lr(g.lr),
         ", ".join(str(s) for s in g.seeds),
         pct_pm(row.best_val[0], row.best_val[1], len(g.best_vals)),
@@ -117,15 +149,38 @@ How the numbers are computed:
 - **images/s**: mean training throughput over the logging windows; **time/epoch**: a run's
   wall-clock (validation included) per epoch over the {b} run's at the same batch size, mean
   over seeds, runs launched once only. Runs of one sweep share a machine, so read it as a
-  cost ratio, not an absolute speed. **Best val acc in {b}'s time**: the best validation
+  cost ratio, not an absolute speed.{cost}
+- **Vs {b}, test**: the method's test accuracy minus {b}'s at the same batch size, in
+  percentage points. Where {b} ran every seed the method ran, it is the mean of the per-seed
+  differences (runs with the same seed share initialisation and data order, so pairing
+  removes that part of the seed noise) with a Student-t 95% interval over them; otherwise
+  ("unpaired") the method's seeds against {b}'s mean, taken as exact. A difference whose
+  interval includes 0 is marked **inside seed noise**: these seeds cannot tell it from none.
+- **Gap closed**: that difference over ({b}'s mean test accuracy at the smallest batch size
+  in the report - {b}'s at this one), interval included (the two means are taken as exact):
+  0% is {b} at this batch, 100% recovers the small-batch accuracy.
+"""
+COST_WALL_CLOCK = """ **Best val acc in {b}'s time**: the best validation
   accuracy a run reached by the epoch whose wall-clock (epochs x time/epoch) matches {b}'s
-  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis.
-- **Gap closed**: (the method's mean test accuracy - {b}'s at this batch size) / ({b}'s at
-  the smallest batch size in the report - {b}'s at this one): 0% is {b} at this batch,
-  100% recovers the small-batch accuracy. The 95% interval is a Student-t interval over the
-  method's seeds, with the {b} means taken as exact; a difference whose interval includes
-  0% is inside seed noise.
-""".format(b=BASELINE)
+  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis."""
+COST_STEP = """
+- **Step cost vs {b} (bench)**: the cost of one optimizer step of the run's configuration over
+  {b}'s at the same batch setup, timed interleaved in one process by a benchmark (far less
+  noisy than the sweep's wall-clock){machine}; mean over the group's runs the benchmark
+  measured ("—": none was). **Best val acc in {b}'s time** uses it where a group has one
+  (else time/epoch): the best validation accuracy a run reached by the epoch whose compute
+  (epochs x step cost, in {b}-epoch equivalents) matches {b}'s whole run, mean over seeds;
+  the "vs compute" figure shows the whole curve on that axis."""
+
+
+def definitions(step_costs: Optional[StepCosts]) -> str:
+    """How the numbers are computed, saying which cost ratio the compute columns use."""
+    if step_costs is None:
+        cost = COST_WALL_CLOCK.format(b=BASELINE)
+    else:
+        machine = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(step_costs.machine.items()))
+        cost = COST_STEP.format(b=BASELINE, machine=f" on {machine}" if machine else "")
+    return DEFINITIONS.format(b=BASELINE, cost=cost)
 
 
 def _runs_table(analysis: Analysis) -> str:
@@ -157,7 +212,8 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             tried = []
             for g in gs:
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
-                text = f"{fmt_lr(g.lr)}: {pct(mean)}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
+                shown = pct(mean) if mean is not None or not g.diverged else "diverged before validating"
+                text = f"{fmt_lr(g.lr)}: {shown}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
             on = common.get(freeze(key))
             selected = fmt_lr(chosen.lr) if chosen else "—"
@@ -166,7 +222,7 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             if edge:  # the optimum may lie outside the grid: say so instead of implying it was bracketed
                 selected += f" ({edge} tried)"
             row = ([setup.label] if len(analysis.setups) > 1 else []) + [
-                gs[0].label, gs[0].batch_size, "; ".join(tried), selected,
+                gs[0].label, setup.batch_text(gs[0].batch_size, gs[0].layout), "; ".join(tried), selected,
                 ", ".join(str(x) for x in sorted(on)) if on else "all"]
             rows.append(row)
     header = (["setup"] if len(analysis.setups) > 1 else []) + [
@@ -188,18 +244,23 @@ def _newest_record(runs: Sequence[Any]) -> str:
 
 def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, str],
            bs_spec: Optional[str] = None, sweep: Optional[dict[str, Any]] = None,
-           commands: Sequence[str] = ()) -> str:
-    """The whole report.md. ``figures`` maps (kind, setup key[, batch group / study key]) -> path."""
+           commands: Sequence[str] = (), preface: Optional[str] = None,
+           step_costs: Optional[StepCosts] = None) -> str:
+    """The whole report.md. ``figures`` maps (kind, setup key[, batch group / study key]) -> path;
+    ``preface`` (Markdown) goes verbatim under the title; ``step_costs``: the benchmark's, when given."""
     runs = analysis.runs
     finished = sum(r.finished for r in runs)
     out = [f"# {title}", ""]
+    if preface and preface.strip():
+        out += [preface.strip("\n"), ""]
     if sweep and sweep.get("description"):
         out += [str(sweep["description"]), ""]
     diverged = sum(r.diverged_at is not None for r in runs)
+    blind = sum(not r.val for r in runs)
     unfinished = len(runs) - finished - diverged
-    out += [f"Runs: `{source}`: {len(runs)} run(s) with validation results, {finished} finished"
-            + (f", {diverged} diverged (stopped on a non-finite value; counted with what they reached)"
-               if diverged else "")
+    out += [f"Runs: `{source}`: {len(runs) - blind} run(s) with validation results, {finished} finished"
+            + (f", {diverged} diverged (stopped on a non-finite value; counted with what they reached"
+               + (f"; {blind} before their first validation" if blind else "") + ")" if diverged else "")
             + (f", {unfinished} unfinished (numbers so far)" if unfinished else "")
             + f". Newest record: {_newest_record(runs)}.", ""]
     if commands:
@@ -208,38 +269,48 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
     if varying:
         out += ["Varied: " + "; ".join(f"{role}: " + ", ".join(f"`{k}`" for k in keys)
                                        for role, keys in varying.items()) + ".", ""]
-    out += [DEFINITIONS]
+    out += [definitions(step_costs)]
     notes = [note for name in sorted({r.method for r in analysis.runs})
              for note in (getattr(method_of(name), "report_notes", None) or ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     if analysis.lr_varies:
         out += _lr_section(analysis, figures)
     for setup in analysis.setups:
-        out += _setup_section(analysis, setup, figures, bs_spec, heading="##" if len(analysis.setups) > 1 else "")
+        out += _setup_section(analysis, setup, figures, bs_spec, heading="##" if len(analysis.setups) > 1 else "",
+                              step_costs=step_costs is not None)
     out += ["## Runs", "", _runs_table(analysis), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
 def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], bs_spec: Optional[str],
-                   heading: str) -> list[str]:
+                   heading: str, step_costs: bool = False) -> list[str]:
     h2 = heading or "##"
     h3 = "###" if heading else "##"
     out: list[str] = []
     if heading:
         out += [f"{h2} {setup.label or 'all runs'}", ""]
-    for batch in setup.batch_sizes:
-        rows = setup.rows(batch)
-        if not rows:
+    for batch, layout in setup.batch_keys:
+        rows = setup.rows(batch, layout)
+        missing = setup.unvalidated(batch, layout)
+        if not rows and not missing:
             continue
-        extra = [k for k in analysis.roles.get("batch", []) if k != BATCH_KEY]
-        first = rows[0].group.runs[0].flat if rows[0].group.runs else {}
-        suffix = (" (" + ", ".join(f"{label_of(k)}={name_value(first.get(k))}" for k in extra) + ")") if extra else ""
-        extras = report_columns(r.group.method for r in rows)
-        gaps = {id(r): gap_closed(setup, r.group) for r in rows}
-        gap_batch = next((gap.reference_batch for gap in gaps.values() if gap is not None), None)
-        out += [f"{h3} Batch size {batch}{suffix}", "",
-                table(row_header(extras, gap_batch),
-                      [row_cells(r, extras, gaps[id(r)], gap_batch is not None) for r in rows]), ""]
+        out += [f"{h3} Batch size {setup.batch_text(batch, layout, always=True)}", ""]
+        if rows:
+            extras = report_columns(r.group.method for r in rows)
+            gaps = {id(r): gap_closed(setup, r.group) for r in rows}
+            gap = next((gap for gap in gaps.values() if gap is not None), None)
+            gap_batch = setup.batch_text(gap.reference_batch, gap.reference_layout) if gap is not None else None
+            with_base = setup.baseline(batch, layout) is not None
+            out += [table(row_header(extras, gap_batch, step_cost=step_costs, vs_baseline=with_base),
+                          [row_cells(r, extras, gaps[id(r)], gap_batch is not None, step_cost=step_costs,
+                                     vs_baseline=with_base) for r in rows]), ""]
+        if missing:  # no validation, so no row: say so rather than leave the variant out
+            out += ["Diverged before their first validation (no row): " + "; ".join(
+                f"{g.label} at lr {fmt_lr(g.lr)} (seeds {', '.join(map(str, g.seeds))})" for g in missing) + ".", ""]
+    moves = transfers(setup)
+    for batch, layout in dict.fromkeys((t.moved.batch_size, t.moved.layout) for t in moves):
+        out += _transfer_section(setup, [t for t in moves if (t.moved.batch_size, t.moved.layout) == (batch, layout)],
+                                 figures, h3)
     sub = h3
     val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in val_figs):
@@ -250,9 +321,11 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
     compute_figs = [(sizes, figures.get(("compute", setup.key, tuple(sizes))))
                     for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in compute_figs):
+        scale = (f"the benchmarked step cost over {BASELINE}'s where the method has one, else its time/epoch "
+                 f"(x = {BASELINE}-epoch equivalents of compute)" if step_costs else
+                 f"the method's time/epoch over {BASELINE}'s (x = {BASELINE}-epoch equivalents of wall-clock)")
         out += [f"{sub} Validation accuracy vs compute", "",
-                f"The curves above with each epoch scaled by the method's time/epoch over {BASELINE}'s "
-                f"(x = {BASELINE}-epoch equivalents of wall-clock): a method that costs 2x per step must "
+                f"The curves above with each epoch scaled by {scale}: a method that costs 2x per step must "
                 "reach an accuracy in half the epochs to be as fast to it.", ""]
         for sizes, f in compute_figs:
             if f:
@@ -283,11 +356,57 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
                 g = p.group
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
                 rows.append([batch, pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
-            base = setup.baseline(batch)
+            base = setup.baseline(batch, points[0].group.layout)
             if base is not None and base.best_vals:
                 rows.append([batch, BASELINE, "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
         out += [table(["batch", "other", label_of(key), "best val acc (%)", "seeds"], rows), "",
                 f"![Best validation accuracy vs {label_of(key)}]({fig})", ""]
+    return out
+
+
+def fmt_ci(values: Sequence[float], group: Optional[Group] = None) -> str:
+    """Mean ± 95% interval of accuracies in % (the mean alone for one seed); with ``group``,
+    how many of its runs diverged (those have no test accuracy)."""
+    mean, half = mean_ci(values)
+    text = "—" if mean is None else pct(mean) + (f" ± {100 * half:.2f}" if half is not None else "")
+    if group is not None and group.diverged:
+        seeds = f"{group.diverged}/{len(group.runs)} seeds"
+        text = f"diverged ({seeds})" if mean is None else f"{text} (diverged: {seeds})"
+    return text
+
+
+def _transfer_section(setup: Setup, moves: Sequence[Transfer], figures: dict[tuple, str], h: str) -> list[str]:
+    """Learning-rate transfer to one larger batch setup: a row per method variant, and a figure."""
+    moved = moves[0].moved
+    to = setup.batch_text(moved.batch_size, moved.layout)
+    tuned_at = list(dict.fromkeys(setup.batch_text(t.tuned.batch_size, t.tuned.layout) for t in moves))
+    one = tuned_at[0] if len(tuned_at) == 1 else None
+    at1 = f"at {one}" if one else "at the tuning batch"
+    out = [f"{h} Learning-rate transfer to batch {to}", "",
+           f"Each method variant at batch {to} with the learning rate selected on validation {at1}, not re-tuned "
+           "(`optim.lr` is per `optim.base_batch_size` and scaled by the configured rule, so the configured value "
+           "is the same at both). Test accuracy (%), mean ± 95% interval over seeds; **change** = test accuracy at "
+           f"{to} - {at1}, in points; **loss against {BASELINE} under transfer** = mean over seeds "
+           f"of (method - {BASELINE} at {to}) - (method - {BASELINE} {at1}), in points, paired by seed over the seeds "
+           "all four runs have (negative: the method loses more than "
+           f"{BASELINE} when the batch grows; inside seed noise when its interval includes 0). The selection stays on "
+           f"validation: the best validation accuracy at {to} is shown alongside.", ""]
+    header = (["method"] + ([] if one else ["tuned at"]) + [f"lr (selected {at1})", f"seeds {at1}", f"seeds at {to}",
+              f"test acc {at1} (%)", f"test acc at {to} (%)", "change (points)",
+              f"loss against {BASELINE} under transfer (points, 95% CI)", f"best val acc at {to} (%)"])
+    rows = []
+    for t in moves:
+        change = t.change
+        rows.append([t.tuned.label] + ([] if one else [setup.batch_text(t.tuned.batch_size, t.tuned.layout)]) + [
+            fmt_lr(t.tuned.lr), ", ".join(map(str, t.tuned.seeds)), ", ".join(map(str, t.moved.seeds)),
+            fmt_ci(t.tuned.test_accs, t.tuned), fmt_ci(t.moved.test_accs, t.moved),
+            "—" if change is None else f"{100 * change:+.2f}",
+            "— (the reference)" if t.is_baseline else fmt_points(t.loss_vs_baseline()),
+            fmt_ci(t.moved.best_vals)])
+    out += [table(header, rows), ""]
+    fig = figures.get(("transfer", setup.key, (moved.batch_size, moved.layout)))
+    if fig:
+        out += [f"![Test accuracy before and after learning-rate transfer to batch {to}]({fig})", ""]
     return out
 
 
@@ -304,12 +423,17 @@ def setup_prefix(setup: Setup) -> str:
 
 
 def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: Optional[str] = None,
-                 commands: Sequence[str] = (), say: Callable[[str], None] = print) -> Path:
+                 commands: Sequence[str] = (), say: Callable[[str], None] = print, title: Optional[str] = None,
+                 preface: Optional[Path] = None, step_cost: Optional[Path] = None, figures: bool = True) -> Path:
     """Read the runs under ``roots`` (one sweep folder, or several reported as one: a
-    learning-rate sweep and its seed rerun), draw the figures and write ``out_dir/report.md``."""
+    learning-rate sweep and its seed rerun), draw the figures and write ``out_dir/report.md``.
+
+    ``title`` replaces "Results: <sweeps>"; ``preface``: a Markdown file put verbatim under the
+    title; ``step_cost``: a benchmark's step-cost file (:func:`dreg_dist.report.runs.read_step_costs`).
+    ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
     from dreg_dist.report.aggregate import analyse, batch_groups as groups_of
     from dreg_dist.report.plots import Plotter, ReportError
-    from dreg_dist.report.runs import load_runs, read_sweep
+    from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep
 
     roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
     runs = []
@@ -317,45 +441,67 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
         if not root.is_dir():
             raise ReportError(f"'{root}' is not a folder of runs")
         runs += load_runs(root)
+    costs = None
+    if step_cost is not None:
+        try:
+            costs = read_step_costs(step_cost)
+        except ValueError as err:
+            raise ReportError(str(err)) from None
+        unmatched = costs.apply(runs)
+        if unmatched:
+            say(f"step cost: {unmatched} run id(s) of {step_cost} match no reported run (sweep folder/run folder)")
+    preface_text = None
+    if preface is not None:
+        try:
+            preface_text = Path(preface).read_text()
+        except OSError as err:
+            raise ReportError(f"--preface '{preface}' cannot be read: {err.strerror}") from None
     analysis = analyse(runs)
     if not analysis.runs:
         raise ReportError(f"no run under {', '.join(repr(str(r)) for r in roots)} has validation results yet "
                           "(config.yaml + metrics.jsonl)")
-    plotter = Plotter(out_dir)
-    figures: dict[tuple, str] = {}
+    plotter = Plotter(out_dir, draw=figures)
+    figures_at: dict[tuple, str] = {}
     for setup in analysis.setups:
         prefix = setup_prefix(setup)
         for sizes in groups_of(setup.batch_sizes, bs_spec):
             f = plotter.val_accuracy(setup, sizes, prefix)
             if f:
-                figures[("val", setup.key, tuple(sizes))] = f
+                figures_at[("val", setup.key, tuple(sizes))] = f
             f = plotter.train_loss(setup, sizes, prefix)
             if f:
-                figures[("loss", setup.key, tuple(sizes))] = f
+                figures_at[("loss", setup.key, tuple(sizes))] = f
             f = plotter.val_vs_compute(setup, sizes, prefix)
             if f:
-                figures[("compute", setup.key, tuple(sizes))] = f
+                figures_at[("compute", setup.key, tuple(sizes))] = f
         for key in analysis.study_keys:
             f = plotter.study(analysis, setup, key, prefix)
             if f:
-                figures[("study", setup.key, key)] = f
+                figures_at[("study", setup.key, key)] = f
         f = plotter.lr_sensitivity(analysis, setup, prefix)
         if f:
-            figures[("lr", setup.key)] = f
+            figures_at[("lr", setup.key)] = f
+        moves = transfers(setup)
+        for batch, layout in dict.fromkeys((t.moved.batch_size, t.moved.layout) for t in moves):
+            f = plotter.transfer(setup, [t for t in moves if (t.moved.batch_size, t.moved.layout) == (batch, layout)],
+                                 prefix)
+            if f:
+                figures_at[("transfer", setup.key, (batch, layout))] = f
         for batch in setup.batch_sizes:
             for name in sorted({g.method for g in setup.groups}):
                 for tag, axis in (getattr(method_of(name), "report_curves", None) or {}).items():
                     f = plotter.method_curve(setup, batch, name, tag, axis, prefix)
                     if f:
-                        figures[("curve", setup.key, (name, tag), batch)] = f
+                        figures_at[("curve", setup.key, (name, tag), batch)] = f
     sweeps = [read_sweep(root) for root in roots]
     sweep = sweeps[0]
-    title = "Results: " + " + ".join((sw or {}).get("name") or root.name for sw, root in zip(sweeps, roots))
+    if title is None:
+        title = "Results: " + " + ".join((sw or {}).get("name") or root.name for sw, root in zip(sweeps, roots))
     source = "`, `".join(_shown_path(root) for root in roots)
-    text = render(analysis, title=title, source=source, figures=figures, bs_spec=bs_spec, sweep=sweep,
-                  commands=commands)
+    text = render(analysis, title=title, source=source, figures=figures_at, bs_spec=bs_spec, sweep=sweep,
+                  commands=commands, preface=preface_text, step_costs=costs)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.md"
     path.write_text(text)
-    say(f"report: {len(analysis.runs)} runs, {len(figures)} figures -> {path}")
+    say(f"report: {len(analysis.runs)} runs, {len(figures_at)} figures -> {path}")
     return path

@@ -4,13 +4,20 @@
   with the min-max band shaded, one figure per batch-size group (the paper's Figures 2-5);
 * training loss vs epoch, the same layout;
 * validation accuracy vs compute: the same curves with epochs scaled by each method's
-  time/epoch over the baseline's (baseline-epoch equivalents of wall-clock);
+  benchmarked step cost over the baseline's where it has one, else its time/epoch over the
+  baseline's (baseline-epoch equivalents of compute);
 * best validation accuracy vs a method's study keys (``Method.study_keys``; the paper's
   Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
   selected learning rate circled, one panel per batch size;
 * a method's own logged values (``Method.report_curves``) vs epoch at the selected learning
-  rates, and at the end of training vs learning rate.
+  rates, and at the end of training vs learning rate;
+* learning-rate transfer: test accuracy at the tuning batch and at the larger one, per method
+  variant, with 95% intervals over seeds.
+
+Each figure's data and file name are worked out before anything is drawn, so that a Plotter
+with ``draw=False`` names exactly the figures a drawing one writes (a report regenerated
+for a check needs no matplotlib time).
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dreg_dist.report.aggregate import (BASELINE, Analysis, Setup, compute_cost, freeze, label_of, pairs_label,
-                                        sort_key)
+from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, Transfer, compute_cost, freeze, label_of,
+                                        mean_ci, pairs_label, sort_key)
 from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
@@ -56,53 +63,73 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
 _STYLES = ["-", "--", ":", "-."]
 
 
-class Plotter:
-    """Writes figures under ``out_dir/figures`` and returns their paths relative to ``out_dir``."""
+def _line_label(setup: Setup, g: Group) -> str:
+    """A group's name in a legend: its batch setup named where its batch size has several."""
+    return g.label + (f" ({pairs_label(g.layout)})" if len(setup.layouts(g.batch_size)) > 1 else "")
 
-    def __init__(self, out_dir: Path) -> None:
+
+class Plotter:
+    """Writes figures under ``out_dir/figures`` and returns their paths relative to ``out_dir``;
+    with ``draw=False`` returns the same paths and writes nothing."""
+
+    def __init__(self, out_dir: Path, draw: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.fig_dir = self.out_dir / FIG_DIR
-        self.plt = _pyplot()
-        self.fig_dir.mkdir(parents=True, exist_ok=True)
+        self.draw = draw
+        if draw:
+            self.plt = _pyplot()
+            self.fig_dir.mkdir(parents=True, exist_ok=True)
+
+    def _name(self, name: str) -> str:
+        return f"{FIG_DIR}/{name}"
 
     def _save(self, fig: Any, name: str) -> str:
         path = self.fig_dir / name
         fig.tight_layout()
         fig.savefig(path, dpi=DPI, format="png")
         self.plt.close(fig)
-        return f"{FIG_DIR}/{name}"
+        return self._name(name)
 
     # ---------------------------------------------------------------- curves
     def _curves(self, setup: Setup, sizes: Sequence[int], what: str, prefix: str) -> Optional[str]:
-        groups = [g for g in setup.selected if g.batch_size in sizes]
-        if not groups:
-            return None
-        labels = list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: (g.method != BASELINE, g.label))))
-        colors = _colors(labels)
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
-        drew = False
-        for g in sorted(groups, key=lambda g: (g.batch_size, g.method != BASELINE, g.label)):
+        lines = []
+        for g in sorted((g for g in setup.selected if g.batch_size in sizes),
+                        key=lambda g: (g.batch_size, tuple(sort_key(v) for _, v in g.layout), g.method != BASELINE,
+                                       g.label)):
             points = g.loss_curve() if what == "loss" else g.curve()
             cost = compute_cost(setup, g) if what == "compute" else 1.0
-            if not points or cost is None:
-                continue
+            if points and cost is not None:
+                lines.append((g, points, cost))
+        if not lines:
+            return None
+        stem = {"val": "val_acc", "loss": "train_loss", "compute": "val_acc_compute"}[what]
+        name = f"{prefix}{stem}_bs{_bs_text(sizes)}.png"
+        if not self.draw:
+            return self._name(name)
+        labels = list(dict.fromkeys(_line_label(setup, g) for g, _, _ in sorted(
+            lines, key=lambda line: (line[0].method != BASELINE, _line_label(setup, line[0])))))
+        colors = _colors(labels)
+        batch_keys = [k for k in setup.batch_keys if k[0] in sizes]
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        for g, points, cost in lines:
             scale = 1.0 if what == "loss" else 100.0
             x = [p[0] * cost for p in points]
             mean = [p[1] * scale for p in points]
             lo = [p[2] * scale for p in points]
             hi = [p[3] * scale for p in points]
-            style = _STYLES[sorted(sizes).index(g.batch_size) % len(_STYLES)]
+            style = _STYLES[batch_keys.index((g.batch_size, g.layout)) % len(_STYLES)]
             seeds = len(g.runs)
-            lab = f"{g.label}, BS {g.batch_size}" + (f" ({seeds} seeds)" if seeds > 1 else "")
-            ax.plot(x, mean, style, color=colors[g.label], label=lab, marker="o" if what == "val" and len(x) < 30 else None,
-                    markersize=3)
+            label = _line_label(setup, g)
+            lab = f"{g.label}, BS {setup.batch_text(g.batch_size, g.layout)}" + (
+                f" ({seeds} seeds)" if seeds > 1 else "")
+            ax.plot(x, mean, style, color=colors[label], label=lab,
+                    marker="o" if what == "val" and len(x) < 30 else None, markersize=3)
             if seeds > 1:
-                ax.fill_between(x, lo, hi, color=colors[g.label], alpha=0.18, linewidth=0)
-            drew = True
-        if not drew:
-            self.plt.close(fig)
-            return None
-        ax.set_xlabel(f"{BASELINE}-epoch equivalents of wall-clock (epoch x time/epoch vs {BASELINE})"
+                ax.fill_between(x, lo, hi, color=colors[label], alpha=0.18, linewidth=0)
+        benched = any(r.step_cost is not None for g, _, _ in lines for r in g.runs)
+        ax.set_xlabel((f"{BASELINE}-epoch equivalents of compute (epoch x step cost vs {BASELINE}; "
+                       "time/epoch where not benchmarked)" if benched else
+                       f"{BASELINE}-epoch equivalents of wall-clock (epoch x time/epoch vs {BASELINE})")
                       if what == "compute" else "epoch")
         if what in ("val", "compute"):
             ax.set_ylabel("validation accuracy (%)")
@@ -114,8 +141,7 @@ class Plotter:
         ax.set_title(f"{title}, BS {', '.join(str(b) for b in sizes)}{where}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        stem = {"val": "val_acc", "loss": "train_loss", "compute": "val_acc_compute"}[what]
-        return self._save(fig, f"{prefix}{stem}_bs{_bs_text(sizes)}.png")
+        return self._save(fig, name)
 
     def val_vs_compute(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
         """Validation accuracy against wall-clock in units of the baseline's epochs (needs time/epoch)."""
@@ -132,6 +158,9 @@ class Plotter:
         lines = analysis.study(setup, key)
         if not lines or all(len(points) < 2 for points in lines.values()):
             return None
+        name = f"{prefix}study_{label_of(key)}.png"
+        if not self.draw:
+            return self._name(name)
         raw = {name_value(p.value): p.value for pts in lines.values() for p in pts}
         values = sorted(raw, key=lambda text: sort_key(raw[text]))
         xpos = {v: i for i, v in enumerate(values)}
@@ -145,11 +174,11 @@ class Plotter:
             err_hi = [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]
             lab = f"{points[0].group.method}, BS {batch}" + (f" ({pairs_label(rest)})" if rest else "")
             ax.errorbar(x, mean, yerr=[err_lo, err_hi], marker="o", capsize=3, color=colors[str(batch)], label=lab)
-        for batch in batches:
-            base = setup.baseline(batch)
+        for batch, layout in dict.fromkeys((b, pts[0].group.layout) for (b, _), pts in lines.items()):
+            base = setup.baseline(batch, layout)
             if base is not None and base.best_vals:
                 ax.axhline((_m(base.best_vals) or 0.0) * 100, linestyle="--", color=colors[str(batch)],
-                           label=f"{BASELINE}, BS {batch}")
+                           label=f"{BASELINE}, BS {setup.batch_text(batch, layout)}")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(values)
         ax.set_xlabel(analysis.study_titles().get(key, label_of(key)))
@@ -158,7 +187,7 @@ class Plotter:
         ax.set_title(f"Best validation accuracy vs {label_of(key)}{where}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        return self._save(fig, f"{prefix}study_{label_of(key)}.png")
+        return self._save(fig, name)
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
@@ -166,14 +195,17 @@ class Plotter:
         by_key = {k: v for k, v in by_key.items() if len({g.lr for g in v}) > 1}
         if not by_key:
             return None
-        batches = sorted({gs[0].batch_size for gs in by_key.values()})
+        name = f"{prefix}lr_sensitivity.png"
+        if not self.draw:
+            return self._name(name)
+        panels = [k for k in setup.batch_keys if any((gs[0].batch_size, gs[0].layout) == k for gs in by_key.values())]
         colors = _colors(list(dict.fromkeys(gs[0].label for gs in sorted(
             by_key.values(), key=lambda gs: (gs[0].method != BASELINE, gs[0].label)))))
-        fig, axes = self.plt.subplots(1, len(batches), figsize=(5.6 * len(batches), 4.4), squeeze=False)
-        for ax, batch in zip(axes[0], batches):
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+        for ax, (batch, layout) in zip(axes[0], panels):
             lrs = set()
             for key, gs in by_key.items():
-                if gs[0].batch_size != batch:
+                if (gs[0].batch_size, gs[0].layout) != (batch, layout):
                     continue
                 x = [g.lr for g in gs]
                 lrs.update(x)
@@ -185,9 +217,10 @@ class Plotter:
                             markeredgecolor=colors[gs[0].label])
             self._log_lr_axis(ax, sorted(lrs))
             ax.set_ylabel("best validation accuracy (%), mean over seeds")
-            ax.set_title(f"BS {batch}: learning-rate sensitivity (circled: selected)", fontsize=10)
+            ax.set_title(f"BS {setup.batch_text(batch, layout)}: learning-rate sensitivity (circled: selected)",
+                         fontsize=10)
             ax.legend(fontsize=7)
-        return self._save_panels(fig, setup, f"{prefix}lr_sensitivity.png")
+        return self._save_panels(fig, setup, name)
 
     def _save_panels(self, fig: Any, setup: Setup, name: str) -> str:
         """Save a figure of several panels, titled with the setup when there are several."""
@@ -211,13 +244,17 @@ class Plotter:
         groups = [g for g in setup.groups if g.method == method and g.batch_size == batch]
         if not any(g.train_curve(tag) for g in groups):
             return None
-        colors = _colors(list(dict.fromkeys(g.label for g in sorted(groups, key=lambda g: g.label))))
+        name = f"{prefix}{safe_name(method)}_{safe_name(tag)}_bs{batch}.png"
+        if not self.draw:
+            return self._name(name)
+        colors = _colors(list(dict.fromkeys(_line_label(setup, g) for g in sorted(
+            groups, key=lambda g: _line_label(setup, g)))))
         fig, (left, right) = self.plt.subplots(1, 2, figsize=(11.2, 4.4))
-        for g in sorted((g for g in setup.selected if g in groups), key=lambda g: g.label):
+        for g in sorted((g for g in setup.selected if g in groups), key=lambda g: _line_label(setup, g)):
             points = g.train_curve(tag)
             if points:
-                left.plot([p[0] for p in points], [p[1] for p in points], color=colors[g.label],
-                          label=f"{g.label}, lr {name_value(g.lr)}")
+                left.plot([p[0] for p in points], [p[1] for p in points], color=colors[_line_label(setup, g)],
+                          label=f"{_line_label(setup, g)}, lr {name_value(g.lr)}")
         left.set_yscale("log")
         left.set_xlabel("epoch")
         left.set_ylabel(f"{axis} (log scale)")
@@ -228,7 +265,7 @@ class Plotter:
         for g in groups:
             points = g.train_curve(tag)
             if g.lr is not None and points:
-                by_label.setdefault(g.label, []).append((g.lr, points[-1][1]))
+                by_label.setdefault(_line_label(setup, g), []).append((g.lr, points[-1][1]))
         for label, pts in sorted(by_label.items()):
             pts.sort()
             right.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[label], label=label)
@@ -237,7 +274,48 @@ class Plotter:
         right.set_ylabel(f"final {axis} (log scale)")
         right.set_title(f"BS {batch}: {tag} at the end vs learning rate", fontsize=10)
         right.legend(fontsize=7)
-        return self._save_panels(fig, setup, f"{prefix}{safe_name(method)}_{safe_name(tag)}_bs{batch}.png")
+        return self._save_panels(fig, setup, name)
+
+    # ---------------------------------------------------------------- learning-rate transfer
+    def transfer(self, setup: Setup, moves: Sequence[Transfer], prefix: str = "") -> Optional[str]:
+        """Test accuracy at the tuning batch and at the larger one, per method variant (mean with
+        its 95% interval over seeds, joined by a line); a variant with no test accuracy at the
+        larger batch (every run diverged) keeps its first point and says so in the legend."""
+        lines = []
+        for t in moves:
+            points = [(g, mean_ci(g.test_accs)) for g in (t.tuned, t.moved)]
+            points = [(g, m, h) for g, (m, h) in points if m is not None]
+            if points:
+                lines.append((t, points))
+        if not lines:
+            return None
+        moved = moves[0].moved
+        to = setup.batch_text(moved.batch_size, moved.layout)
+        name = f"{prefix}lr_transfer_bs{safe_name(to)}.png"
+        if not self.draw:
+            return self._name(name)
+        used = {(g.batch_size, g.layout) for t in moves for g in (t.tuned, t.moved)}
+        ticks = [k for k in setup.batch_keys if k in used]
+        colors = _colors([t.tuned.label for t, _ in lines])
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        for i, (t, points) in enumerate(lines):
+            shift = 0.04 * (i - (len(lines) - 1) / 2)  # side by side, so that equal means do not hide each other
+            x = [ticks.index((g.batch_size, g.layout)) + shift for g, _, _ in points]
+            y = [m * 100 for _, m, _ in points]
+            err = [(h or 0.0) * 100 for _, _, h in points]
+            note = "" if any(g is t.moved for g, _, _ in points) else f" (diverged at {to})"
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[t.tuned.label],
+                        linestyle="--" if t.is_baseline else "-",
+                        label=f"{t.tuned.label}, lr {name_value(t.tuned.lr)}{note}")
+        ax.set_xticks(range(len(ticks)))
+        ax.set_xticklabels([f"BS {setup.batch_text(b, layout)}" for b, layout in ticks])
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+        ax.set_ylabel("test accuracy (%), mean and 95% interval over seeds")
+        where = f" - {setup.label}" if setup.label else ""
+        ax.set_title(f"Learning-rate transfer to BS {to} (lr selected at the smaller batch){where}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        return self._save(fig, name)
 
 
 def _m(values: Sequence[float]) -> Optional[float]:

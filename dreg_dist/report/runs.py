@@ -104,6 +104,11 @@ class Run:
     """One record per logged step: step, epoch (fractional), loss (see train_loss), raw tags."""
     diverged_step: Optional[int] = None
     """Step of the trainer's last ``diverged`` record (it stopped on a non-finite value)."""
+    started_workers: Optional[int] = None
+    """World size of the trainer's last ``start`` record (a run that never wrote summary.json)."""
+    step_cost: Optional[float] = None
+    """Cost of one optimizer step of this run's configuration over the baseline's, measured by a
+    benchmark (:func:`read_step_costs`); None when not measured."""
 
     # ----------------------------------------------------------- config
     @property
@@ -117,6 +122,19 @@ class Run:
     @property
     def lr(self) -> Optional[float]:
         return _finite(self.flat.get("optim.lr"))
+
+    @property
+    def workers(self) -> Optional[int]:
+        """Worker processes the run trained on (summary.json, else its last start record)."""
+        value = _finite((self.summary or {}).get("world_size"))
+        if value is None and self.started_workers is not None:
+            value = float(self.started_workers)
+        return int(value) if value is not None else None
+
+    @property
+    def run_id(self) -> str:
+        """``<sweep folder>/<run folder>``: how a benchmark's step-cost file names the run."""
+        return f"{self.path.parent.name}/{self.path.name}"
 
     @property
     def finished(self) -> bool:
@@ -221,16 +239,20 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     val: dict[Any, dict[str, Any]] = {}
     train: dict[Any, dict[str, Any]] = {}
     diverged: Optional[int] = None
+    workers: Optional[int] = None
     for rec in read_metrics(layout.metrics):
         kind = rec.get("kind")
         if kind == "diverged" and isinstance(rec.get("step"), int):
             diverged = rec["step"]
+        if kind == "start" and isinstance(rec.get("world_size"), int):
+            workers = rec["world_size"]
         if kind == "val" and rec.get("epoch") is not None:
             val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
         elif kind == "train" and rec.get("step") is not None:
             train[rec["step"]] = dict(rec, loss=train_loss(rec, ce_keys), raw_loss=rec.get("loss"))
     return Run(name=path.name, path=path, config=config, flat=flat, method=str(method), summary=summary,
-               val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged)
+               val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged,
+               started_workers=workers)
 
 
 def load_runs(root: Union[str, Path]) -> list[Run]:
@@ -274,6 +296,55 @@ def read_sweep(root: Union[str, Path]) -> Optional[dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+@dataclass
+class StepCosts:
+    """A benchmark's measured cost of one optimizer step per run, over the baseline's at the
+    same batch setup (``bench/method_cost.py``): ``{"machine": {...}, "costs": [{"label",
+    "runs": ["<sweep>/<run>", ...], "reference", "ms_per_step", "ratio"}, ...]}``."""
+
+    ratios: dict[str, float]
+    """Run id (:attr:`Run.run_id`) -> ratio."""
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, runs: Iterable[Run]) -> int:
+        """Set each listed run's ``step_cost``; the number of the file's run ids that match no run."""
+        seen = set()
+        for run in runs:
+            run.step_cost = self.ratios.get(run.run_id)
+            seen.add(run.run_id)
+        return len(set(self.ratios) - seen)
+
+
+def read_step_costs(path: Union[str, Path]) -> StepCosts:
+    """A step-cost file (see :class:`StepCosts`) whose ratios are against the report's baseline
+    method; ValueError, one line, when it is not one."""
+    reference = methods.BASELINE
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"step-cost file '{path}' cannot be read as JSON: {err}") from None
+    costs = data.get("costs") if isinstance(data, dict) else None
+    if not isinstance(costs, list):
+        raise ValueError(f"step-cost file '{path}' has no 'costs' list")
+    ratios: dict[str, float] = {}
+    for i, entry in enumerate(costs):
+        ratio = _finite(entry.get("ratio")) if isinstance(entry, dict) else None
+        ids = entry.get("runs") if isinstance(entry, dict) else None
+        if ratio is None or ratio <= 0 or not isinstance(ids, list) or not all(isinstance(r, str) for r in ids):
+            raise ValueError(f"step-cost file '{path}': costs[{i}] needs 'runs' (a list of '<sweep>/<run>') "
+                             "and a positive 'ratio'")
+        # A ratio against anything else would be read as one against the report's baseline.
+        if entry.get("reference", reference) != reference:
+            raise ValueError(f"step-cost file '{path}': costs[{i}] is against '{entry['reference']}', "
+                             f"the report compares against '{reference}'")
+        for run_id in ids:
+            if ratios.get(run_id, ratio) != ratio:
+                raise ValueError(f"step-cost file '{path}': run '{run_id}' has two different ratios")
+            ratios[run_id] = ratio
+    machine = data.get("machine")
+    return StepCosts(ratios=ratios, machine=machine if isinstance(machine, dict) else {})
 
 
 def iter_finite(values: Iterable[Any]) -> list[float]:
