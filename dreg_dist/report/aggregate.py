@@ -217,6 +217,9 @@ class Row:
     best_in_budget: Optional[float] = None
     """Mean over seeds of the best validation accuracy reached within the baseline's compute
     (its epochs), estimated from epochs x this row's step cost (time/epoch where it has none)."""
+    compute_to_best: tuple[Optional[float], int, int] = (None, 0, 0)
+    """Compute to reach the baseline's best validation accuracy, in baseline epochs: the epochs
+    to 100% (as ``epochs_to``) x this row's step cost (time/epoch where it has none)."""
     vs_baseline: Optional[Difference] = None
     """Test accuracy minus the baseline's, paired by seed where it can be (:func:`difference_on_test`)."""
     extras: dict[str, Optional[float]] = field(default_factory=dict)
@@ -325,6 +328,7 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
     cost = _ratio(_mean(r.seconds_per_epoch for r in group.runs),
                   _mean(r.seconds_per_epoch for r in baseline.runs) if baseline else None)
     step_cost = _mean(r.step_cost for r in group.runs)
+    used_cost = step_cost if step_cost is not None else cost
     speedup = None
     if baseline is not None:
         own = epochs_to[SPEEDUP_AT]
@@ -341,10 +345,19 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         images_per_sec=_mean(r.images_per_sec for r in group.runs),
         cost=cost,
         step_cost=step_cost,
-        best_in_budget=_best_in_budget(group, baseline, step_cost if step_cost is not None else cost),
+        best_in_budget=_best_in_budget(group, baseline, used_cost),
+        compute_to_best=_compute_to(epochs_to[THRESHOLDS[-1]], used_cost),
         vs_baseline=difference_on_test(group, baseline) if baseline is not None and group is not baseline else None,
         extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
     )
+
+
+def _compute_to(entry: tuple[Optional[float], int, int], cost: Optional[float]
+                ) -> tuple[Optional[float], int, int]:
+    mean, reached, counted = entry
+    if cost is None:
+        return (None, 0, 0)  # shown as unknown, not as "not reached"
+    return (mean * cost if mean is not None else None, reached, counted)
 
 
 def _best_in_budget(group: Group, baseline: Optional[Group], cost: Optional[float]) -> Optional[float]:

@@ -70,7 +70,8 @@ def row_header(extras: Mapping[str, str], gap_batch: Optional[str] = None, *, st
     when the table has a baseline, ``gap_batch`` (the reference batch) when a row closes a gap."""
     return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}"]
             + ([f"step cost vs {BASELINE} (bench)"] if step_cost else [])
-            + [f"best val acc in {BASELINE}'s time (%)"] + ([VS_BASELINE] if vs_baseline else [])
+            + [f"best val acc in {BASELINE}'s time (%)", f"compute to {BASELINE}'s best ({BASELINE} epochs)"]
+            + ([VS_BASELINE] if vs_baseline else [])
             + ([f"gap to {BASELINE} at {gap_batch} closed (test, 95% CI)"] if gap_batch else []))
 
 
@@ -102,7 +103,8 @@ def row_cells(row: Row, extras: Mapping[str, str], gap: Optional[GapClosed] = No
               with_gap: bool = False, *, step_cost: bool = False, vs_baseline: bool = False) -> list[str]:
     """One table row, columns as :func:`row_header` with the same flags."""
     return (_row_cells(row, extras) + [fmt_ratio(row.cost)] + ([fmt_ratio(row.step_cost)] if step_cost else [])
-            + [pct(row.best_in_budget)] + ([fmt_points(row.vs_baseline)] if vs_baseline else [])
+            + [pct(row.best_in_budget), fmt_epochs(row.compute_to_best)]
+            + ([fmt_points(row.vs_baseline)] if vs_baseline else [])
             + ([fmt_gap(gap)] if with_gap else []))
 
 
@@ -162,7 +164,9 @@ How the numbers are computed:
 """
 COST_WALL_CLOCK = """ **Best val acc in {b}'s time**: the best validation
   accuracy a run reached by the epoch whose wall-clock (epochs x time/epoch) matches {b}'s
-  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis."""
+  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis.
+  **Compute to {b}'s best**: epochs to {b}'s best x time/epoch, in {b}-epoch equivalents
+  ({b}'s own is its epochs to its best)."""
 COST_STEP = """
 - **Step cost vs {b} (bench)**: the cost of one optimizer step of the run's configuration over
   {b}'s at the same batch setup, timed interleaved in one process by a benchmark (far less
@@ -170,7 +174,8 @@ COST_STEP = """
   measured ("—": none was). **Best val acc in {b}'s time** uses it where a group has one
   (else time/epoch): the best validation accuracy a run reached by the epoch whose compute
   (epochs x step cost, in {b}-epoch equivalents) matches {b}'s whole run, mean over seeds;
-  the "vs compute" figure shows the whole curve on that axis."""
+  the "vs compute" figure shows the whole curve on that axis. **Compute to {b}'s best**: epochs
+  to {b}'s best x step cost, in {b}-epoch equivalents ({b}'s own is its epochs to its best)."""
 
 
 def definitions(step_costs: Optional[StepCosts]) -> str:

@@ -113,6 +113,11 @@ def test_step_cost_column_and_compute_budget(tmp_path: Path, capsys: pytest.Capt
     # the wall-clock ratio (3x) would have allowed 1.33 (best 0.5). SAM is not benchmarked: wall-clock, 2x.
     assert rows["dreg"].best_in_budget == pytest.approx(0.6)
     assert rows["sam"].step_cost is None and rows["sam"].best_in_budget == pytest.approx(0.55)
+    # Compute to vanilla's best (0.7 at its epoch 4): DReg at epoch 3 x 2.0 per step = 6 vanilla
+    # epochs; SAM at epoch 4 x 2.0 wall-clock = 8; vanilla its own 4.
+    assert rows["dreg"].compute_to_best == (pytest.approx(6.0), 2, 2)
+    assert rows["sam"].compute_to_best == (pytest.approx(8.0), 1, 1)
+    assert rows["vanilla"].compute_to_best == (pytest.approx(4.0), 2, 2)
     assert compute_cost(setup, rows["dreg"].group) == pytest.approx(2.0)
     assert compute_cost(setup, rows["sam"].group) == pytest.approx(2.0)
 
@@ -123,6 +128,7 @@ def test_step_cost_column_and_compute_budget(tmp_path: Path, capsys: pytest.Capt
     assert _cell(text, heading, "dreg", "time/epoch vs vanilla") == "3.00x"
     assert _cell(text, heading, "sam", "step cost vs vanilla (bench)") == "—"
     assert _cell(text, heading, "dreg", "best val acc in vanilla's time (%)") == "60.00"
+    assert _cell(text, heading, "dreg", "compute to vanilla's best (vanilla epochs)") == "6"
     assert "**Step cost vs vanilla (bench)**" in text and 'cpu="test cpu", threads=1' in text
     assert "uses it where a group has one" in text and "epochs x step cost" in text
     assert "benchmarked step cost over vanilla's where the method has one" in text
