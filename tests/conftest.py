@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 import pytest
@@ -26,6 +28,15 @@ TINY = [
     "model.arch=cnn_small_gn",
     "optim.warmup_epochs=0",
 ]
+
+
+def launch_script(script: str) -> ModuleType:
+    """A ``launch/`` script loaded as a module, to call its functions in this process."""
+    spec = importlib.util.spec_from_file_location(f"launch_{script[:-3]}", REPO / "launch" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _env() -> dict[str, str]:

@@ -8,7 +8,6 @@ and needs no matplotlib; the PNGs it names must be committed."""
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -16,16 +15,12 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import REPO, launch_script
 RESULTS = REPO / "docs" / "results"
 
 
 def _report_cli() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cli_report_committed", REPO / "launch" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return launch_script("report.py")
 
 
 def _reproduce_line(text: str, where: Path) -> str:

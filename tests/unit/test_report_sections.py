@@ -5,7 +5,6 @@ run folders are planted with the files the trainer writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 from pathlib import Path
@@ -17,17 +16,13 @@ from dreg_dist.report.aggregate import analyse, compute_cost, gap_closed, mean_c
 from dreg_dist.report.markdown import write_report
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import load_runs, read_step_costs
-from tests.unit.test_report_select import plant_run
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import REPO, launch_script
+from .test_report_select import plant_run
 
 
 def _report_cli() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cli_report_sections", REPO / "launch" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return launch_script("report.py")
 
 
 def _table(text: str, heading: str) -> tuple[list[str], dict[str, list[str]]]:

@@ -19,6 +19,8 @@ from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
 from dreg_dist.sweep.grid import MAX_NAME_LEN, Grid, GridError, cell_names, expand_grid, load_grid, safe_name
 from dreg_dist.sweep.runner import disk_status
 
+from ..conftest import launch_script
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = "configs/cifar10_cnn_small.yaml"
 
@@ -381,13 +383,7 @@ def test_cell_names_are_filesystem_safe_unique_and_stable() -> None:
 # ------------------------------------------------------------------ sweep CLI without training
 def _cli(script: str):
     """The ``main`` of a launch/ script, called in this process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"cli_{script[:-3]}", REPO / "launch" / script)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module.main
+    return launch_script(script).main
 
 
 def _sweep_main(argv: list[str]) -> int:
