@@ -83,6 +83,14 @@ class Plotter:
     def _name(self, name: str) -> str:
         return f"{FIG_DIR}/{name}"
 
+    def _finish(self, fig: Any, ax: Any, name: str, title: str, setup: Setup, legend_size: int) -> str:
+        """Title (with the setup's label), grid and legend of a one-panel figure, then save it."""
+        where = f" - {setup.label}" if setup.label else ""
+        ax.set_title(f"{title}{where}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+        return self._save(fig, name)
+
     def _save(self, fig: Any, name: str) -> str:
         path = self.fig_dir / name
         fig.tight_layout()
@@ -183,11 +191,7 @@ class Plotter:
         ax.set_xticklabels(values)
         ax.set_xlabel(analysis.study_titles().get(key, label_of(key)))
         ax.set_ylabel("best validation accuracy (%)")
-        where = f" - {setup.label}" if setup.label else ""
-        ax.set_title(f"Best validation accuracy vs {label_of(key)}{where}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        return self._save(fig, name)
+        return self._finish(fig, ax, name, f"Best validation accuracy vs {label_of(key)}", setup, legend_size=8)
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
@@ -311,11 +315,8 @@ class Plotter:
         ax.set_xticklabels([f"BS {setup.batch_text(b, layout)}" for b, layout in ticks])
         ax.set_xlim(-0.5, len(ticks) - 0.5)
         ax.set_ylabel("test accuracy (%), mean and 95% interval over seeds")
-        where = f" - {setup.label}" if setup.label else ""
-        ax.set_title(f"Learning-rate transfer to BS {to} (lr selected at the smaller batch){where}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        return self._save(fig, name)
+        return self._finish(fig, ax, name, f"Learning-rate transfer to BS {to} (lr selected at the smaller batch)",
+                            setup, legend_size=7)
 
 
 def _m(values: Sequence[float]) -> Optional[float]:
