@@ -20,7 +20,11 @@ high learning rates:
 Two scale conventions the paper leaves open are options too: ``contrast_reduction``
 ("sum" over the layer's elements, or "mean" = divided by their number) and
 ``ce_reduction`` ("sum" of the two cross-entropies as in Eq. 3, which gives the shared
-trunk twice a vanilla run's gradient, or "mean").
+trunk twice a vanilla run's gradient; "mean", which gives it a vanilla run's but each
+path's own layer half of its path's; or "per_path": the mean, with the dual-path model
+built with ``branch_grad_scale`` = :attr:`DRegObjective.branch_grad_scale` (2) so each path's
+own modules get their whole path's gradient, i.e. with identical branches and lambda = 0
+each path trains exactly like the plain model).
 
 Distributed note: every rank adds the same contrast term to its loss. DDP *averages*
 gradients over the K ranks, so K identical copies average to exactly one; adding it on
@@ -40,6 +44,7 @@ from dreg_dist.dreg.dual_path import DualPathModel
 
 ContrastForm = Literal["literal", "relative", "saturating"]
 Reduction = Literal["sum", "mean"]
+CEReduction = Literal["sum", "mean", "per_path"]
 
 
 def contrast_term(
@@ -88,7 +93,7 @@ class DRegObjective:
     lam: float = 0.1
     form: ContrastForm = "literal"
     contrast_reduction: Reduction = "sum"
-    ce_reduction: Reduction = "sum"
+    ce_reduction: CEReduction = "sum"
     tau: float = 1.0
     label_smoothing: float = 0.0
 
@@ -98,10 +103,17 @@ class DRegObjective:
                 f"dreg.lam must be >= 0 (got {self.lam}): the loss already subtracts "
                 "lambda * contrast; use 0 to train both paths without contrast"
             )
-        if self.ce_reduction not in ("sum", "mean"):
-            raise ValueError(f"dreg.ce_reduction must be 'sum' or 'mean', got {self.ce_reduction!r}")
+        if self.ce_reduction not in ("sum", "mean", "per_path"):
+            raise ValueError(
+                f"dreg.ce_reduction must be 'sum', 'mean' or 'per_path', got {self.ce_reduction!r}"
+            )
         if self.form == "saturating" and not self.tau > 0:
             raise ValueError(f"dreg.tau must be > 0 for the saturating form, got {self.tau}")
+
+    @property
+    def branch_grad_scale(self) -> float:
+        """What the :class:`DualPathModel` this objective trains must be built with."""
+        return 2.0 if self.ce_reduction == "per_path" else 1.0
 
     def contrast(self, model: DualPathModel) -> Tensor:
         w_r, w_l = model.branch_weights()
@@ -113,6 +125,11 @@ class DRegObjective:
         """Return the loss to backpropagate and detached parts for logging."""
         ce_r = F.cross_entropy(logits_r.float(), target, label_smoothing=self.label_smoothing)
         ce_l = F.cross_entropy(logits_l.float(), target, label_smoothing=self.label_smoothing)
+        if model.branch_grad_scale != self.branch_grad_scale:
+            raise ValueError(
+                f"ce_reduction={self.ce_reduction!r} needs DualPathModel(branch_grad_scale="
+                f"{self.branch_grad_scale}), this one has {model.branch_grad_scale}"
+            )
         ce = ce_r + ce_l if self.ce_reduction == "sum" else 0.5 * (ce_r + ce_l)
         contrast = self.contrast(model)
         loss = ce - self.lam * contrast

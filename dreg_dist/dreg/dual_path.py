@@ -98,19 +98,47 @@ def stats_key(module_path: str) -> str:
     return module_path.replace(".", "__")
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward (a copy: later in-place ops must not see a view made here);
+    multiplies the gradient by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale``."""
+    return _ScaleGrad.apply(x, scale)
+
+
 def build_path_graph(
     source: fx.Graph, site: DRegSite, paths: tuple[Path, ...], per_path_norm: bool,
-    stats_paths: frozenset[str] = frozenset(),
+    stats_paths: frozenset[str] = frozenset(), branch_grad_scale: float = 1.0,
 ) -> fx.Graph:
     """A graph computing ``paths`` with a shared trunk; module targets get the ``net.`` prefix.
 
     ``stats_paths``: downstream norm layers that path L calls through its own statistics
     copy ``stats_L.<key>`` (same affine parameters, own running statistics).
+    ``branch_grad_scale`` (s): each path's own modules (the DReg layer and a per-path norm)
+    get s times the gradient that reaches them and the trunk tensor entering the layer gets
+    1/s of what comes back through it, so the modules both paths share keep the scale of
+    the loss (see :class:`DualPathModel`).
     """
     layer_node = next(
         n for n in source.nodes if n.op == "call_module" and n.target == site.layer_path
     )
     downstream = _downstream_nodes(source, layer_node)
+    # The last node of each path's own modules: where its gradient is scaled up.
+    own_end = layer_node
+    if per_path_norm:
+        own_end = next(n for n in source.nodes if n.op == "call_module" and n.target == site.norm_path)
+    scaled_inputs: dict[fx.Node, fx.Node] = {}
     graph = fx.Graph()
     shared: dict[fx.Node, fx.Node] = {}
     per_path: dict[str, dict[fx.Node, fx.Node]] = {p: {} for p in paths}
@@ -139,10 +167,22 @@ def build_path_graph(
             continue
         for path in paths:
             env = per_path[path]
-            new = graph.node_copy(node, lambda n, env=env: env[n] if n in downstream else shared[n])
+
+            def arg(n: fx.Node, env: dict[fx.Node, fx.Node] = env) -> fx.Node:
+                if n in downstream:
+                    return env[n]
+                if node is not layer_node or branch_grad_scale == 1.0:
+                    return shared[n]
+                if n not in scaled_inputs:
+                    scaled_inputs[n] = graph.call_function(scale_grad, (shared[n], 1.0 / branch_grad_scale))
+                return scaled_inputs[n]
+
+            new = graph.node_copy(node, arg)
             retarget(new, node, path)
             first = node.args[0] if node.args else None
             _make_out_of_place(new, isinstance(first, fx.Node) and first not in downstream)
+            if node is own_end and branch_grad_scale != 1.0:
+                new = graph.call_function(scale_grad, (new, branch_grad_scale))
             env[node] = new
     assert output_node is not None
     results = []
@@ -198,6 +238,14 @@ class DualPathModel(nn.Module):
 
     ``forward(x)`` returns ``(logits_R, logits_L)``; ``forward(x, path="R")`` (or "L")
     runs one path only. In every mode the trunk before the layer runs once.
+
+    ``branch_grad_scale``: a loss that *averages* the two paths' losses gives the shared
+    modules the scale of a plain model's gradient but each path's own modules (its DReg
+    layer and per-path norm) only half of their path's; 2 gives those modules their path's
+    whole gradient back and leaves the shared ones as they were, so that with identical
+    branches and no contrast each path trains exactly like the plain model
+    (``DRegObjective(ce_reduction="per_path")``). Only the backward pass of ``forward(x)``
+    changes; a single path (``path="R"``) is the plain model's, gradients included.
     """
 
     def __init__(
@@ -208,10 +256,14 @@ class DualPathModel(nn.Module):
         norm: Literal["per_path", "shared"] = "per_path",
         init_scale: float = 0.01,
         seed: int = 0,
+        branch_grad_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if norm not in ("per_path", "shared"):
             raise ValueError(f"dreg.norm must be 'per_path' or 'shared', got {norm!r}")
+        if not (branch_grad_scale > 0 and math.isfinite(branch_grad_scale)):
+            raise ValueError(f"branch_grad_scale must be a positive number, got {branch_grad_scale}")
+        self.branch_grad_scale = float(branch_grad_scale)
         if not (init_scale > 0 and math.isfinite(init_scale)):
             raise ValueError(
                 f"dreg.init_scale must be > 0 (got {init_scale}): with identical branches the "
@@ -254,7 +306,8 @@ class DualPathModel(nn.Module):
         # Plain functions taking ``self``: not submodules, so nothing is registered twice.
         self._forwards: dict[tuple[Path, ...], Callable[..., Any]] = {
             paths: _compile_graph(build_path_graph(traced.graph, self.site, paths, self.per_path_norm,
-                                                   frozenset(self.stats_paths)))
+                                                   frozenset(self.stats_paths),
+                                                   self.branch_grad_scale if len(paths) == 2 else 1.0))
             for paths in (("R", "L"), ("R",), ("L",))
         }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,10 @@ from dreg_dist.dreg import DRegObjective, DualPathModel, branch_stats, contrast_
 from dreg_dist.models import build_model
 
 
-def _dual(seed: int = 0) -> DualPathModel:
+def _dual(seed: int = 0, branch_grad_scale: float = 1.0) -> DualPathModel:
     torch.manual_seed(seed)
-    return DualPathModel(build_model("cnn_small_gn", 10), "R1", seed=seed, init_scale=0.05)
+    return DualPathModel(build_model("cnn_small_gn", 10), "R1", seed=seed, init_scale=0.05,
+                         branch_grad_scale=branch_grad_scale)
 
 
 def test_contrast_gradient_is_two_lambda_times_difference() -> None:
@@ -71,11 +74,13 @@ def test_mean_reductions_scale_the_gradient() -> None:
 
 @pytest.mark.parametrize("form, contrast_reduction, ce_reduction", [
     ("literal", "sum", "sum"), ("literal", "mean", "sum"), ("literal", "sum", "mean"), ("relative", "sum", "sum"),
+    ("relative", "sum", "mean"), ("relative", "sum", "per_path"),
 ])
 def test_each_convention_gradient_on_a_tiny_model(form: str, contrast_reduction: str, ce_reduction: str) -> None:
     """Trunk and branch gradients of the whole objective, against references built from each
     path's own cross-entropy gradient and the contrast's formula (README table)."""
-    dual = _dual(1)
+    objective = DRegObjective(form=form, contrast_reduction=contrast_reduction, ce_reduction=ce_reduction)
+    dual = _dual(1, objective.branch_grad_scale)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     trunk = [p for n, p in dual.net.named_parameters() if n.startswith(("conv1", "conv2", "fc"))]
     w_r, w_l = dual.branch_weights()
@@ -96,6 +101,8 @@ def test_each_convention_gradient_on_a_tiny_model(form: str, contrast_reduction:
     scale = 1.0 if ce_reduction == "sum" else 0.5
     for got, g_r, g_l in zip(trunk, ce_grads["R"][0], ce_grads["L"][0]):
         assert torch.allclose(got.grad, scale * (g_r + g_l), atol=1e-6)
+    # Each path's own layer: its path's whole cross-entropy gradient unless the mean halves it.
+    scale = 0.5 if ce_reduction == "mean" else 1.0
     d = (w_r - w_l).detach()
     if form == "relative":
         s_ = (w_r.pow(2).sum() + w_l.pow(2).sum()).detach()
@@ -147,3 +154,35 @@ def test_branch_stats_report_distance_and_norms() -> None:
     assert stats["branch_distance"] == pytest.approx((w_r - w_l).norm().item(), rel=1e-6)
     assert stats["branch_distance_rel"] == pytest.approx(stats["branch_distance"] / w_r.norm().item())
     assert stats["branch_norm_L"] == pytest.approx(w_l.norm().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("ce_reduction, same", [("per_path", True), ("mean", False), ("sum", False)])
+def test_per_path_reduction_without_contrast_trains_each_path_like_the_plain_model(ce_reduction: str, same: bool) -> None:
+    """Identical branches, lambda 0, momentum SGD: under ``per_path`` path R's weights follow
+    the plain model's step for step (trunk, DReg layer, per-path norm, head); the mean halves
+    the DReg layer's and its norm's steps and the sum doubles the trunk's."""
+    torch.manual_seed(3)
+    plain = build_model("cnn_small_gn", 10)
+    objective = DRegObjective(lam=0.0, form="relative", ce_reduction=ce_reduction)
+    dual = DualPathModel(copy.deepcopy(plain), "R1", init_scale=1e-30, branch_grad_scale=objective.branch_grad_scale)
+    assert dual.per_path_norm and torch.equal(*dual.branch_weights())
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    opt_dual = torch.optim.SGD(dual.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        opt_plain.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        opt_plain.step()
+        opt_dual.zero_grad()
+        objective(*dual(x), y, dual)[0].backward()
+        opt_dual.step()
+    mine = dict(dual.net.named_parameters())
+    close = {n: torch.allclose(mine[n], p, atol=1e-6) for n, p in plain.named_parameters()}
+    assert all(close.values()) == same, close
+    assert torch.allclose(*dual.branch_weights(), atol=1e-6)  # nothing pushes them apart
+
+
+def test_objective_refuses_a_model_built_for_another_reduction() -> None:
+    with pytest.raises(ValueError, match="branch_grad_scale=2.0"):
+        dual = _dual()
+        DRegObjective(ce_reduction="per_path")(*dual(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1]), dual)

@@ -54,8 +54,11 @@ class DRegConfig:
     """Saturation distance of the saturating form."""
     contrast_reduction: Literal["sum", "mean"] = "sum"
     """sum over the layer's elements (literal) or mean (divided by their number)."""
-    ce_reduction: Literal["sum", "mean"] = "mean"
-    """sum of the two paths' cross-entropies (literal Eq. 3) or their mean. The default is
+    ce_reduction: Literal["sum", "mean", "per_path"] = "mean"
+    """sum of the two paths' cross-entropies (literal Eq. 3), their mean, or ``per_path``: the
+    mean for the modules both paths share and each path's whole cross-entropy for its own DReg
+    layer and norm (with identical branches and lambda 0, each path then trains exactly like
+    vanilla). The default is
     ``mean`` because of the head-to-head study in docs/results/: with the sum the shared trunk
     gets twice vanilla's gradient, so at the learning rate tuned for vanilla DReg lost 6 points
     at batch 4096; with the mean (the relative form) it did not. ``sum`` gives Eq. 3."""
@@ -102,7 +105,8 @@ class DReg(Method):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         h = self.hp
         try:
-            return DualPathModel(model, h.layer, norm=h.norm, init_scale=h.init_scale, seed=self.settings.seed)
+            return DualPathModel(model, h.layer, norm=h.norm, init_scale=h.init_scale, seed=self.settings.seed,
+                                 branch_grad_scale=self.objective.branch_grad_scale)
         except (DRegLayerError, UnsupportedModelError) as err:
             raise ConfigError(str(err)) from None
 
