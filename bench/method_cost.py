@@ -79,8 +79,14 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
 
 
 def _world_size(run: Path) -> int:
+    """From the summary, or for a run still training from its log's first (start) record."""
     try:
         return int(json.loads((run / "summary.json").read_text()).get("world_size") or 1)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(run / "metrics.jsonl") as f:
+            return int(json.loads(f.readline()).get("world_size") or 1)
     except (OSError, ValueError):
         return 1
 

@@ -16,14 +16,17 @@ from dreg_dist.config.load import config_from_dict
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(root: Path, sweep: str, name: str, overrides: dict, world_size: int = 1) -> None:
+def _run(root: Path, sweep: str, name: str, overrides: dict, world_size: int = 1, running: bool = False) -> None:
     data = {"model": {"arch": "cnn_tiny", "num_classes": 10},
             "train": {"global_batch_size": 32, "accumulation_steps": 2, "seed": 0},
             **overrides}
     folder = root / sweep / name
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config_from_dict(data, warn=None))))
-    (folder / "summary.json").write_text(json.dumps({"status": "finished", "world_size": world_size}))
+    if running:  # no summary yet: the log's start record says how many processes train it
+        (folder / "metrics.jsonl").write_text(json.dumps({"kind": "start", "world_size": world_size}) + "\n")
+    else:
+        (folder / "summary.json").write_text(json.dumps({"status": "finished", "world_size": world_size}))
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -39,6 +42,7 @@ def test_method_cost_groups_runs_and_ratios_over_vanilla(tmp_path: Path) -> None
     _run(tmp_path, "lr", "sam_lr0.2", {"method": "sam", "optim": {"lr": 0.2}})
     _run(tmp_path, "lr", "lars", {"method": "vanilla", "optim": {"name": "lars", "lr": 1.0}})
     _run(tmp_path, "mix", "gradientmix", {"method": "gradientmix"}, world_size=2)
+    _run(tmp_path, "mix", "gradientmix_seed1", {"method": "gradientmix"}, world_size=2, running=True)
     out = tmp_path / "cost.json"
     done = _bench(str(tmp_path / "lr"), str(tmp_path / "mix"), "--quick", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -51,7 +55,7 @@ def test_method_cost_groups_runs_and_ratios_over_vanilla(tmp_path: Path) -> None
     assert by_label["vanilla"]["ratio"] == 1.0  # the reference, over itself in every round
     assert all(c["reference"] == "vanilla" and c["ratio"] > 0 for c in doc["costs"])
     # communication is not on one process: a multi-process run is named, not measured
-    assert doc["skipped"] == ["mix/gradientmix"]
+    assert doc["skipped"] == ["mix/gradientmix", "mix/gradientmix_seed1"]
     assert "SUMMARY:" in done.stdout
 
 
