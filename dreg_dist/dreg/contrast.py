@@ -34,7 +34,7 @@ rank 0 only would give 1/K of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -103,10 +103,8 @@ class DRegObjective:
                 f"dreg.lam must be >= 0 (got {self.lam}): the loss already subtracts "
                 "lambda * contrast; use 0 to train both paths without contrast"
             )
-        if self.ce_reduction not in ("sum", "mean", "per_path"):
-            raise ValueError(
-                f"dreg.ce_reduction must be 'sum', 'mean' or 'per_path', got {self.ce_reduction!r}"
-            )
+        if self.ce_reduction not in get_args(CEReduction):
+            raise ValueError(f"dreg.ce_reduction must be one of {get_args(CEReduction)}, got {self.ce_reduction!r}")
         if self.form == "saturating" and not self.tau > 0:
             raise ValueError(f"dreg.tau must be > 0 for the saturating form, got {self.tau}")
 
