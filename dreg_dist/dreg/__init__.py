@@ -16,9 +16,16 @@ Typical use::
 
 from __future__ import annotations
 
-from dreg_dist.dreg.contrast import DRegObjective, branch_stats, contrast_term
+from dreg_dist.dreg.contrast import (
+    CEReduction,
+    ContrastForm,
+    DRegObjective,
+    Reduction,
+    branch_stats,
+    contrast_term,
+)
 from dreg_dist.dreg.cost import CostReport, cost_report
-from dreg_dist.dreg.dual_path import DualPathModel, UnsupportedModelError, trace, unwrap
+from dreg_dist.dreg.dual_path import DualPathModel, NormMode, UnsupportedModelError, trace, unwrap
 from dreg_dist.dreg.export import (
     choose_path,
     path_state_dict,
@@ -30,10 +37,14 @@ from dreg_dist.dreg.layer_select import DRegLayerError, level_candidates, resolv
 
 
 __all__ = [
+    "CEReduction",
+    "ContrastForm",
     "CostReport",
     "DRegLayerError",
     "DRegObjective",
     "DualPathModel",
+    "NormMode",
+    "Reduction",
     "UnsupportedModelError",
     "branch_stats",
     "choose_path",

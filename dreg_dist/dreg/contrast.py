@@ -62,13 +62,13 @@ def contrast_term(
     if reduction == "mean":
         dist2 = dist2 / w_r.numel()
     elif reduction != "sum":
-        raise ValueError(f"dreg.contrast_reduction must be 'sum' or 'mean', got {reduction!r}")
+        raise ValueError(f"dreg.contrast_reduction must be one of {get_args(Reduction)}, got {reduction!r}")
     if form == "literal":
         return dist2
     if form == "saturating":
         t2 = tau * tau
         return t2 * (1.0 - torch.exp(-dist2 / t2))
-    raise ValueError(f"dreg.form must be 'literal', 'relative' or 'saturating', got {form!r}")
+    raise ValueError(f"dreg.form must be one of {get_args(ContrastForm)}, got {form!r}")
 
 
 @torch.no_grad()

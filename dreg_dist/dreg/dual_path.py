@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union, get_args
 
 import torch
 import torch.fx as fx
@@ -47,6 +47,7 @@ from torch import nn
 from dreg_dist.dreg.layer_select import DRegSite, resolve_layer
 
 Path = Literal["R", "L"]
+NormMode = Literal["per_path", "shared"]
 PATHS: tuple[Path, Path] = ("R", "L")
 
 _INPLACE_FUNCTIONS: dict[Any, Any] = {
@@ -253,14 +254,14 @@ class DualPathModel(nn.Module):
         model: nn.Module,
         layer: str = "R1",
         *,
-        norm: Literal["per_path", "shared"] = "per_path",
+        norm: NormMode = "per_path",
         init_scale: float = 0.01,
         seed: int = 0,
         branch_grad_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if norm not in ("per_path", "shared"):
-            raise ValueError(f"dreg.norm must be 'per_path' or 'shared', got {norm!r}")
+        if norm not in get_args(NormMode):
+            raise ValueError(f"dreg.norm must be one of {get_args(NormMode)}, got {norm!r}")
         if not (branch_grad_scale > 0 and math.isfinite(branch_grad_scale)):
             raise ValueError(f"branch_grad_scale must be a positive number, got {branch_grad_scale}")
         self.branch_grad_scale = float(branch_grad_scale)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
 from dreg_dist.dreg import (
+    CEReduction,
+    ContrastForm,
     DRegLayerError,
     DRegObjective,
     DualPathModel,
+    NormMode,
+    Reduction,
     UnsupportedModelError,
     branch_stats,
     choose_path,
@@ -41,10 +45,10 @@ class DRegConfig:
     """lambda in Eq. 3: weight of the contrast term, >= 0."""
     init_scale: float = 0.01
     """W^L = W^R + init_scale * rms(W^R) * N(0, 1) at start (seeded, identical on every worker)."""
-    norm: Literal["per_path", "shared"] = "per_path"
+    norm: NormMode = "per_path"
     """Whether the norm layer right after the DReg layer is duplicated per path (own affine
     weights and running statistics) or shared by both paths."""
-    form: Literal["literal", "relative", "saturating"] = "relative"
+    form: ContrastForm = "relative"
     """Contrast term: literal ||W^R-W^L||_F^2 (Eq. 3, unbounded); relative (divided by
     ||W^R||^2+||W^L||^2, bounded by 2); saturating (tau^2 (1-exp(-d^2/tau^2)), bounded by tau^2).
     The default is ``relative`` because of the CIFAR-10 study in docs/results/: the literal
@@ -52,9 +56,9 @@ class DRegConfig:
     accuracy at 4096, the relative one never did. ``literal`` gives Eq. 3 exactly."""
     tau: float = 1.0
     """Saturation distance of the saturating form."""
-    contrast_reduction: Literal["sum", "mean"] = "sum"
+    contrast_reduction: Reduction = "sum"
     """sum over the layer's elements (literal) or mean (divided by their number)."""
-    ce_reduction: Literal["sum", "mean", "per_path"] = "per_path"
+    ce_reduction: CEReduction = "per_path"
     """How the two paths' cross-entropies combine: ``sum`` (Eq. 3: the shared modules get twice
     vanilla's gradient), ``mean`` (vanilla's scale for the shared modules, half for each path's own
     DReg layer and norm) or ``per_path`` (the mean for the shared modules, each path's whole
