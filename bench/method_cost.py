@@ -23,6 +23,12 @@ only in those share one measurement.
         --out docs/results/cifar10_h2h/step_cost.json
     PYTHONPATH=. python bench/method_cost.py RUN_OR_SWEEP_FOLDER... --rounds 3 --quick
 
+A study that grows adds its new sweeps with ``--update``: only the given folders' runs are
+measured (with their own vanilla), and the file's other entries stay as measured before. Each
+ratio is over the vanilla timed in its own bench run, so entries of different runs compare;
+the file's ``machine`` must be this one (same cores, CPU, torch, python, threads) and
+``rounds``/``steps`` the same, or the update is refused.
+
 The JSON maps each run ("<sweep>/<run>") to its ratio; ``launch/report.py --step-cost FILE``
 uses it for the compute axis.
 """
@@ -165,7 +171,41 @@ def measure(variants: list[Variant], rounds: int, steps: int) -> list[dict[str, 
                     "ms_per_step": round(1000 * median(times[v.key]["cpu"]) / steps, 1),
                     "ratio": round(ratio["median"], 3), "ratio_min": round(ratio["min"], 3),
                     "ratio_max": round(ratio["max"], 3), "wall_ratio": round(wall["median"], 3)})
-    return sorted(out, key=lambda e: (e["setup"], e["label"] != e["reference"], e["ratio"]))
+    return sorted(out, key=_table_order)
+
+
+def _table_order(entry: dict[str, Any]) -> tuple:
+    """By batch setup, its vanilla first, then cheapest first."""
+    return entry["setup"], entry["label"] != entry["reference"], entry["ratio"]
+
+
+_SAME_MACHINE = ("nproc", "cpu", "torch", "python", "threads", "gpu")
+
+
+def check_update(earlier: dict[str, Any], rounds: int, steps: int, path: str) -> None:
+    """SystemExit, one line, when ``earlier`` was measured under other conditions than this run."""
+    for key, value in (("rounds", rounds), ("steps", steps)):
+        if earlier.get(key) != value:
+            raise SystemExit(f"error: --update: '{path}' was measured with {key}={earlier.get(key)}, this run "
+                             f"uses {value}: pass the same --{key} (or --quick) or rerun over every folder")
+    before, now = earlier.get("machine") or {}, machine()
+    differ = [k for k in _SAME_MACHINE if before.get(k) != now.get(k)]
+    if differ:
+        raise SystemExit(f"error: --update: '{path}' was measured on another machine ({', '.join(differ)} differ): "
+                         "rerun the bench over every folder of the study")
+
+
+def merge(earlier: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with ``earlier``'s entries for the runs it did not measure."""
+    measured = {run for c in payload["costs"] for run in c["runs"]}
+    kept = []
+    for entry in earlier.get("costs", []):
+        runs = [r for r in entry["runs"] if r not in measured]
+        if runs:
+            kept.append({**entry, "runs": runs})
+    skipped = sorted((set(earlier.get("skipped", [])) - measured) | set(payload["skipped"]))
+    costs = sorted(kept + payload["costs"], key=_table_order)
+    return {**payload, "skipped": skipped, "costs": costs}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -175,14 +215,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps per timing (default 1)")
     parser.add_argument("--quick", action="store_true", help="2 rounds (a smoke run)")
     parser.add_argument("--out", default=None, help="write the JSON here")
+    parser.add_argument("--update", action="store_true",
+                        help="merge into an existing --out: the given folders' runs are re-measured, the file's "
+                             "other entries are kept")
     args = parser.parse_args(argv)
+    earlier = None
+    if args.update:
+        if not args.out:
+            raise SystemExit("error: --update needs --out FILE (the step-cost file to add to)")
+        try:
+            earlier = json.loads(Path(args.out).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: --update: cannot read '{args.out}' ({err}): run without --update first")
+    rounds = 2 if args.quick else args.rounds
     torch.set_num_threads(1)
+    if earlier is not None:
+        check_update(earlier, rounds, args.steps, args.out)
     print_machine()
     variants, skipped = collect(args.folders)
     for run in skipped:
         print(f"skipped {run}: trained on several processes (its cost includes communication: use the sweep's "
               "wall-clock against vanilla on the same workers)")
-    rounds = 2 if args.quick else args.rounds
     print(f"{len(variants)} distinct configurations, {rounds} rounds of {args.steps} step(s) each")
     costs = measure(variants, rounds, args.steps)
     for c in costs:
@@ -193,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         payload = {"what": "CPU time of one optimizer step over vanilla SGD's at the same batch setup, "
                            "median of interleaved rounds, one thread", "rounds": rounds, "steps": args.steps,
                    "machine": machine(), "skipped": skipped, "costs": costs}
+        if earlier is not None:
+            payload = merge(earlier, payload)
         Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.out}")
     worst = max(costs, key=lambda c: c["ratio"])

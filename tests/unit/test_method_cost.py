@@ -65,3 +65,37 @@ def test_method_cost_needs_vanilla_of_the_same_batch_setup(tmp_path: Path) -> No
     done = _bench(str(tmp_path / "lr"), "--quick")
     assert done.returncode != 0
     assert "no vanilla SGD run for cnn_tiny bs64 acc2" in done.stderr
+
+
+def test_method_cost_update_adds_a_sweep_and_keeps_the_earlier_entries(tmp_path: Path) -> None:
+    _run(tmp_path, "lr", "vanilla", {"method": "vanilla"})
+    _run(tmp_path, "lr", "sam", {"method": "sam"})
+    out = tmp_path / "cost.json"
+    assert _bench(str(tmp_path / "lr"), "--quick", "--out", str(out)).returncode == 0
+    sam_before = next(c for c in json.loads(out.read_text())["costs"] if c["label"] == "sam")
+    big = {"train": {"global_batch_size": 64, "accumulation_steps": 4}}
+    _run(tmp_path, "big", "vanilla", {"method": "vanilla", **big})
+    _run(tmp_path, "big", "fisher", {"method": "fisher", **big})
+    done = _bench(str(tmp_path / "big"), str(tmp_path / "lr" / "vanilla"), "--quick", "--out", str(out), "--update")
+    assert done.returncode == 0, done.stderr[-3000:]
+    costs = json.loads(out.read_text())["costs"]
+    runs = [run for c in costs for run in c["runs"]]
+    # one entry per run: lr/vanilla, measured again, left its earlier entry
+    assert sorted(runs) == ["big/fisher", "big/vanilla", "lr/sam", "lr/vanilla"]
+    by_run = {run: c for c in costs for run in c["runs"]}
+    assert by_run["lr/sam"] == sam_before  # not given: kept as measured before, not re-timed
+    assert by_run["big/fisher"]["setup"] == "cnn_tiny bs64 acc4" and by_run["big/vanilla"]["ratio"] == 1.0
+
+
+def test_method_cost_update_refuses_other_conditions(tmp_path: Path) -> None:
+    _run(tmp_path, "lr", "vanilla", {"method": "vanilla"})
+    out = tmp_path / "cost.json"
+    missing = _bench(str(tmp_path / "lr"), "--quick", "--out", str(out), "--update")
+    assert missing.returncode != 0 and "run without --update first" in missing.stderr
+    earlier = {"rounds": 2, "steps": 1, "machine": {"cpu": "another CPU"}, "costs": []}
+    out.write_text(json.dumps(earlier))
+    rounds = _bench(str(tmp_path / "lr"), "--rounds", "3", "--out", str(out), "--update")
+    assert rounds.returncode != 0 and "measured with rounds=2, this run uses 3" in rounds.stderr
+    other = _bench(str(tmp_path / "lr"), "--quick", "--out", str(out), "--update")
+    assert other.returncode != 0 and "measured on another machine (" in other.stderr and "cpu" in other.stderr
+    assert json.loads(out.read_text()) == earlier  # a refused update leaves the file alone
