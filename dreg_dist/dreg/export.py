@@ -99,7 +99,9 @@ def write_plain_export(
     """
     out = FsPath(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plain = copy.deepcopy(plain).cpu().float().eval()
+    # Contiguous: a model trained channels_last would otherwise save strided weights, and
+    # torch.export.save warns about them ("weights not on CPU") on every export.
+    plain = copy.deepcopy(plain).cpu().float().to(memory_format=torch.contiguous_format).eval()
     state = plain.state_dict()
 
     atomic_write(out / STATE_FILE, lambda f: torch.save(state, f))

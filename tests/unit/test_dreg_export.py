@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,20 @@ def test_cost_report_counts_the_extra_branch() -> None:
     # Counting must not touch the caller's BN statistics.
     for k, v in dual.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_export_of_a_channels_last_model_is_contiguous_and_silent(tmp_path: Path) -> None:
+    from dreg_dist.dreg import write_plain_export
+
+    model = build_model("cnn_tiny", 10).to(memory_format=torch.channels_last).eval()
+    with warnings.catch_warnings():
+        # torch.export.save warns on strided (channels_last) weights
+        warnings.filterwarnings("error", message="No complete tensor")
+        write_plain_export(model, tmp_path, arch="cnn_tiny", num_classes=10, val_acc={"model": 0.5},
+                           path=None, dreg_layer=None)
+    state = torch.load(tmp_path / "model_state.pt", weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
+    x = torch.randn(3, 3, 32, 32)
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    torch.testing.assert_close(program(x), model(x))
+    assert model.conv1.weight.stride() == (27, 1, 9, 3)  # the caller's model is left as it was
