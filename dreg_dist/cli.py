@@ -6,9 +6,14 @@ import sys
 
 
 def train_main() -> None:
+    # Installed before the heavy imports, as in launch/train.py.
+    from dreg_dist.train.preemption import PreemptionFlag
+
+    flag = PreemptionFlag()
+    flag.install()
     from dreg_dist.train.run import main
 
-    sys.exit(main())
+    sys.exit(main(preempt=flag))
 
 
 def export_main() -> None:

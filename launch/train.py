@@ -10,7 +10,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreg_dist.train.run import main  # noqa: E402
+# Before the heavy imports: a preemption signal that arrives while they run is kept (the
+# worker checkpoints at its first step) instead of killing the worker (SIGUSR1's default).
+from dreg_dist.train.preemption import PreemptionFlag  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    flag = PreemptionFlag()
+    flag.install()
+    from dreg_dist.train.run import main
+
+    sys.exit(main(preempt=flag))

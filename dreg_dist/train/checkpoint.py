@@ -99,8 +99,10 @@ def link_or_copy(src: PathLike, dst: PathLike) -> None:
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
+    except OSError:  # no hard links here: a copy, written like any other file (a full disk reported)
+        with open(src, "rb") as source:
+            atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
+        return
     os.replace(tmp, dst)
     fsync_dir(dst.parent)
 

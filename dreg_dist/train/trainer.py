@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
-from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank, barrier
+from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank
+from dreg_dist.io import DiskFullError
 from dreg_dist.methods import StepContext
 from dreg_dist.models import ForwardKeys, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
@@ -54,6 +55,11 @@ class NonFiniteLossError(RuntimeError):
     checkpoint is not finite (either mode)."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """Rank 0 could not write a checkpoint (a full disk); raised on every rank, the previous
+    checkpoint intact."""
+
+
 def sync_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BN running statistics).
 
@@ -67,7 +73,9 @@ def sync_buffers(module: nn.Module) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, preempt: Optional[PreemptionFlag] = None) -> None:
+        """``preempt``: a flag the caller installed (and removes); without one, the trainer
+        installs its own for :meth:`fit` and removes it in :meth:`close`."""
         self.cfg = cfg
         self.layout = RunLayout(run_dir)
         self.run_dir = self.layout.root
@@ -123,7 +131,8 @@ class Trainer:
         )
         if t.bn_group_size is not None and not self.k_independent["ghost"]:
             self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
-        self.preempt = PreemptionFlag()
+        self._own_flag = preempt is None
+        self.preempt = preempt if preempt is not None else PreemptionFlag()
         self.guard = StepGuard(t.step_guard, self.device)
         self.undo = UndoOnFlag(self.optimizer, self.module)
         self._preempted = False
@@ -180,20 +189,42 @@ class Trainer:
         self._read_flags(wait=True)  # a skipped or diverged step is known before anything is written
         sync_buffers(self.module)
         state = self.state_dict()
+        failed: Optional[DiskFullError] = None
         if self.env.is_main:
             last = self.layout.last
-            ckpt.save_checkpoint(state, last)
-            if reason == "step":
-                ckpt.link_or_copy(last, self.layout.checkpoints / f"step-{self.state.global_step}.pt")
-                ckpt.prune_step_checkpoints(self.layout.checkpoints, self.cfg.checkpoint.keep_last)
-            self.recorder.event("checkpoint", reason=reason, step=self.state.global_step, epoch=self.state.epoch)
-        barrier()
+            try:
+                ckpt.save_checkpoint(state, last)
+                if reason == "step":
+                    ckpt.link_or_copy(last, self.layout.checkpoints / f"step-{self.state.global_step}.pt")
+                    ckpt.prune_step_checkpoints(self.layout.checkpoints, self.cfg.checkpoint.keep_last)
+            except DiskFullError as err:
+                failed = err
+            else:
+                self.recorder.event("checkpoint", reason=reason, step=self.state.global_step,
+                                    epoch=self.state.epoch)
+        self._all_written(failed)
 
     def _save_best(self) -> None:
         self._read_flags(wait=True)
         state = self.state_dict()
+        failed: Optional[DiskFullError] = None
         if self.env.is_main:
-            ckpt.save_checkpoint(state, self.layout.best)
+            try:
+                ckpt.save_checkpoint(state, self.layout.best)
+            except DiskFullError as err:
+                failed = err
+        self._all_written(failed)
+
+    def _all_written(self, failed: Optional[DiskFullError]) -> None:
+        """Every rank learns whether rank 0's write failed (a collective, in place of a barrier),
+        so that all of them stop with one message instead of the others failing in the next
+        collective with a lost peer."""
+        if any_rank(failed is not None, self.device):
+            where = str(failed) if failed is not None else "rank 0 could not write a checkpoint"
+            raise CheckpointWriteError(
+                f"{where}; make room there (or move the run folder and pass --run-dir), then launch the same "
+                "command: it resumes from the newest checkpoint"
+            )
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
@@ -380,7 +411,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         t = self.cfg.train
         s = self.state
-        self.preempt.install()
+        if self._own_flag:
+            self.preempt.install()
         if self.env.is_main:
             self.recorder.event("start", world_size=self.env.world_size, device=str(self.device),
                                 method=self.method.name, lr=self.lr, steps_per_epoch=self.steps_per_epoch)
@@ -428,5 +460,6 @@ class Trainer:
         return finish_run(self, wall)
 
     def close(self) -> None:
-        self.preempt.uninstall()
+        if self._own_flag:
+            self.preempt.uninstall()
         self.recorder.close()
