@@ -17,8 +17,15 @@ Under ``torchrun`` (as observed with PyTorch 2.15):
   ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (default 30) and then SIGKILLs them. A
   signal the agent does not handle kills the agent itself (SIGUSR1's default action);
 * the agent then re-raises the signal as an exception and torchrun exits with status 1,
-  not the workers' 75. Rank 0 therefore also writes ``RunLayout.requeue_marker`` into the run
-  folder, which ``launch/slurm/train.sbatch`` looks for.
+  not the workers' 75 (``dreg_dist.distributed.agent``, which train.sbatch runs, exits with
+  128 + the signal's number instead, with one line). Rank 0 therefore also writes
+  ``RunLayout.requeue_marker`` into the run folder, which ``launch/slurm/train.sbatch``
+  looks for. It writes it once the checkpoint is written and before any rank may exit
+  (the trainer's ``_leave_requeue_marker``): on a multi-node job the first node whose workers
+  exit ends its srun task, after which Slurm may end the step's other processes.
+
+A signal that arrives while a worker still starts up is kept: ``launch/train.py`` installs a
+:class:`PreemptionFlag` before its heavy imports and hands it to the trainer.
 """
 
 from __future__ import annotations

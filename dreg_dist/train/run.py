@@ -36,7 +36,7 @@ from dreg_dist.distributed import init_distributed, launch_world, shutdown
 from dreg_dist.io import DiskFullError, remove_stale_temp_files
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
-from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag, write_requeue_marker
+from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from dreg_dist.train.preflight import preflight
 
 CONFIG_ERROR_EXIT_CODE = 2
@@ -178,12 +178,7 @@ def _main(argv: Optional[Sequence[str]], preempt: PreemptionFlag, started: float
             trainer.close()
         shutdown(together=summary is not None or all_stopped)
     if summary.get("status") == "stopped" and summary.get("preempted"):
-        if env.is_main:
-            try:
-                write_requeue_marker(run_dir, summary)  # torchrun exits 1, not 75: tell train.sbatch
-            except DiskFullError as err:
-                print(f"error: {err}; without it train.sbatch will not requeue this job", file=sys.stderr)
-        return REQUEUE_EXIT_CODE
+        return REQUEUE_EXIT_CODE  # the trainer left the requeue marker too: torchrun exits 1 or 128+N, not 75
     if env.is_main and summary.get("status") == "finished":
         # An elastic torchrun stops its workers with SIGTERM when an agent joins or leaves, and the
         # group it starts next finishes the run: that stop is not this job's preemption.

@@ -35,7 +35,7 @@ from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import any_k
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.evaluate import evaluate
-from dreg_dist.train.preemption import PreemptionFlag
+from dreg_dist.train.preemption import PreemptionFlag, write_requeue_marker
 from dreg_dist.train.preflight import check_method_options
 from dreg_dist.train.records import RunRecorder
 from dreg_dist.train.state import TrainState
@@ -211,6 +211,18 @@ class Trainer:
         if self.env.is_main:
             try:
                 ckpt.save_checkpoint(state, self.layout.best)
+            except DiskFullError as err:
+                failed = err
+        self._all_written(failed)
+
+    def _leave_requeue_marker(self, reason: str) -> None:
+        """Rank 0 records in the run folder that this attempt checkpointed for preemption, before
+        any rank may exit: under Slurm the end of one node's workers ends that node's task, and
+        the step's other processes, rank 0 included, may then be killed."""
+        failed: Optional[DiskFullError] = None
+        if self.env.is_main:
+            try:
+                write_requeue_marker(self.run_dir, {"reason": reason, "global_step": self.state.global_step})
             except DiskFullError as err:
                 failed = err
         self._all_written(failed)
@@ -451,10 +463,12 @@ class Trainer:
             stopped = self._stop_reason(more_to_do=s.epoch < t.epochs, fresh=True)
         wall = time.perf_counter() - start
         if stopped:
+            preempted = stopped.startswith("signal")  # agreed by all ranks, whichever got the signal
+            if preempted:
+                self._leave_requeue_marker(stopped)
             self._say(f"stopped ({stopped}) at global step {s.global_step}; last.pt holds the state, "
                       "launch the same command to resume")
-            return {"status": "stopped", "reason": stopped, "global_step": s.global_step,
-                    "preempted": self.preempt.is_set()}
+            return {"status": "stopped", "reason": stopped, "global_step": s.global_step, "preempted": preempted}
         from dreg_dist.train.finish import finish_run
 
         return finish_run(self, wall)
