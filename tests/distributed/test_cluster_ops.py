@@ -1,15 +1,18 @@
-"""Cluster operations and fault tolerance, exercised for real on CPU.
+"""Cluster operations and fault tolerance, exercised for real on CPU, without Slurm.
 
-* ``launch/slurm/train.sbatch`` runs under a fake ``srun``/``scontrol``
-  (``tests/fixtures/fake_slurm``) with the environment of a 1-node Slurm job: the script's
-  own logic starts torchrun with 2 gloo workers;
-* preemption: a signal to the launcher's process group makes the workers checkpoint at
-  the next step boundary; the sbatch script requeues; the next attempt resumes;
-* ``torchrun --max-restarts``: a SIGKILLed worker's group restarts from the last checkpoint;
-* resumed runs end with bitwise the same weights as an uninterrupted one;
+The Slurm scripts run on real Slurm daemons in ``tests/cluster`` (sbatch, srun, scancel,
+requeue, time limits, job arrays, a lost node). What stays here:
+
+* ``launch/slurm/*.sbatch`` with ``DREG_DRY_RUN=1`` under a fake ``scontrol``
+  (``tests/fixtures/fake_slurm``): the command they build from the knobs and from node lists
+  (``gpu[007-009,012]``) that the 2-node test cluster does not have, and their refusals;
+* the torchrun agent that train.sbatch runs, ``dreg_dist.distributed.agent``, on one machine;
+* preemption: a signal to torchrun makes the workers checkpoint at the next step boundary and
+  the next launch resumes; ``torchrun --max-restarts``: a SIGKILLed worker's group restarts from
+  the last checkpoint; resumed runs end with bitwise the same weights as an uninterrupted one;
 * non-finite losses, and corrupt checkpoints.
 
-What torchrun does with signals, as these tests observe it (PyTorch 2.15): its
+What torchrun does with signals, as these tests observe it (PyTorch 2.14): its
 workers run in their own sessions, so a signal to torchrun's process group reaches only the
 agent; the agent forwards it (SIGTERM by default, SIGUSR1 when listed in
 ``PET_SIGNALS_TO_HANDLE``) to every worker, gives them ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import shutil
 import signal
@@ -82,20 +84,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_slurm_bin(folder: Path, *extra_scripts: tuple[str, str]) -> Path:
-    """A PATH folder with the fake srun and scontrol (and ``extra_scripts``), executable."""
+def fake_slurm_bin(folder: Path) -> Path:
+    """A PATH folder with the fake scontrol (node-list expansion), executable."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("srun", "scontrol"):
-        shutil.copy(FAKE_SLURM / name, folder / name)
-    for name, text in extra_scripts:
-        (folder / name).write_text(text)
-    for script in folder.iterdir():
-        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    shutil.copy(FAKE_SLURM / "scontrol", folder / "scontrol")
+    script = folder / "scontrol"
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return folder
 
 
 def slurm_env(root: Path, job_id: int, **extra: str) -> dict[str, str]:
-    """The batch environment of job ``job_id``: 1 node (localhost), 1 task, 2 workers."""
+    """The batch environment of job ``job_id`` for a dry run: 1 node (localhost), 2 workers."""
     bin_dir = fake_slurm_bin(root / "bin")
     env = clean_env(
         SLURM_JOB_ID=str(job_id),
@@ -109,19 +108,15 @@ def slurm_env(root: Path, job_id: int, **extra: str) -> dict[str, str]:
         DREG_NPROC_PER_NODE="2",
         DREG_RDZV_PORT=str(free_port()),
         DREG_RUNS_DIR=str(root / "runs"),
-        FAKE_SLURM_LOG=str(root / "slurm.log"),
     )
     env["PATH"] = str(bin_dir) + os.pathsep + env["PATH"]
     env.update(extra)
     return env
 
 
-def new_job_id() -> int:
-    return random.randint(100_000, 999_999)
-
-
-def torchrun(run_dir: Path, *torchrun_args: str, overrides: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *torchrun_args,
+def torchrun(run_dir: Path, *torchrun_args: str, overrides: tuple[str, ...] = (),
+             launcher: tuple[str, ...] | list[str] = ("-m", "torch.distributed.run")) -> list[str]:
+    return [sys.executable, *launcher, "--standalone", "--nproc_per_node=2", *torchrun_args,
             "launch/train.py", "--config", CONFIG, "--run-dir", str(run_dir), *TINY, *overrides]
 
 
@@ -275,9 +270,10 @@ def test_sbatch_builds_the_torchrun_command_for_four_nodes(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     cmd = shlex.split(result.stdout.strip().splitlines()[-1])
     assert cmd[0] == "srun" and "--ntasks-per-node=1" in cmd and "--nodes=4" in cmd
-    tail = cmd[cmd.index("torchrun", cmd.index("torchrun") + 1):]  # after the bash -c wrapper
-    assert tail[:6] == ["torchrun", "--nnodes=4", "--nproc_per_node=8", "--rdzv_backend=c10d",
-                        f"--rdzv_endpoint=gpu007:{20000 + 555123 % 20000}", "--rdzv_id=555123"]
+    tail = cmd[cmd.index("python"):]  # after the task's bash -c wrapper
+    assert tail[:8] == ["python", "-m", "dreg_dist.distributed.agent", "--nnodes=4", "--nproc_per_node=8",
+                        "--rdzv_backend=c10d", f"--rdzv_endpoint=gpu007:{20000 + 555123 % 20000}",
+                        "--rdzv_id=555123"]
     script = tail.index("launch/train.py")
     assert tail[script:] == ["launch/train.py", "--config", CONFIG, "--run-dir", "runs/quickstart-555123",
                              "train.epochs=3", "optim.lr=0.2"]
@@ -329,130 +325,44 @@ def test_sweep_runs_the_array_tasks_grid_cell(tmp_path: Path) -> None:
     assert beyond.returncode == 2
 
 
-FAKE_TORCHRUN = """#!/usr/bin/env bash
-# Stands in for torchrun: exits with $FAKE_TORCHRUN_EXIT, optionally leaving the marker.
-while [[ $# -gt 0 ]]; do [[ $1 == --run-dir ]] && RUN_DIR=$2; shift; done
-mkdir -p "$RUN_DIR"
-[[ -e $RUN_DIR/preempted.json ]] && echo "stale marker seen" >&2
-[[ ${FAKE_TORCHRUN_MARKER:-0} == 1 ]] && echo '{"exit_code": 75}' > "$RUN_DIR/preempted.json"
-exit ${FAKE_TORCHRUN_EXIT:-0}
-"""
-
-
-@pytest.mark.parametrize(
-    "exit_code, writes_marker, stale_marker, requeued, sbatch_exit",
-    [
-        (0, False, False, False, 0),  # finished
-        (75, False, False, True, 0),  # a single process (or an exit code that got through)
-        (1, True, False, True, 0),  # torchrun after a preemption: exit 1, but the marker
-        (1, False, False, False, 1),  # a crash
-        (1, False, True, False, 1),  # a crash after an earlier preemption: the old marker was removed
-        (2, False, False, False, 2),  # a config error
-    ],
-)
-def test_sbatch_requeues_exactly_when_preempted(tmp_path: Path, exit_code: int, writes_marker: bool,
-                                                 stale_marker: bool, requeued: bool, sbatch_exit: int) -> None:
-    env = slurm_env(tmp_path, 313131, FAKE_TORCHRUN_EXIT=str(exit_code), FAKE_TORCHRUN_MARKER=str(int(writes_marker)))
-    fake_slurm_bin(tmp_path / "bin", ("torchrun", FAKE_TORCHRUN))
-    run_dir = tmp_path / "runs" / "quickstart-313131"
-    if stale_marker:
-        run_dir.mkdir(parents=True)
-        (run_dir / "preempted.json").write_text("{}")
-    result = subprocess.run(["bash", str(TRAIN_SBATCH), CONFIG], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == sbatch_exit, result.stderr
-    assert "stale marker seen" not in result.stderr
-    log = (tmp_path / "slurm.log").read_text()
-    assert ("requeue 313131" in log.splitlines()) == requeued, log
-
-
-FAKE_TORCHRUN_UNTIL_SIGNALLED = """#!/usr/bin/env bash
-# Stands in for torchrun until SIGTERM, then behaves like a preempted one.
-while [[ $# -gt 0 ]]; do [[ $1 == --run-dir ]] && RUN_DIR=$2; shift; done
-mkdir -p "$RUN_DIR"
-trap 'echo "{\\"exit_code\\": 75}" > "$RUN_DIR/preempted.json"; exit 1' TERM
-touch "$RUN_DIR/started"
-sleep 60 &
-wait $!
-"""
-
-
-def test_sbatch_does_not_requeue_a_job_slurm_is_ending(tmp_path: Path, jobs: list[Job]) -> None:
-    # scancel (or preemption, or the time limit) sends SIGTERM to the batch shell too: the
-    # workers still checkpoint, but requeueing would turn a cancel into a restart.
-    env = slurm_env(tmp_path, 272727)
-    fake_slurm_bin(tmp_path / "bin", ("torchrun", FAKE_TORCHRUN_UNTIL_SIGNALLED))
-    run_dir = tmp_path / "runs" / "quickstart-272727"
-    job = Job(["bash", str(TRAIN_SBATCH), CONFIG], env, tmp_path / "log.txt")
-    jobs.append(job)
-    job.wait_for("the fake training", (run_dir / "started").exists, timeout=60)
-    os.killpg(job.proc.pid, signal.SIGTERM)
-    assert job.wait(timeout=60) == 75, job.output
-    assert "not requeued" in job.output
-    assert not [ln for ln in (tmp_path / "slurm.log").read_text().splitlines() if ln.startswith("requeue")]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run launched by train.sbatch (the weights every resumed run must match)."""
-    root = tmp_path_factory.mktemp("sbatch_reference")
-    job_id = new_job_id()
-    env = slurm_env(root, job_id)
-    result = subprocess.run(["bash", str(TRAIN_SBATCH), CONFIG, *TINY], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    run_dir = root / "runs" / f"quickstart-{job_id}"
-    (root / "output.txt").write_text(result.stdout + result.stderr)
+    """An uninterrupted 2-worker run (the weights every resumed run must match)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run(torchrun(run_dir), cwd=REPO, env=clean_env(), capture_output=True, text=True,
+                            timeout=TIMEOUT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert_finished(run_dir)
     return run_dir
 
 
 @pytest.mark.distributed
-def test_sbatch_trains_to_completion(reference: Path) -> None:
-    summary = assert_finished(reference)
-    assert summary["world_size"] == 2
-    assert summary["resumed_from"] is None
-    job_id = reference.name.rsplit("-", 1)[1]
-    log = (reference.parent.parent / "slurm.log").read_text()
-    launched = [line for line in log.splitlines() if line.startswith("srun ")]
-    assert len(launched) == 1
-    cmd = launched[0]
-    for part in ("torchrun --nnodes=1 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=localhost:",
-                 f"--rdzv_id={job_id}", f"--config {CONFIG} --run-dir {reference}"):
-        assert part in cmd, cmd
-    assert not [line for line in log.splitlines() if line.startswith("requeue")]
-    assert not (reference / "preempted.json").exists()
-
-
-@pytest.mark.distributed
-def test_sbatch_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_path: Path, jobs: list[Job],
-                                                                 reference: Path) -> None:
-    job_id = new_job_id()
-    run_dir = tmp_path / "runs" / f"quickstart-{job_id}"
-    job = Job(["bash", str(TRAIN_SBATCH), CONFIG, *TINY], slurm_env(tmp_path, job_id), tmp_path / "attempt1.log")
+def test_the_agent_ends_a_preemption_signal_with_one_line_and_128_plus_n(tmp_path: Path, jobs: list[Job],
+                                                                         reference: Path) -> None:
+    """``dreg_dist.distributed.agent`` (what train.sbatch runs on each node) handles SIGUSR1 as
+    torchrun does, forwarding it, but ends with 138 and one line instead of 1 and a traceback;
+    the workers' checkpoint and marker are what train.sbatch requeues on (tested on real Slurm
+    in tests/cluster)."""
+    run_dir = tmp_path / "run"
+    agent = ["-m", "dreg_dist.distributed.agent"]
+    env = clean_env(PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    job = Job(torchrun(run_dir, launcher=agent), env, tmp_path / "first.log")
     jobs.append(job)
     job.wait_for("a train record", training_started(run_dir))
-    # What --signal=USR1@120 does to the job step: signal its processes (here: the batch
-    # shell and torchrun's agent; the agent forwards it to the workers).
-    os.killpg(job.proc.pid, signal.SIGUSR1)
-    assert job.wait() == 0, job.output[-4000:]
+    os.kill(job.proc.pid, signal.SIGUSR1)  # the agent alone: it must forward the signal
+    assert job.wait() == 128 + signal.SIGUSR1, job.output[-4000:]
     out = job.output
-    assert "stopped (signal SIGUSR1)" in out, out[-4000:]
-    assert f"requeue {job_id}" in (tmp_path / "slurm.log").read_text()
+    assert f"agent on {socket.gethostname()}: stopped by SIGUSR1; its workers had up to" in out, out[-4000:]
+    assert "stopped (signal SIGUSR1)" in out and "Traceback" not in out, out[-4000:]
     assert json.loads((run_dir / "preempted.json").read_text())["exit_code"] == 75
     stopped_at = load(run_dir / "checkpoints" / "last.pt")["global_step"]
     assert 0 < stopped_at < STEPS_PER_EPOCH * EPOCHS
 
-    # Slurm starts the requeued job again, with the same job id.
-    again = Job(["bash", str(TRAIN_SBATCH), CONFIG, *TINY], slurm_env(tmp_path, job_id, SLURM_RESTART_COUNT="1"),
-                tmp_path / "attempt2.log")
+    again = Job(torchrun(run_dir, launcher=agent), env, tmp_path / "second.log")
     jobs.append(again)
     assert again.wait() == 0, again.output[-4000:]
-    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'}" in again.output
-    assert "attempt 2" in again.output
-    assert [ln for ln in (tmp_path / "slurm.log").read_text().splitlines() if ln.startswith("requeue")] == [
-        f"requeue {job_id}"]
+    assert f"(global step {stopped_at})" in again.output
     assert not (run_dir / "preempted.json").exists()
-    assert assert_finished(run_dir)["resumed_from"] == str(run_dir / "checkpoints" / "last.pt")
     assert_same_weights(run_dir, reference)
 
 
@@ -541,6 +451,44 @@ def run_main(run_dir: Path, *overrides: str) -> int:
     # progress off: the console stream is bound when records.py is imported, maybe to a
     # capture stream an earlier test closed.
     return main(["--config", str(REPO / CONFIG), "--run-dir", str(run_dir), *TINY, "log.progress='off'", *overrides])
+
+
+def test_check_validates_for_the_given_world_size_and_starts_nothing(tmp_path: Path, no_launcher_env: None,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dreg_dist.train.run import main
+
+    args = ["--check", "--config", str(REPO / CONFIG), "--run-dir", str(tmp_path / "run"), *TINY]
+    assert main([*args, "--world-size", "2"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*args, "--world-size", "3"]) == 2  # a batch of 16 on 3 workers
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith(
+        "error: train.global_batch_size 16 is not divisible by world size 3"), err
+    assert not (tmp_path / "run").exists()
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_a_preemption_signal_during_start_up_is_kept(tmp_path: Path, jobs: list[Job]) -> None:
+    """SIGUSR1 (Slurm's time-limit warning) while a worker is still importing torch: without a
+    handler it would kill the worker; launch/train.py installs the flag first, so the worker
+    trains one step, checkpoints and exits for a requeue."""
+    run_dir = tmp_path / "run"
+    job = Job([sys.executable, "launch/train.py", "--config", CONFIG, "--run-dir", str(run_dir), *TINY],
+              clean_env(), tmp_path / "log.txt")
+    jobs.append(job)
+    job.wait_for("the preemption handler", lambda: _catches(job.proc.pid, signal.SIGUSR1), timeout=60)
+    assert not (run_dir / "metrics.jsonl").exists()  # still starting: no record written yet
+    os.kill(job.proc.pid, signal.SIGUSR1)
+    assert job.wait() == 75, job.output[-4000:]
+    assert "stopped (signal SIGUSR1) at global step 1" in job.output, job.output[-4000:]
+    assert load(run_dir / "checkpoints" / "last.pt")["global_step"] == 1
 
 
 def all_checkpoints_finite(run_dir: Path) -> bool:
