@@ -194,9 +194,13 @@ start_node() {  # start_node NAME: a killed node's slurmd again (the controller 
     say "started slurmd on $node"
 }
 
+namespaces() {  # this cluster's namespaces, also those of an earlier run whose folder is gone
+    { nodes; echo "$CTL"; ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${NAME}([0-9]+|ctl)$"; } | sort -u
+}
+
 down() {
     local ns pids
-    for ns in $(nodes) "$CTL"; do
+    for ns in $(namespaces); do
         kill_ns "$ns"
         ip netns del "$ns" 2>/dev/null || true
     done
