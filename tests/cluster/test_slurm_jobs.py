@@ -308,6 +308,10 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
         yield site
         pool.shutdown(wait=True)
     finally:
+        failed = [n for n, f in site.drivers.items() if f.done() and f.exception() is not None]
+        if failed:  # the daemons' logs, before down removes them with the cluster's folder
+            shutil.copytree(cluster.state_dir, root / "slurm-logs", ignore=shutil.ignore_patterns("*.socket*", "spool"),
+                            dirs_exist_ok=True)
         down = cluster.down()  # also after a failure: daemons, namespaces, bridge, /etc/hosts lines
         times = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(site.seconds.items(), key=lambda kv: -kv[1]))
         reporter = request.config.pluginmanager.getplugin("terminalreporter")
@@ -316,7 +320,10 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
             with capture.global_and_fixture_disabled():  # the case times, on the terminal even when all pass
                 reporter.write_line(f"\ncluster: up {up_s:.0f} s; cases: {times}; "
                                     f"all {time.monotonic() - started:.0f} s; {down.stderr.strip()}")
-        shutil.rmtree(root, ignore_errors=True)
+                if failed:
+                    reporter.write_line(f"cluster: {', '.join(failed)} failed; jobs' output and logs kept in {root}")
+        if not failed:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def result(site: Site, name: str) -> dict[str, Any]:
