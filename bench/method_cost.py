@@ -49,7 +49,7 @@ import yaml
 
 from _common import interleave, machine, median, paired_ratio, print_load, print_machine
 from dreg_dist.config import Config, build_method
-from dreg_dist.config.load import config_from_dict
+from dreg_dist.config.load import config_from_record
 from dreg_dist.methods import BASELINE, StepContext
 from dreg_dist.models import build_model
 from dreg_dist.optim import build_optimizer, peak_lr
@@ -120,7 +120,7 @@ def collect(paths: Sequence[Path]) -> tuple[list[Variant], list[str]]:
         if _world_size(run) > 1:
             skipped.append(run_id)
             continue
-        cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()), warn=None)
+        cfg = config_from_record(yaml.safe_load((run / "config.yaml").read_text()))
         key, setup, label = variant_key(cfg)
         variants.setdefault(key, Variant(key, setup, label, cfg)).runs.append(run_id)
     return list(variants.values()), skipped

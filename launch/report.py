@@ -48,13 +48,13 @@ def write_followup(roots: list[Path], out: Path, seeds_text: Optional[str], batc
 
     from dreg_dist.report.aggregate import analyse
     from dreg_dist.report.followup import edge_grid, seed_grid, transfer_grid
-    from dreg_dist.report.runs import load_runs
+    from dreg_dist.report.runs import load_runs, tuned_keys
 
     sweep = read_sweep(roots[0])
     if not sweep or not isinstance(sweep.get("grid"), dict):
         raise ReportError(f"'{roots[0]}' has no sweep.json with its grid: run it with launch/sweep.py")
     runs = [run for root in roots for run in load_runs(root)]
-    analysis = analyse(runs)
+    analysis = analyse(runs, tuned=tuned_keys(roots))
     if seeds_text is None:
         grid, lines = edge_grid(analysis, sweep["grid"], out.stem)
         flag, what = "--edge-grid", "Selections at the edge of the learning rates tried:"

@@ -209,9 +209,20 @@ def config_from_dict(data: dict[str, Any], warn: Optional[Callable[[str], None]]
     return cfg
 
 
+def config_from_record(data: dict[str, Any]) -> Config:
+    """A run folder's saved config as today's loader resolves it: keys of earlier releases
+    upgraded, and fields added since at the value the old run used (``Method.record_defaults``),
+    not at today's default."""
+    return config_from_dict(methods.upgrade_record(data), warn=None)
+
+
 def method_settings(cfg: Config) -> "methods.RunSettings":
     """The run settings a method may read, from the run's config."""
-    return methods.RunSettings(seed=cfg.train.seed, label_smoothing=cfg.train.label_smoothing)
+    from dreg_dist.optim.schedule import peak_lr
+
+    return methods.RunSettings(seed=cfg.train.seed, label_smoothing=cfg.train.label_smoothing,
+                               peak_lr=peak_lr(cfg.optim, cfg.train.global_batch_size),
+                               weight_decay=cfg.optim.weight_decay)
 
 
 def build_method(cfg: Config) -> "methods.Method":

@@ -7,15 +7,17 @@ Typical use::
 
     from dreg_dist.dreg import DualPathModel, DRegObjective, write_export
     dual = DualPathModel(model, "R1")                 # last 3x3 conv replicated
-    objective = DRegObjective(lam=0.1)                # Eq. 3
+    objective = DRegObjective()                       # the service's defaults (defaults.py)
     logits_r, logits_l = dual(x)
     loss, parts = objective(logits_r, logits_l, y, dual)
+    loss.backward(); opt.step(); objective.after_step(dual)   # the projection
     ...
     write_export(dual, "export/", arch="resnet18", num_classes=10, val_acc={"R": .91, "L": .92})
 """
 
 from __future__ import annotations
 
+from dreg_dist.dreg import defaults
 from dreg_dist.dreg.contrast import (
     CEReduction,
     ContrastForm,
@@ -23,6 +25,8 @@ from dreg_dist.dreg.contrast import (
     Reduction,
     branch_stats,
     contrast_term,
+    project_distance_,
+    relative_distance,
 )
 from dreg_dist.dreg.cost import CostReport, cost_report
 from dreg_dist.dreg.dual_path import DualPathModel, NormMode, UnsupportedModelError, trace, unwrap
@@ -50,9 +54,12 @@ __all__ = [
     "choose_path",
     "contrast_term",
     "cost_report",
+    "defaults",
     "level_candidates",
     "path_state_dict",
     "plain_model",
+    "project_distance_",
+    "relative_distance",
     "resolve_layer",
     "trace",
     "unwrap",

@@ -44,6 +44,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from dreg_dist.dreg import defaults
 from dreg_dist.dreg.layer_select import DRegSite, resolve_layer
 
 Path = Literal["R", "L"]
@@ -246,18 +247,19 @@ class DualPathModel(nn.Module):
     whole gradient back and leaves the shared ones as they were, so that with identical
     branches and no contrast each path trains exactly like the plain model
     (``DRegObjective(ce_reduction="per_path")``). Only the backward pass of ``forward(x)``
-    changes; a single path (``path="R"``) is the plain model's, gradients included.
+    changes; a single path (``path="R"``) is the plain model's, gradients included. The
+    default matches :class:`~dreg_dist.dreg.DRegObjective`'s default ``ce_reduction``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        layer: str = "R1",
+        layer: str = defaults.LAYER,
         *,
-        norm: NormMode = "per_path",
-        init_scale: float = 0.01,
+        norm: NormMode = defaults.NORM,  # type: ignore[assignment]
+        init_scale: float = defaults.INIT_SCALE,
         seed: int = 0,
-        branch_grad_scale: float = 1.0,
+        branch_grad_scale: float = defaults.branch_grad_scale(defaults.CE_REDUCTION),
     ) -> None:
         super().__init__()
         if norm not in get_args(NormMode):

@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any, Optional
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import Method, NoConfig, RunSettings, StepContext
+from dreg_dist.methods.base import Method, NoConfig, RunSettings, Signal, StepContext
 
 BUILTIN: dict[str, str] = {
     "vanilla": "dreg_dist.methods.vanilla:Vanilla",
@@ -125,6 +125,22 @@ def upgrade_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, notes
 
 
+def upgrade_record(data: dict[str, Any]) -> dict[str, Any]:
+    """A run record's saved config (nested) with legacy keys upgraded and every field its method
+    added since at the value the old run used (:attr:`Method.record_defaults`).
+
+    A record of this release spells out every field, so only older records change.
+    """
+    out, _ = upgrade_legacy(data)
+    try:
+        cls = method_class(str(out.get("method", DEFAULT)))
+    except ConfigError:
+        return out
+    for field, value in cls.record_defaults.items():
+        _set_path(out, f"{cls.config_section()}.{field}", value)
+    return out
+
+
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
@@ -140,6 +156,7 @@ __all__ = [
     "Method",
     "NoConfig",
     "RunSettings",
+    "Signal",
     "StepContext",
     "build_method",
     "method_class",
@@ -148,4 +165,5 @@ __all__ = [
     "registry",
     "sections",
     "upgrade_legacy",
+    "upgrade_record",
 ]

@@ -8,9 +8,11 @@ not synchronize them either.
 
 from __future__ import annotations
 
+import sys
 import types
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dreg_dist.methods.base import Batch, Method, StepContext
+from dreg_dist.errors import ConfigError
+from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext
 
 
 def trainable_params(module: nn.Module) -> list[nn.Parameter]:
@@ -122,28 +125,105 @@ def shifted(params: Sequence[Tensor], deltas: Optional[Sequence[Tensor]]) -> Ite
                 p.copy_(s)
 
 
-class LocalPerturbationMethod(Method):
-    """Two passes per step: a local gradient at w, then the all-reduced gradient at w + delta.
+@dataclass(frozen=True)
+class Chunk:
+    """``m`` samples of this rank's step, with where they sit in the global batch."""
 
-    Pass 1 runs on the unwrapped module (no DDP, no communication, BatchNorm statistics
-    left untouched) and gives g_local, the gradient of this rank's mean loss over all its
-    accumulation micro-batches. Subclasses turn it into ``delta`` (:meth:`perturbation`).
-    Pass 2 is the plain accumulation of :class:`Method` through the DDP model at w + delta
-    (one all-reduce); the weights are then restored exactly, so the optimizer steps from w
-    with the gradient taken at w + delta.
+    x: Tensor
+    y: Tensor
+    position: int
+    """Index in the step's global batch of the chunk's first sample (the same on any K)."""
+    weight: float
+    """Its share of this rank's samples (the chunk's loss is weighted by it)."""
+
+
+def micro_chunks(batches: list[Batch], m: Optional[int]) -> list[Chunk]:
+    """This rank's micro-batches cut into consecutive chunks of ``m`` samples (None: one chunk
+    per micro-batch). Ranks hold contiguous, equal slices of the global batch (rank-major), so a
+    chunk's position, and with ``m`` dividing each micro-batch the chunks themselves, are the
+    same on any number of workers and accumulation steps."""
+    rank, _ = rank_and_world()
+    local = sum(int(y.shape[0]) for _, y in batches)
+    offset = rank * local
+    out = []
+    for x, y in batches:
+        size = int(y.shape[0])
+        step = size if m is None else m
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            out.append(Chunk(x[start:stop], y[start:stop], offset + start, (stop - start) / local))
+        offset += size
+    return out
+
+
+class CutWarning:
+    """Says once (rank 0) when a worker's micro-batch is smaller than the method's ``m`` or not
+    a multiple of it: chunks then depend on the split, and the method's result with them."""
+
+    def __init__(self, key: str, what: str) -> None:
+        self.key, self.what = key, what
+        self.warned = False
+
+    def check(self, m: Optional[int], batches: list[Batch]) -> None:
+        sizes = {int(y.shape[0]) for _, y in batches}
+        if m is None or self.warned or all(s % m == 0 for s in sizes):
+            return
+        self.warned = True
+        if rank_and_world()[0] == 0:
+            size = min(sizes)
+            how = (f"over chunks of {size} instead" if size < m else
+                   f"over chunks of {m} and a last, shorter chunk in each micro-batch")
+            print(f"warning: {self.key}={m} but each worker's micro-batch holds {size} samples (global batch / "
+                  f"(workers x accumulation steps)), not a multiple of it: the {self.what} is taken {how}, which "
+                  f"changes its result; use fewer accumulation steps or workers, or set {self.key} to a divisor "
+                  f"of {size}", file=sys.stderr)
+
+
+class LocalPerturbationMethod(Method):
+    """Two passes per chunk of ``m`` samples: a local gradient at w, then the gradient at w + delta.
+
+    For each chunk of this rank's step (:func:`micro_chunks`; ``m`` is the method's
+    ``micro_batch_size``), pass 1 runs on the unwrapped module (no DDP, no communication,
+    BatchNorm statistics left untouched) and gives the chunk's gradient g at w; subclasses
+    turn it into ``delta`` (:meth:`perturbation`). Pass 2 takes the chunk's gradient at
+    w + delta through the DDP model, accumulated over the chunks under ``no_sync`` so that the
+    step all-reduces once; the weights are restored exactly after each chunk, so the optimizer
+    steps from w with the mean over chunks of the perturbed gradients. Each chunk's
+    perturbation depends on its own ``m`` samples only, so the step is the same on any K.
+    ``micro_batch_size=None`` is the behaviour of earlier releases: one perturbation from this
+    rank's whole local batch (m = B / K, so the result depends on K).
     """
 
     perturbed_key = "loss_perturbed"
     """Name under which the loss at w + delta is logged."""
 
-    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor) -> Optional[list[Tensor]]:
+    def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
+        super().__init__(hp, settings)
+        self._cut = CutWarning(self.key("micro_batch_size"), "perturbation")
+
+    @property
+    def micro_batch_size(self) -> Optional[int]:
+        return self.hp.micro_batch_size
+
+    def check_micro_batch_size(self) -> None:
+        m = self.hp.micro_batch_size
+        if m is not None and not (isinstance(m, int) and m >= 1):
+            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1 or null, got {m}; try 128")
+
+    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
+                     global_batch: int) -> Optional[list[Tensor]]:
+        """delta for a chunk of ``samples`` samples (of a global batch of ``global_batch``)."""
         raise NotImplementedError
+
+    def extra_parts(self, loss: Tensor, perturbed: Tensor) -> dict[str, Tensor]:
+        """More logged values from the chunk-weighted losses at w and at w + delta."""
+        return {}
 
     def local_gradient(
         self, ctx: StepContext, batches: list[Batch], params: list[nn.Parameter]
     ) -> tuple[list[Tensor], Tensor]:
-        """(g_local, mean local loss) at the current weights, on this worker only."""
-        n = len(batches)
+        """(gradient, mean loss) of ``batches`` at the current weights, on this worker only."""
+        n = sum(int(y.shape[0]) for _, y in batches)
         total: Optional[list[Tensor]] = None
         loss_sum = torch.zeros((), device=batches[0][1].device)
         with frozen_bn_stats(ctx.module), local_norm_statistics(ctx.module):
@@ -151,18 +231,52 @@ class LocalPerturbationMethod(Method):
                 with ctx.autocast():
                     outputs = ctx.module(x)
                 loss, _ = self.loss(outputs, y, ctx.module)
-                grads = local_grads(ctx, loss / n, params)
+                share = int(y.shape[0]) / n
+                grads = local_grads(ctx, loss * share, params)
                 total = grads if total is None else [a + b for a, b in zip(total, grads)]
-                loss_sum = loss_sum + loss.detach() / n
+                loss_sum = loss_sum + loss.detach() * share
         assert total is not None
         return total, loss_sum
 
     def compute_gradients(self, ctx: StepContext, batches: list[Batch]) -> dict[str, Tensor]:
         params = trainable_params(ctx.module)
-        grads, loss = self.local_gradient(ctx, batches, params)
-        norm = global_norm(grads)
-        deltas = self.perturbation(ctx, grads, norm) if bool(torch.isfinite(norm)) else None
-        del grads
-        with shifted(params, deltas):
-            parts = Method.compute_gradients(self, ctx, batches)
-        return {"loss": loss, self.perturbed_key: parts["loss"], "local_grad_norm": norm.to(loss.device)}
+        _, world = rank_and_world()
+        local = sum(int(y.shape[0]) for _, y in batches)
+        global_batch = local * world
+        m = self.micro_batch_size
+        self._cut.check(m, batches)
+        if m is None:  # earlier releases: one perturbation from the whole local batch
+            groups: list[tuple[list[Batch], float]] = [(batches, 1.0)]
+        else:
+            groups = [([(c.x, c.y)], c.weight) for c in micro_chunks(batches, m)]
+        device = batches[0][1].device
+        totals = {key: torch.zeros((), device=device) for key in ("loss", self.perturbed_key, "local_grad_norm")}
+        for i, (group, weight) in enumerate(groups):
+            grads, loss = self.local_gradient(ctx, group, params)
+            norm = global_norm(grads)
+            samples = sum(int(y.shape[0]) for _, y in group)
+            deltas = (self.perturbation(ctx, grads, norm, samples, global_batch)
+                      if bool(torch.isfinite(norm)) else None)
+            del grads
+            with shifted(params, deltas):
+                perturbed = self._accumulate(ctx, group, weight, last=i == len(groups) - 1)
+            totals["loss"] = totals["loss"] + loss.float() * weight
+            totals[self.perturbed_key] = totals[self.perturbed_key] + perturbed * weight
+            totals["local_grad_norm"] = totals["local_grad_norm"] + norm.to(device) * weight
+        totals.update(self.extra_parts(totals["loss"], totals[self.perturbed_key]))
+        return totals
+
+    def _accumulate(self, ctx: StepContext, group: list[Batch], weight: float, last: bool) -> Tensor:
+        """Backward ``weight`` x the mean loss of ``group`` through the DDP model (all-reduced with
+        the step's other chunks on the last one); returns that mean loss."""
+        n = sum(int(y.shape[0]) for _, y in group)
+        total = torch.zeros((), device=group[0][1].device)
+        for j, (x, y) in enumerate(group):
+            share = int(y.shape[0]) / n
+            with ctx.no_sync(last=last and j == len(group) - 1):
+                with ctx.autocast():
+                    outputs = ctx.model(x)
+                loss, _ = self.loss(outputs, y, ctx.module)
+                ctx.scaler.scale(loss * (share * weight)).backward()
+            total = total + loss.detach().float() * share
+        return total

@@ -14,7 +14,7 @@ particular to it, so that no code outside ``dreg_dist/methods/`` names a method:
 * what evaluation scores (:meth:`Method.eval_outputs`: one model, or several paths), what
   the export keeps and writes (:meth:`Method.choose_output`, :meth:`Method.export`);
 * what is logged (:meth:`Method.log_values`, :attr:`Method.console_keys`), reported
-  (:meth:`Method.summary_values`, :attr:`Method.report_curves`, :attr:`Method.study_keys`)
+  (:meth:`Method.summary_values`, :attr:`Method.report_signals`, :attr:`Method.study_keys`)
   and which of its keys change results (all of them, less :attr:`Method.non_result_keys`).
 
 A method never imports the config of the whole run: it gets its own hyperparameters and
@@ -27,7 +27,7 @@ import dataclasses
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, ContextManager, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, ContextManager, Literal, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,36 @@ class RunSettings:
     """``train.seed``: seeds per-step randomness that must agree on every rank."""
     label_smoothing: float = 0.0
     """``train.label_smoothing`` of the training cross-entropy."""
+    peak_lr: float = 0.1
+    """The peak learning rate after scaling with the global batch (``optim.lr`` scaled)."""
+    weight_decay: float = 0.0
+    """``optim.weight_decay`` (what the weights of conv and linear layers get)."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A value a method logs that shows whether it does what its source says it does (DReg: its
+    branches' distance; extragradient: the loss at w against the extrapolated point). The report
+    tabulates it for every run of the method, draws it vs epoch, and flags a run whose value says
+    the method did not work, before any accuracy is compared."""
+
+    tag: str
+    """The logged name (``train/<tag>`` or ``val/<tag>``)."""
+    title: str
+    """Column and axis title."""
+    source: Literal["train", "val"] = "train"
+    minus: Optional[str] = None
+    """Another tag of the same records: the signal is ``tag - minus``."""
+    over: Optional[str] = None
+    """Another tag of the same records: the signal is ``tag / over``."""
+    reduce: Literal["last", "max", "min", "rise"] = "last"
+    """What the table shows: the last, largest or smallest value, or (``rise``) the largest value
+    after the learning-rate warmup over the first value logged."""
+    flag_below: Optional[tuple[float, str]] = None
+    """(threshold, label): the run is labelled when the reduced value is below the threshold."""
+    flag_above: Optional[tuple[float, str]] = None
+    """(threshold, label): ... above it."""
+    log_scale: bool = False
 
 
 @dataclass
@@ -95,21 +125,26 @@ class Method:
     """Field -> short label in sweep cell names and report tables ('' = the value alone)."""
     legacy_keys: ClassVar[Mapping[str, str]] = {}
     """Dotted keys of earlier releases -> field, so old configs and run records still load."""
+    record_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Field -> the value a *run record* of an earlier release means when it lacks the field
+    (added since, with a default that would change what the old run computed)."""
     non_result_keys: ClassVar[tuple[str, ...]] = ()
     """Fields that do not change what the run computes (everything else does)."""
+    applies_when: ClassVar[Mapping[str, tuple[str, Any]]] = {}
+    """Field -> (other field, value): the field matters only when the other has that value
+    (DReg's ``radius`` only for ``form=projected``); reports leave it out of a run's label otherwise."""
     study_keys: ClassVar[Mapping[str, str]] = {}
     """Field -> axis title: fields the report plots best accuracy against when a sweep varies them."""
     console_keys: ClassVar[tuple[str, ...]] = ("loss",)
     """Logged training values shown on the console progress line."""
     train_ce_keys: ClassVar[tuple[str, ...]] = ("loss",)
     """Logged training values whose mean is the training cross-entropy (report's loss curves)."""
-    report_curves: ClassVar[Mapping[str, str]] = {}
-    """Logged training value -> axis label: extra curves the report draws for this method
-    (vs epoch at the selected learning rates, and its final value vs learning rate)."""
     report_columns: ClassVar[Mapping[str, str]] = {}
     """:meth:`summary_values` key -> table column title: extra columns in the report."""
     report_notes: ClassVar[tuple[str, ...]] = ()
     """Paragraphs the report adds to its definitions when this method is in it."""
+    report_signals: ClassVar[tuple[Signal, ...]] = ()
+    """What shows this method doing what it claims (:class:`Signal`), per run in the report."""
     outputs: ClassVar[tuple[str, ...]] = ("model",)
     """Names of what :meth:`eval_outputs` returns, in order of preference on ties."""
     supports_compile: ClassVar[bool] = True
@@ -171,9 +206,17 @@ class Method:
                 totals[key] = totals.get(key, 0.0) + value.float() / n
         return totals
 
+    def after_step(self, module: nn.Module) -> None:
+        """Called after every optimizer step (e.g. a projection of the weights); on every rank,
+        on identical weights, with tensor operations only (no host sync)."""
+
     def log_values(self, module: nn.Module) -> dict[str, float]:
         """Extra scalars for ``train/`` at logging steps (e.g. branch distance)."""
         return {}
+
+    def startup_notes(self, module: nn.Module) -> list[str]:
+        """One-line warnings about this run's settings, printed once at start-up (rank 0)."""
+        return []
 
     # ------------------------------------------------------------ evaluation and export
     def eval_outputs(self, module: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -214,4 +257,4 @@ class Method:
         return {}
 
 
-__all__ = ["Batch", "Method", "NoConfig", "RunSettings", "StepContext", "logits_for_loss"]
+__all__ = ["Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]

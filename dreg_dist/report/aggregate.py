@@ -13,6 +13,8 @@ Config keys that differ between the runs are sorted into roles:
   the baseline on 8 accumulated micro-batches);
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
+* a method's keys that the sweep's grid lists under ``tune`` (``methods.sam.rho``): chosen
+  jointly with the learning rate, on validation, as the method's own tuned knob;
 * ``method``: the compared methods;
 * keys of a method's own config section (its hyperparameters), and the optimizer
   (``optim.name``, shown only where it is not SGD): variants of that method
@@ -84,7 +86,15 @@ def _result_keys(runs: Sequence[Run]) -> frozenset[str]:
 
 
 def _relevant(run: Run, keys: frozenset[str]) -> dict[str, Any]:
+    """The run's result keys, less its method's fields that its other values make moot
+    (``Method.applies_when``), plus the worker count."""
     out = {k: v for k, v in run.flat.items() if k in keys}
+    cls = method_of(run.method)
+    if cls is not None:
+        section = cls.config_section()
+        for field, (other, value) in cls.applies_when.items():
+            if f"{section}.{other}" in run.flat and run.flat[f"{section}.{other}"] != value:
+                out.pop(f"{section}.{field}", None)
     if run.workers is not None:
         out[WORKERS_KEY] = run.workers
     return out
@@ -131,10 +141,23 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     layout: Pairs = ()
     """The batch setup's other keys (see :data:`LAYOUT_KEYS`): accumulation, workers."""
+    tuned: Pairs = ()
+    """Values of the method keys tuned jointly with the learning rate (the grid's ``tune``)."""
 
     @property
     def label(self) -> str:
+        shown = (*self.variant, *self.tuned)
+        return self.method + (f" ({pairs_label(shown)})" if shown else "")
+
+    @property
+    def base_label(self) -> str:
+        """The label without the tuned knobs: what the learning rate and knobs are selected for."""
         return self.method + (f" ({pairs_label(self.variant)})" if self.variant else "")
+
+    @property
+    def setting(self) -> tuple:
+        """What the selection chooses among within a compare key: the learning rate and tuned knobs."""
+        return (self.lr, tuple((k, _hashable(v)) for k, v in self.tuned))
 
     @property
     def variant_key(self) -> tuple:
@@ -269,7 +292,8 @@ class Setup:
         out: dict[tuple, list[Group]] = {}
         for g in self.groups:
             out.setdefault(g.compare_key, []).append(g)
-        return {k: sorted(v, key=lambda g: (g.lr is None, g.lr or 0.0)) for k, v in out.items()}
+        return {k: sorted(v, key=lambda g: (g.lr is None, g.lr or 0.0, tuple(sort_key(x) for _, x in g.tuned)))
+                for k, v in out.items()}
 
     def baseline(self, batch_size: int, layout: Optional[Pairs] = None) -> Optional[Group]:
         """The baseline method's selected group at ``batch_size`` in batch setup ``layout``
@@ -519,21 +543,38 @@ class Transfer:
         return Difference((m2 - v2) - (m1 - v1), None, 0, False)
 
 
+def _workers(layout: Pairs) -> Any:
+    return dict(layout).get(WORKERS_KEY)
+
+
 def transfers(setup: "Setup") -> list[Transfer]:
-    """Every (method variant, tuning batch setup with two or more learning rates, larger batch
-    setup where all its runs use the selected one), in table order."""
+    """Every (method variant, tuning batch setup with two or more settings, larger batch setup on
+    the same number of workers where all its runs use the selected one), in table order. Each
+    larger batch setup's table also gets the baseline's own transfer, between the baselines of
+    the batch setups its other rows come from (run there at one learning rate, it is what the
+    rows' loss against the baseline is measured on)."""
     compared = setup.compared()
     out = []
     for key, groups in compared.items():
         tuned = next((g for g in setup.selected if g.compare_key == key), None)
-        if tuned is None or len({g.lr for g in groups if g.lr is not None}) < 2:
+        if tuned is None or len({g.setting for g in groups if g.lr is not None}) < 2:
             continue
         for others in compared.values():
             moved = others[0]
             if (len(others) == 1 and moved.variant_key == tuned.variant_key and moved.batch_size > tuned.batch_size
-                    and _same_lr(tuned.lr, moved.lr)):
+                    and _workers(moved.layout) == _workers(tuned.layout)
+                    and _same_lr(tuned.lr, moved.lr) and moved.tuned == tuned.tuned):
                 out.append(Transfer(tuned, moved, setup.baseline(tuned.batch_size, tuned.layout),
                                     setup.baseline(moved.batch_size, moved.layout)))
+    tables: dict[tuple, list[Transfer]] = {}
+    for t in out:
+        tables.setdefault((t.moved.batch_size, t.moved.layout), []).append(t)
+    for rows in tables.values():
+        sources = {(t.base_tuned.batch_size, t.base_tuned.layout) for t in rows if t.base_tuned is not None}
+        base_tuned, base_moved = rows[0].base_tuned, rows[0].base_moved
+        if (not any(t.is_baseline for t in rows) and len(sources) == 1 and base_tuned is not None
+                and base_moved is not None and _same_lr(base_tuned.lr, base_moved.lr)):
+            out.append(Transfer(base_tuned, base_moved, base_tuned, base_moved))
     return sorted(out, key=lambda t: (t.moved.batch_size, tuple(sort_key(v) for _, v in t.moved.layout),
                                       t.tuned.batch_size, _group_order(t.tuned)))
 
@@ -565,7 +606,13 @@ class Analysis:
 
     @property
     def lr_varies(self) -> bool:
-        return any(len(v) > 1 for v in self.lr_values().values())
+        """Whether some method variant was run at two or more settings (learning rate, tuned knobs)."""
+        settings: dict[tuple, set] = {}
+        for s in self.setups:
+            for g in s.groups:
+                if g.lr is not None:
+                    settings.setdefault(g.compare_key, set()).add(g.setting)
+        return any(len(v) > 1 for v in settings.values())
 
     def lr_values(self) -> dict[tuple, list[float]]:
         out: dict[tuple, list[float]] = {}
@@ -613,16 +660,19 @@ def _follows_batch(runs: Sequence[Run], key: str) -> bool:
     return len(per_batch) > 1 and all(len(v) == 1 for v in per_batch.values())
 
 
-def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None) -> dict[str, list[str]]:
+def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None,
+                  tuned: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     """The varying config keys of ``runs`` by role (see the module doc); ``keys``: those that
-    can change results (default: asked of the config)."""
+    can change results (default: asked of the config); ``tuned``: method keys selected with the
+    learning rate."""
     keys = _result_keys(runs) if keys is None else keys
     values: dict[str, set[Hashable]] = {}
     for run in runs:
         for k, v in _relevant(run, keys).items():
             values.setdefault(k, set()).add(_hashable(v))
     present = {r.method for r in runs}
-    roles: dict[str, list[str]] = {"seed": [], "batch": [], "lr": [], "method": [], "variant": [], "setup": []}
+    roles: dict[str, list[str]] = {"seed": [], "batch": [], "lr": [], "tuned": [], "method": [], "variant": [],
+                                   "setup": []}
     for key in sorted(values):
         if len(values[key]) < 2 and not (key == METHOD_KEY and len(present) > 1):
             continue
@@ -636,6 +686,8 @@ def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None) ->
             roles["method"].append(key)
         elif key in LAYOUT_KEYS:
             roles["batch"].append(key)
+        elif key in tuned and methods.owner_of(key) is not None:
+            roles["tuned"].append(key)
         elif methods.owner_of(key) is not None or key in VARIANT_DEFAULTS:
             roles["variant"].append(key)
         elif _follows_batch(runs, key):
@@ -645,13 +697,14 @@ def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None) ->
     return roles
 
 
-def analyse(runs: Sequence[Run]) -> Analysis:
-    """Group, average and select learning rates for a sweep's runs."""
+def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
+    """Group, average and select learning rates (and the ``tuned`` method keys with them) for a
+    sweep's runs."""
     # A run that never validated has nothing to report, unless it diverged: that is a result
     # (a learning rate too high), shown as such rather than left out.
     runs = [r for r in runs if r.val or r.diverged_at is not None]
     keys = _result_keys(runs)
-    roles = classify_keys(runs, keys)
+    roles = classify_keys(runs, keys, frozenset(tuned))
     groups: dict[tuple, Group] = {}
     for run in runs:
         rel = _relevant(run, keys)
@@ -659,19 +712,21 @@ def analyse(runs: Sequence[Run]) -> Analysis:
         variant = tuple((k, rel[k]) for k in roles["variant"]
                         if k in rel and not (k in VARIANT_DEFAULTS and rel[k] == VARIANT_DEFAULTS[k]))
         layout = tuple((k, rel.get(k)) for k in roles["batch"] if k != BATCH_KEY)
+        knobs = tuple((k, rel[k]) for k in roles["tuned"] if k in rel)
         key = (tuple((k, _hashable(v)) for k, v in setup), run.method,
                tuple((k, _hashable(v)) for k, v in variant), run.batch_size,
-               tuple((k, _hashable(v)) for k, v in layout), run.lr)
+               tuple((k, _hashable(v)) for k, v in layout), run.lr, tuple((k, _hashable(v)) for k, v in knobs))
         if key not in groups:
             groups[key] = Group(setup=setup, method=run.method, variant=variant, batch_size=run.batch_size, lr=run.lr,
-                                layout=layout)
+                                layout=layout, tuned=knobs)
         groups[key].runs.append(run)
     for g in groups.values():
         g.runs.sort(key=lambda r: (r.seed, r.name))
 
     lr_results = [LrResult(key=freeze(g.compare_key), lr=g.lr if g.lr is not None else float("nan"),
                            val_accs=tuple(g.best_vals), test_accs=tuple(g.test_accs),
-                           seeds=tuple(r.seed for r in g.runs if r.best_val_acc is not None))
+                           seeds=tuple(r.seed for r in g.runs if r.best_val_acc is not None),
+                           knobs=tuple(sort_key(v) for _, v in g.tuned), setting=g.setting[1])
                   for g in groups.values()]
     selected = select_lr(lr_results)
 
@@ -683,7 +738,7 @@ def analyse(runs: Sequence[Run]) -> Analysis:
         setup = setups.setdefault(skey, Setup(key=g.setup, groups=[], selected=[]))
         setup.groups.append(g)
         chosen = selected.get(freeze(g.compare_key))
-        if chosen is not None and _same_lr(chosen.lr, g.lr):
+        if chosen is not None and _same_lr(chosen.lr, g.lr) and chosen.setting == g.setting[1]:
             setup.selected.append(g)
     return Analysis(runs=list(runs), setups=list(setups.values()), roles=roles, lr_results=lr_results,
                     selected_lr=selected)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from dreg_dist.report.aggregate import BATCH_KEY, LR_KEY, Analysis, Group, freeze
 from dreg_dist.report.plots import ReportError
-from dreg_dist.report.select import common_seeds, edge_of
+from dreg_dist.report.select import LrResult, common_seeds, edge_of
 from dreg_dist.sweep.grid import name_value
 
 Grid = dict[str, Any]
@@ -42,6 +42,15 @@ def _compared(analysis: Analysis) -> Iterator[tuple[tuple, list[Group]]]:
                 yield key, groups
 
 
+def _chosen_group(groups: Sequence[Group], chosen: Optional[LrResult]) -> Group:
+    """The group of the selected setting (its tuned knobs single out the follow-up's cells)."""
+    if chosen is not None:
+        for g in groups:
+            if g.lr == chosen.lr and g.setting[1] == chosen.setting:
+                return g
+    return groups[0]
+
+
 def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
     """The axis values that single out ``group``'s cells (learning rate and seed aside)."""
     entry: dict[str, Any] = {}
@@ -53,7 +62,7 @@ def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
     for k in axes:
         if k not in ("method", "train.seed", LR_KEY) and k in flat:
             entry[k] = flat[k]
-    for k, v in (*group.setup, *group.variant):
+    for k, v in (*group.setup, *group.variant, *group.tuned):
         if k in axes:
             entry[k] = v
     if BATCH_KEY in axes:
@@ -71,9 +80,12 @@ def _followup(grid: Mapping[str, Any], name: str, description: str, seeds: Seque
         raise ReportError("nothing to run: no method variant needs a follow-up")
     # The first grid's learning-rate excludes described its own lr_grid; ``only`` replaces them.
     exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e]
-    return {"name": name, "description": description, "config": grid.get("config"),
-            "overrides": list(grid.get("overrides") or []), "axes": axes,
-            "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
+    out = {"name": name, "description": description, "config": grid.get("config"),
+           "overrides": list(grid.get("overrides") or []), "axes": axes,
+           "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
+    if grid.get("tune"):
+        out["tune"] = list(grid["tune"])
+    return out
 
 
 def _check(grid: Mapping[str, Any], analysis: Analysis) -> None:
@@ -97,8 +109,8 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     lines = []
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        picks[key] = (groups[0], chosen.lr if chosen is not None else None)
-        lines.append(f"{groups[0].label} batch {groups[0].batch_size}: "
+        picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
+        lines.append(f"{_chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
     description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at each method variant's "
                    "learning rate selected on "
@@ -116,14 +128,14 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
     seeds: set[int] = set()
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        lrs = [g.lr for g in groups]
+        lrs = sorted({g.lr for g in groups})
         edge = edge_of(chosen.lr, lrs) if chosen is not None else None
         if edge is None:
             picks[key] = (groups[0], None)  # bracketed already: none of its cells
             continue
         step = lrs[0] * lrs[0] / lrs[1] if edge == "lowest" else lrs[-1] * lrs[-1] / lrs[-2]
         step = float(f"{step:.6g}")  # 0.0125 / 2 is written 0.00625, not 0.006250000000000001
-        picks[key] = (groups[0], step)
+        picks[key] = (_chosen_group(groups, chosen), step)
         seeds |= set(common.get(freeze(key)) or {s for g in groups for s in g.seeds})
         lines.append(f"{groups[0].label} batch {groups[0].batch_size}: best at lr {name_value(chosen.lr)} "
                      f"of {', '.join(name_value(x) for x in lrs)}; adds {name_value(step)}")
@@ -148,9 +160,9 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
     tuned: set[int] = set()
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        picks[key] = (groups[0], chosen.lr if chosen is not None else None)
+        picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
         tuned.add(groups[0].batch_size)
-        lines.append(f"{groups[0].label}: lr {name_value(chosen.lr) if chosen else 'none'} selected at batch "
+        lines.append(f"{_chosen_group(groups, chosen).label}: lr {name_value(chosen.lr) if chosen else 'none'} selected at batch "
                      f"{groups[0].batch_size}, run at {batch}")
     (old,) = tuned
     if batch % old and old % batch:

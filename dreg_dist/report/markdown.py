@@ -12,19 +12,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from dreg_dist.report.aggregate import (BASELINE, THRESHOLDS, Analysis, Difference, GapClosed, Group, Row, Setup,
                                         Transfer, batch_groups, freeze, gap_closed, label_of, mean_ci, pairs_label,
                                         report_columns, transfers)
+from dreg_dist.report.mdtable import table
 from dreg_dist.report.runs import StepCosts, method_of
 from dreg_dist.report.select import common_seeds, edge_of
+from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
 from dreg_dist.sweep.grid import name_value, safe_name
-
-
-def esc(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def pct(x: Optional[float]) -> str:
@@ -218,16 +210,18 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             for g in gs:
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
                 shown = pct(mean) if mean is not None or not g.diverged else "diverged before validating"
-                text = f"{fmt_lr(g.lr)}: {shown}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
+                knobs = f" ({pairs_label(g.tuned)})" if g.tuned else ""
+                text = f"{fmt_lr(g.lr)}{knobs}: {shown}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
             on = common.get(freeze(key))
-            selected = fmt_lr(chosen.lr) if chosen else "—"
+            selected = fmt_lr(chosen.lr) + (f" ({pairs_label(chosen.tuned)})" if chosen and chosen.tuned else "") \
+                if chosen else "—"
             lrs = [g.lr for g in gs if g.lr is not None]
-            edge = edge_of(chosen.lr, lrs) if chosen and len(lrs) > 2 else None
+            edge = edge_of(chosen.lr, lrs) if chosen and len(set(lrs)) > 2 else None
             if edge:  # the optimum may lie outside the grid: say so instead of implying it was bracketed
                 selected += f" ({edge} tried)"
             row = ([setup.label] if len(analysis.setups) > 1 else []) + [
-                gs[0].label, setup.batch_text(gs[0].batch_size, gs[0].layout), "; ".join(tried), selected,
+                gs[0].base_label, setup.batch_text(gs[0].batch_size, gs[0].layout), "; ".join(tried), selected,
                 ", ".join(str(x) for x in sorted(on)) if on else "all"]
             rows.append(row)
     header = (["setup"] if len(analysis.setups) > 1 else []) + [
@@ -278,6 +272,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
     notes = [note for name in sorted({r.method for r in analysis.runs})
              for note in (getattr(method_of(name), "report_notes", None) or ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
+    out += signals_section(analysis, figures)
     if analysis.lr_varies:
         out += _lr_section(analysis, figures)
     for setup in analysis.setups:
@@ -343,13 +338,6 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         for sizes, f in loss_figs:
             if f:
                 out += [f"![Training loss, batch size {', '.join(map(str, sizes))}]({f})", ""]
-    for key in sorted({fk[2] for fk in figures if fk[0] == "curve" and fk[1] == setup.key}):
-        method, tag = key
-        out += [f"{sub} {method}: {tag}", ""]
-        for b in setup.batch_sizes:
-            f = figures.get(("curve", setup.key, key, b))
-            if f:
-                out += [f"![{method} {tag}, batch size {b}]({f})", ""]
     for key in analysis.study_keys:
         fig = figures.get(("study", setup.key, key))
         if not fig:
@@ -438,7 +426,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
     from dreg_dist.report.aggregate import analyse, batch_groups as groups_of
     from dreg_dist.report.plots import Plotter, ReportError
-    from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep
+    from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep, tuned_keys
 
     roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
     runs = []
@@ -461,7 +449,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
             preface_text = Path(preface).read_text()
         except OSError as err:
             raise ReportError(f"--preface '{preface}' cannot be read: {err.strerror}") from None
-    analysis = analyse(runs)
+    analysis = analyse(runs, tuned=tuned_keys(roots))
     if not analysis.runs:
         raise ReportError(f"no run under {', '.join(repr(str(r)) for r in roots)} has validation results yet "
                           "(config.yaml + metrics.jsonl)")
@@ -493,11 +481,11 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
             if f:
                 figures_at[("transfer", setup.key, (batch, layout))] = f
         for batch in setup.batch_sizes:
-            for name in sorted({g.method for g in setup.groups}):
-                for tag, axis in (getattr(method_of(name), "report_curves", None) or {}).items():
-                    f = plotter.method_curve(setup, batch, name, tag, axis, prefix)
+            for name in methods_with_signals(setup.groups):
+                for signal in signals_of(name):
+                    f = plotter.signal_curve(setup, batch, name, signal, prefix)
                     if f:
-                        figures_at[("curve", setup.key, (name, tag), batch)] = f
+                        figures_at[("signal", setup.key, (name, signal_id(signal)), batch)] = f
     sweeps = [read_sweep(root) for root in roots]
     sweep = sweeps[0]
     if title is None:

@@ -10,8 +10,8 @@
   Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
   selected learning rate circled, one panel per batch size;
-* a method's own logged values (``Method.report_curves``) vs epoch at the selected learning
-  rates, and at the end of training vs learning rate;
+* a method's own signals (``Method.report_signals``) vs epoch, every run of the method, the
+  legend outside the axes;
 * learning-rate transfer: test accuracy at the tuning batch and at the larger one, per method
   variant, with 95% intervals over seeds.
 
@@ -25,8 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from dreg_dist.methods import Signal
 from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, Transfer, compute_cost, freeze, label_of,
                                         mean_ci, pairs_label, sort_key)
+from dreg_dist.report.signals import series, signal_id
 from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
@@ -61,6 +63,8 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
 
 
 _STYLES = ["-", "--", ":", "-."]
+OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
+"""Legend placement: right of the axes, never over the data."""
 
 
 def _line_label(setup: Setup, g: Group) -> str:
@@ -88,13 +92,18 @@ class Plotter:
         where = f" - {setup.label}" if setup.label else ""
         ax.set_title(f"{title}{where}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size)
+        ax.legend(fontsize=legend_size, **OUTSIDE)
         return self._save(fig, name)
 
     def _save(self, fig: Any, name: str) -> str:
         path = self.fig_dir / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI, format="png")
+        # A legend outside the axes must not shrink them: the layout leaves it out, the saved
+        # canvas grows to take it in.
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        for legend in legends:
+            legend.set_in_layout(False)
+        fig.tight_layout(rect=(0, 0, 1, 0.93) if fig.get_suptitle() else None)
+        fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", bbox_extra_artists=legends)
         self.plt.close(fig)
         return self._name(name)
 
@@ -148,7 +157,7 @@ class Plotter:
         where = f" - {setup.label}" if setup.label else ""
         ax.set_title(f"{title}, BS {', '.join(str(b) for b in sizes)}{where}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **OUTSIDE)
         return self._save(fig, name)
 
     def val_vs_compute(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
@@ -195,20 +204,26 @@ class Plotter:
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
+        """Best validation accuracy vs learning rate, one line per variant (and per value of its
+        tuned knobs), the selected setting circled; one panel per batch setup."""
         by_key = {k: [g for g in gs if g.lr is not None and g.best_vals] for k, gs in setup.compared().items()}
-        by_key = {k: v for k, v in by_key.items() if len({g.lr for g in v}) > 1}
+        by_key = {k: v for k, v in by_key.items() if len({g.setting for g in v}) > 1}
         if not by_key:
             return None
         name = f"{prefix}lr_sensitivity.png"
         if not self.draw:
             return self._name(name)
+        lines: dict[tuple, list[Group]] = {}
+        for key, gs in by_key.items():
+            for g in gs:
+                lines.setdefault((key, g.tuned), []).append(g)
         panels = [k for k in setup.batch_keys if any((gs[0].batch_size, gs[0].layout) == k for gs in by_key.values())]
         colors = _colors(list(dict.fromkeys(gs[0].label for gs in sorted(
-            by_key.values(), key=lambda gs: (gs[0].method != BASELINE, gs[0].label)))))
+            lines.values(), key=lambda gs: (gs[0].method != BASELINE, gs[0].label)))))
         fig, axes = self.plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
         for ax, (batch, layout) in zip(axes[0], panels):
             lrs = set()
-            for key, gs in by_key.items():
+            for (key, _), gs in lines.items():
                 if (gs[0].batch_size, gs[0].layout) != (batch, layout):
                     continue
                 x = [g.lr for g in gs]
@@ -216,69 +231,65 @@ class Plotter:
                 y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]
                 ax.plot(x, y, "o-", color=colors[gs[0].label], label=gs[0].label)
                 chosen = analysis.selected_lr.get(freeze(key))
-                if chosen is not None:
+                mine = next((g for g in gs if chosen is not None and g.lr == chosen.lr
+                             and g.setting[1] == chosen.setting), None)
+                if mine is not None:
                     ax.plot([chosen.lr], [chosen.val_acc * 100], "o", markersize=12, markerfacecolor="none",
                             markeredgecolor=colors[gs[0].label])
             self._log_lr_axis(ax, sorted(lrs))
             ax.set_ylabel("best validation accuracy (%), mean over seeds")
-            ax.set_title(f"BS {setup.batch_text(batch, layout)}: learning-rate sensitivity (circled: selected)",
-                         fontsize=10)
-            ax.legend(fontsize=7)
-        return self._save_panels(fig, setup, name)
-
-    def _save_panels(self, fig: Any, setup: Setup, name: str) -> str:
-        """Save a figure of several panels, titled with the setup when there are several."""
-        if setup.label:
-            fig.suptitle(setup.label, fontsize=10)
+            ax.set_title(f"BS {setup.batch_text(batch, layout)}", fontsize=10)
+        axes[0][-1].legend(*_merged_handles(axes[0]), fontsize=7, **OUTSIDE)
+        fig.suptitle("Learning-rate sensitivity (circled: selected)" + (f" - {setup.label}" if setup.label else ""),
+                     fontsize=10)
         return self._save(fig, name)
 
     def _log_lr_axis(self, ax: Any, lrs: Sequence[float]) -> None:
         ax.set_xscale("log")
         ax.set_xticks(lrs)
-        ax.set_xticklabels([name_value(lr) for lr in lrs])
+        # Many rates on one axis: slanted, so that neighbours do not print over each other.
+        ax.set_xticklabels([name_value(lr) for lr in lrs], rotation=45 if len(lrs) > 5 else 0,
+                           ha="right" if len(lrs) > 5 else "center", fontsize=7 if len(lrs) > 5 else None)
+        ax.minorticks_off()
         ax.xaxis.set_minor_formatter(self.plt.NullFormatter())
         ax.set_xlabel("optim.lr (for a batch of optim.base_batch_size; log scale)")
         ax.grid(alpha=0.3, which="both")
 
-    # ---------------------------------------------------------------- a method's own curves
-    def method_curve(self, setup: Setup, batch: int, method: str, tag: str, axis: str,
-                     prefix: str = "") -> Optional[str]:
-        """A value the method logs while training (``Method.report_curves``): left, vs epoch at each
-        variant's selected learning rate (mean over seeds); right, its final value vs learning rate."""
-        groups = [g for g in setup.groups if g.method == method and g.batch_size == batch]
-        if not any(g.train_curve(tag) for g in groups):
+    # ---------------------------------------------------------------- a method's own signals
+    def signal_curve(self, setup: Setup, batch: int, method: str, signal: Signal, prefix: str = "") -> Optional[str]:
+        """One of the method's signals (``Method.report_signals``) vs epoch: one line per variant
+        and learning rate (mean over its seeds), every run of the method at ``batch``; the legend
+        outside the axes."""
+        lines = []
+        for g in sorted((g for g in setup.groups if g.method == method and g.batch_size == batch),
+                        key=lambda g: (g.label, g.lr or 0.0)):
+            points = _mean_series([series(r, signal) for r in g.runs])
+            if points:
+                variant = pairs_label(g.variant) if g.variant else method
+                seeds = f", {len(g.runs)} seeds" if len(g.runs) > 1 else ""
+                lines.append((f"{variant}, lr {name_value(g.lr)}{seeds}", points))
+        if not lines:
             return None
-        name = f"{prefix}{safe_name(method)}_{safe_name(tag)}_bs{batch}.png"
+        name = f"{prefix}{safe_name(method)}_{safe_name(signal_id(signal))}_bs{batch}.png"
         if not self.draw:
             return self._name(name)
-        colors = _colors(list(dict.fromkeys(_line_label(setup, g) for g in sorted(
-            groups, key=lambda g: _line_label(setup, g)))))
-        fig, (left, right) = self.plt.subplots(1, 2, figsize=(11.2, 4.4))
-        for g in sorted((g for g in setup.selected if g in groups), key=lambda g: _line_label(setup, g)):
-            points = g.train_curve(tag)
-            if points:
-                left.plot([p[0] for p in points], [p[1] for p in points], color=colors[_line_label(setup, g)],
-                          label=f"{_line_label(setup, g)}, lr {name_value(g.lr)}")
-        left.set_yscale("log")
-        left.set_xlabel("epoch")
-        left.set_ylabel(f"{axis} (log scale)")
-        left.set_title(f"BS {batch}: {tag} at the selected learning rates", fontsize=10)
-        left.grid(alpha=0.3, which="both")
-        left.legend(fontsize=7)
-        by_label: dict[str, list[tuple[float, float]]] = {}
-        for g in groups:
-            points = g.train_curve(tag)
-            if g.lr is not None and points:
-                by_label.setdefault(_line_label(setup, g), []).append((g.lr, points[-1][1]))
-        for label, pts in sorted(by_label.items()):
-            pts.sort()
-            right.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[label], label=label)
-        self._log_lr_axis(right, sorted({p[0] for pts in by_label.values() for p in pts}))
-        right.set_yscale("log")
-        right.set_ylabel(f"final {axis} (log scale)")
-        right.set_title(f"BS {batch}: {tag} at the end vs learning rate", fontsize=10)
-        right.legend(fontsize=7)
-        return self._save_panels(fig, setup, name)
+        colors = _colors([label for label, _ in lines])
+        fig, ax = self.plt.subplots(figsize=(8.4, 3.8))
+        for i, (label, points) in enumerate(lines):
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[label],
+                    linestyle=_STYLES[(i // 10) % len(_STYLES)], label=label)
+        if signal.log_scale:
+            ax.set_yscale("log")
+        for threshold in (signal.flag_below, signal.flag_above):
+            if threshold is not None:
+                ax.axhline(threshold[0], color="0.4", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(signal.title + (" (log)" if signal.log_scale else ""))
+        where = f", {setup.label}" if setup.label else ""
+        ax.set_title(f"{method}: {signal.title}, batch {batch}{where}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, **OUTSIDE)
+        return self._save(fig, name)
 
     # ---------------------------------------------------------------- learning-rate transfer
     def transfer(self, setup: Setup, moves: Sequence[Transfer], prefix: str = "") -> Optional[str]:
@@ -312,11 +323,28 @@ class Plotter:
                         linestyle="--" if t.is_baseline else "-",
                         label=f"{t.tuned.label}, lr {name_value(t.tuned.lr)}{note}")
         ax.set_xticks(range(len(ticks)))
-        ax.set_xticklabels([f"BS {setup.batch_text(b, layout)}" for b, layout in ticks])
+        ax.set_xticklabels([f"BS {setup.batch_text(b, layout)}".replace(" (", "\n(", 1) for b, layout in ticks])
         ax.set_xlim(-0.5, len(ticks) - 0.5)
-        ax.set_ylabel("test accuracy (%), mean and 95% interval over seeds")
-        return self._finish(fig, ax, name, f"Learning-rate transfer to BS {to} (lr selected at the smaller batch)",
-                            setup, legend_size=7)
+        ax.set_ylabel("test accuracy (%), mean ± 95% CI")
+        return self._finish(fig, ax, name, f"LR transfer to BS {to}", setup, legend_size=7)
+
+
+def _merged_handles(axes: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """Every panel's legend entries, each label once: one legend for all panels."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    return list(handles.values()), list(handles)
+
+
+def _mean_series(curves: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """(epoch, mean over the curves that have a value there) by epoch."""
+    by_epoch: dict[float, list[float]] = {}
+    for curve in curves:
+        for epoch, value in curve:
+            by_epoch.setdefault(epoch, []).append(value)
+    return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items())]
 
 
 def _m(values: Sequence[float]) -> Optional[float]:

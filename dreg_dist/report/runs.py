@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 
 from dreg_dist import methods
-from dreg_dist.config import ConfigError, config_from_dict, config_to_dict, flatten
+from dreg_dist.config import ConfigError, config_from_record, config_to_dict, flatten
 from dreg_dist.methods import Method
 from dreg_dist.run_layout import RunLayout
 
@@ -85,9 +85,9 @@ def resolve_record(config: dict[str, Any]) -> dict[str, Any]:
     keys added since at their defaults); as saved, with legacy keys upgraded, if it no
     longer loads."""
     try:
-        return config_to_dict(config_from_dict(config, warn=None))
+        return config_to_dict(config_from_record(config))
     except ConfigError:
-        return methods.upgrade_legacy(config)[0]
+        return methods.upgrade_record(config)
 
 
 @dataclass
@@ -315,6 +315,15 @@ class StepCosts:
             run.step_cost = self.ratios.get(run.run_id)
             seen.add(run.run_id)
         return len(set(self.ratios) - seen)
+
+
+def tuned_keys(roots: Iterable[Union[str, Path]]) -> list[str]:
+    """The method keys the sweeps' grids tune with the learning rate (their ``tune`` lists)."""
+    out: list[str] = []
+    for root in roots:
+        grid = (read_sweep(root) or {}).get("grid") or {}
+        out += [k for k in grid.get("tune") or [] if isinstance(k, str) and k not in out]
+    return out
 
 
 def read_step_costs(path: Union[str, Path]) -> StepCosts:

@@ -32,6 +32,10 @@ class LrResult:
     """Test accuracy of each seed's exported model: shown, never used for the choice."""
     seeds: tuple[int, ...] = ()
     """The seed of each entry of ``val_accs`` (empty: unknown, all entries count)."""
+    knobs: tuple = ()
+    """Sort keys of the method knobs tuned with the learning rate (ties go to the smaller ones)."""
+    setting: Hashable = ()
+    """The tuned knobs' (key, value) pairs: with ``lr``, what is selected."""
 
     @property
     def val_acc(self) -> float:
@@ -67,11 +71,11 @@ def common_seeds(results: Iterable[LrResult]) -> dict[Hashable, Optional[frozens
 
 
 def select_lr(results: Iterable[LrResult]) -> dict[Hashable, LrResult]:
-    """The best learning rate per key, by mean best validation accuracy over the seeds common
-    to all of the key's learning rates (see the module doc).
+    """The best learning rate (with its tuned knobs, when a result has some) per key, by mean best
+    validation accuracy over the seeds common to all of the key's settings (see the module doc).
 
-    Ties go to the smaller learning rate; results without any validation accuracy are never
-    chosen (a key with only such results is absent from the answer).
+    Ties go to the smaller learning rate, then the smaller knobs; results without any validation
+    accuracy are never chosen (a key with only such results is absent from the answer).
     """
     results = list(results)
     common = common_seeds(results)
@@ -82,7 +86,7 @@ def select_lr(results: Iterable[LrResult]) -> dict[Hashable, LrResult]:
             continue
         cur = best.get(res.key)
         cur_score = cur.val_acc_on(common.get(res.key)) if cur is not None else None
-        if cur is None or score > cur_score or (score == cur_score and res.lr < cur.lr):
+        if cur is None or score > cur_score or (score == cur_score and (res.lr, res.knobs) < (cur.lr, cur.knobs)):
             best[res.key] = res
     return best
 

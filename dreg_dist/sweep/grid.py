@@ -18,6 +18,7 @@ A grid is a YAML file::
       - {method: vanilla, train.global_batch_size: 4096}
     only:                                    # optional: keep only cells matching one entry
       - {method: dreg, dreg.lam: 0.1, optim.lr: 0.05}
+    tune: [dreg.lam]                         # optional: method axes the report selects with the lr
 
 The cells are the cartesian product of the axes in the order written (first axis
 slowest), times each cell's method's learning rates. Each cell's config is resolved as
@@ -46,7 +47,7 @@ from dreg_dist.config import Config, ConfigError, config_to_dict, flatten, load_
 
 REPO = Path(__file__).resolve().parents[2]
 
-GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude", "only")
+GRID_KEYS = ("name", "description", "config", "overrides", "axes", "lr_grid", "exclude", "only", "tune")
 LR_KEY = "optim.lr"
 
 # Short names used in cell names; "" means the value alone ("vanilla", "vgg16").
@@ -193,6 +194,9 @@ class Grid:
     description: str = ""
     source: Optional[str] = None
     """The grid file, when read from one."""
+    tune: list[str] = field(default_factory=list)
+    """Method keys (axes) the report selects jointly with the learning rate, on validation: the
+    methods' own knobs, tuned rather than compared as variants."""
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -217,12 +221,13 @@ class Grid:
         known = set(axes) | ({LR_KEY} if lr_grid is not None else set())
         exclude = _exclude(data.get("exclude"), known)
         only = _exclude(data.get("only"), known, "only")
+        tune = _tune(data.get("tune"), axes)
         try:
             cell_config(config, overrides)
         except ConfigError as err:
             raise GridError(f"base config with the grid's overrides: {err}") from None
         return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude, only=only,
-                   description=str(data.get("description") or ""), source=str(source) if source else None)
+                   description=str(data.get("description") or ""), source=str(source) if source else None, tune=tune)
 
     # -------------------------------------------------------------- queries
     def cell_overrides(self, values: Mapping[str, Any]) -> list[str]:
@@ -239,7 +244,7 @@ class Grid:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "config": self.config,
                 "overrides": list(self.overrides), "axes": self.axes, "lr_grid": self.lr_grid,
-                "exclude": self.exclude, "only": self.only, "source": self.source}
+                "exclude": self.exclude, "only": self.only, "tune": list(self.tune), "source": self.source}
 
 
 def _find_config(path: str, source: Optional[Union[str, Path]]) -> str:
@@ -292,6 +297,21 @@ def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
     if isinstance(raw, Mapping):
         return {str(m): check(v, f".{m}") for m, v in raw.items()}
     raise GridError("grid 'lr_grid' must be a list of learning rates or map methods to lists")
+
+
+def _tune(raw: Any, axes: Mapping[str, list[Any]]) -> list[str]:
+    """The grid's ``tune`` list: axes of a method's own section."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+        raise GridError("grid 'tune' must be a list of axis keys, each a method's own (methods.NAME.KEY)")
+    for key in raw:
+        if key not in axes:
+            raise GridError(f"tune names '{key}', which is not an axis: add it under 'axes' with the values to try")
+        if methods.owner_of(key) is None:
+            raise GridError(f"tune names '{key}', which no method owns: only a method's own keys are tuned with "
+                            "the learning rate (run keys such as the optimizer are compared as variants)")
+    return list(raw)
 
 
 def _exclude(raw: Any, known: set[str], what: str = "exclude") -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from dreg_dist.config import ConfigError, build_method, config_from_dict
+from dreg_dist.config import ConfigError, build_method, config_from_record
 from dreg_dist.models import build_model
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -37,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         state = load_checkpoint(args.checkpoint)
-        cfg = config_from_dict(state["config"], warn=None)
+        cfg = config_from_record(state["config"])
         method = build_method(cfg)
     except (CheckpointError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ def finish_run(trainer: "Trainer", wall: float) -> dict[str, Any]:
     trainer.module.load_state_dict(best_state["model"])
     best = best_state["best"]
     val_acc = {output: r["acc"] for output, r in best["val"].items()}
+    disagreement = next((r["disagreement"] for r in best["val"].values() if "disagreement" in r), None)
     meta = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, mean=trainer.data.mean,
                 std=trainer.data.std, input_shape=trainer.data.input_shape,
                 extra_meta={"best_epoch": best["epoch"], "method": method.name, "run_dir": str(layout.root)})
@@ -45,7 +46,8 @@ def finish_run(trainer: "Trainer", wall: float) -> dict[str, Any]:
         "global_batch_size": t.global_batch_size,
         "epochs": t.epochs,
         "global_steps": trainer.state.global_step,
-        "best": {"epoch": best["epoch"], "path": output, "val_acc": val_acc},
+        "best": {"epoch": best["epoch"], "path": output, "val_acc": val_acc,
+                 **({"disagreement": disagreement} if disagreement is not None else {})},
         "test": test,
         "export_dir": str(layout.export),
         "images_per_sec": (sum(trainer.throughput) / len(trainer.throughput)) if trainer.throughput else None,
@@ -63,6 +65,7 @@ def finish_run(trainer: "Trainer", wall: float) -> dict[str, Any]:
         hparams = {"method": method.name, "arch": cfg.model.arch, "global_batch_size": t.global_batch_size,
                    "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **method.hparams()}
         trainer.recorder.hparams(hparams, {"best_val_acc": trainer.state.best.acc, "test_acc": test["acc"]})
-        trainer._say(f"done: best val {trainer.state.best.acc * 100:.2f}% (epoch {best['epoch']}, path {output}); "
+        trainer._say(f"done: best val {trainer.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
+                     f"{f', path {output}' if output is not None else ''}); "
                      f"test {test['acc'] * 100:.2f}%; export in {layout.export}")
     return summary

@@ -26,7 +26,7 @@ from dreg_dist.config import (
     Config,
     ConfigError,
     changes_results,
-    config_from_dict,
+    config_from_record,
     config_to_dict,
     flatten,
     load_config,
@@ -45,7 +45,7 @@ CONFIG_ERROR_EXIT_CODE = 2
 def _resolved(saved: dict) -> dict:
     """A saved config as today's loader resolves it (configs of earlier releases upgraded)."""
     try:
-        return flatten(config_to_dict(config_from_dict(saved, warn=None)))
+        return flatten(config_to_dict(config_from_record(saved)))
     except ConfigError:
         return flatten(saved)
 

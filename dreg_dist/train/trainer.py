@@ -131,6 +131,8 @@ class Trainer:
         )
         if t.bn_group_size is not None and not self.k_independent["ghost"]:
             self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
+        for note in self.method.startup_notes(self.module):
+            self._say(note)
         self._own_flag = preempt is None
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self.guard = StepGuard(t.step_guard, self.device)
@@ -293,6 +295,7 @@ class Trainer:
         if t.grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(self.module.parameters(), t.grad_clip_norm)
         self.scaler.step(self.optimizer)
+        self.method.after_step(self.module)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -387,10 +390,15 @@ class Trainer:
         for p, r in results.items():
             suffix = "" if p == "model" else f"_{p}"
             values.update({f"acc{suffix}": r["acc"], f"acc5{suffix}": r["acc5"], f"loss{suffix}": r["loss"]})
+        disagreement = [r["disagreement"] for r in results.values() if "disagreement" in r]
+        if disagreement:
+            values["disagreement"] = disagreement[0]  # of the first output with the others
         values["best_acc"] = best.acc
         if self.env.is_main:
             self.recorder.scalars("val", values, step=self.state.global_step, epoch=self.state.epoch)
             shown = ", ".join(f"{p} {r['acc'] * 100:.2f}%" for p, r in results.items())
+            if disagreement:
+                shown += f", disagreeing on {disagreement[0] * 100:.1f}%"
             self._say(f"epoch {self.state.epoch}/{self.cfg.train.epochs} val acc: {shown} (best {best.acc * 100:.2f}% "
                       f"path {best.path} epoch {best.epoch})")
         if improved:

@@ -43,8 +43,10 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "vanilla": ("vanilla", {}, {}, 1),
     "gradnorm": ("gradnorm", {"lam": 0.5, "micro_batch_size": 2}, {"step": 1}, 2),
     "fisher": ("fisher", {"lam": 0.5, "micro_batch_size": 2}, {"step": 3}, 1),
-    "sam": ("sam", {"rho": 0.1}, {}, 1),
-    "extragradient": ("extragradient", {}, {"lr": 0.5}, 2),
+    "sam": ("sam", {"rho": 0.1, "micro_batch_size": None}, {}, 1),
+    "extragradient": ("extragradient", {"micro_batch_size": None, "gamma_rule": "lr"}, {"lr": 0.5}, 2),
+    "sam_m2": ("sam", {"rho": 0.1, "micro_batch_size": 2}, {}, 1),
+    "extragradient_m2": ("extragradient", {"micro_batch_size": 2}, {"lr": 0.5}, 2),
     "gradientmix": ("gradientmix", {"strength": 1.0, "alpha": 1.0}, {"step": 5}, 1),
     "gradientmix_off": ("gradientmix", {"strength": 0.0}, {"step": 5}, 1),
 }
@@ -217,6 +219,22 @@ def test_extragradient_is_the_mean_of_per_worker_extrapolations(ranks: list[dict
     # (1/K) sum_k grad L_k(w - lr g_k) != grad L(w - lr g) unless the loss is linear or
     # the shards agree.
     assert _differs(ranks[0]["extragradient"]["grads"], _single_process("extragradient"))
+
+
+@pytest.mark.parametrize("key", ["sam_m2", "extragradient_m2"])
+def test_perturbation_per_chunk_is_the_same_on_one_and_two_workers(ranks: list[dict[str, Any]], key: str) -> None:
+    """Per chunk of m = 2 samples (two chunks per worker, and per accumulation micro-batch for
+    extragradient), the gradient and the weights after the step are those of one process over
+    the whole batch, up to summation order; with m = B/K (earlier releases) they are not."""
+    one = _single_process(key)
+    _close(ranks[0][key]["grads"], one)
+    model = _mlp()
+    for p, g in zip(model.parameters(), one):
+        p.grad = g.clone()
+    torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).step()
+    _close(ranks[1][key]["params"], [p.detach() for p in model.parameters()])
+    legacy = key.removesuffix("_m2")
+    assert _differs(ranks[0][key]["grads"], ranks[0][legacy]["grads"])
 
 
 def test_gradientmix_is_the_stated_convex_mix(ranks: list[dict[str, Any]]) -> None:

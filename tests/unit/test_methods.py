@@ -162,28 +162,77 @@ def test_penalty_methods_refuse_compile() -> None:
 
 
 # --------------------------------------------------------------------- sam / extragradient
-def test_sam_two_step_formula_and_exact_restore() -> None:
+def _ref_per_chunk(model: nn.Module, batches, m: int | None, delta) -> list[Tensor]:
+    """Sum over chunks of m samples (each micro-batch cut; None: the whole local batch) of
+    (chunk size / local batch) x the chunk's gradient at w + delta(chunk's gradient at w, size)."""
+    total_n = sum(len(y) for _, y in batches)
+    groups = [batches] if m is None else [[(x[s:s + m], y[s:s + m])] for x, y in batches for s in range(0, len(y), m)]
+    out = [torch.zeros_like(p) for p in model.parameters()]
+    for group in groups:
+        n = sum(len(y) for _, y in group)
+        g = _weighted_grad(model, group)
+        at = _weighted_grad(_shifted(model, delta(g, n)), group)
+        out = [o + a * n / total_n for o, a in zip(out, at)]
+    return out
+
+
+def _weighted_grad(model: nn.Module, group) -> list[Tensor]:
+    n = sum(len(y) for _, y in group)
+    loss = sum(F.cross_entropy(model(x), y) * len(y) / n for x, y in group)
+    return list(torch.autograd.grad(loss, list(model.parameters())))
+
+
+def _shifted(model: nn.Module, deltas: list[Tensor]) -> nn.Module:
+    shifted = _copy(model)
+    with torch.no_grad():
+        for p, d in zip(shifted.parameters(), deltas):
+            p.add_(d)
+    return shifted
+
+
+def _sam_delta(rho: float):
+    def delta(g: list[Tensor], n: int) -> list[Tensor]:
+        norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+        return [rho * gi / (norm + 1e-12) for gi in g]
+    return delta
+
+
+@pytest.mark.parametrize("m", [3, 6, None])
+def test_sam_per_chunk_formula_and_exact_restore(m: int | None) -> None:
+    """m-sharpness: each chunk of m samples ascends along its own gradient; None is the
+    earlier releases' one ascent from the whole local batch."""
     model = _mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    batches = _split(*_data(10), [5, 5])
+    batches = _split(*_data(12), [6, 6])
     rho = 0.07
-    ref_model = _mlp()
-    g = _mean_loss_grad(ref_model, batches)
-    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-    ref = _grad_at(ref_model, batches, [rho * gi / (norm + 1e-12) for gi in g])
-    got, parts = _method_grads("sam", model, batches, methods={"rho": rho})
+    ref = _ref_per_chunk(_mlp(), batches, m, _sam_delta(rho))
+    got, parts = _method_grads("sam", model, batches, methods={"rho": rho, "micro_batch_size": m})
     _close(got, ref)
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)  # weights restored bit for bit
     assert set(parts) == {"loss", "loss_perturbed", "local_grad_norm"}
-    assert float(parts["local_grad_norm"]) == pytest.approx(float(norm), rel=1e-6)
     assert float(parts["loss_perturbed"]) > float(parts["loss"])  # an ascent step
+    if m is None:
+        g = _mean_loss_grad(_mlp(), batches)
+        assert float(parts["local_grad_norm"]) == pytest.approx(float(torch.sqrt(sum((gi**2).sum() for gi in g))))
+
+
+def test_sam_chunks_differ_from_one_ascent_and_do_not_depend_on_the_split() -> None:
+    """The same 12 samples as 2 micro-batches of 6 or 4 of 3 give the same m=3 gradient (up
+    to rounding), and it is not the whole-batch ascent's."""
+    x, y = _data(12)
+    two, _ = _method_grads("sam", _mlp(), _split(x, y, [6, 6]), methods={"micro_batch_size": 3})
+    four, _ = _method_grads("sam", _mlp(), _split(x, y, [3, 3, 3, 3]), methods={"micro_batch_size": 3})
+    whole, _ = _method_grads("sam", _mlp(), _split(x, y, [6, 6]), methods={"micro_batch_size": None})
+    for a, b in zip(two, four):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert max((a - b).abs().max().item() for a, b in zip(two, whole)) > 1e-4
 
 
 def test_sam_leaves_batchnorm_stats_of_the_ascent_pass_out() -> None:
     model = _mlp(bn=True)
     x, y = _data(10)
-    got, _ = _method_grads("sam", model, [(x, y)], methods={"rho": 0.05})
+    got, _ = _method_grads("sam", model, [(x, y)], methods={"rho": 0.05, "micro_batch_size": None})
     # Reference: only the second forward (at w + e) may move the running statistics.
     ref_model = _mlp(bn=True)
     g = _mean_loss_grad(_copy(ref_model), [(x, y)])
@@ -199,19 +248,25 @@ def test_sam_leaves_batchnorm_stats_of_the_ascent_pass_out() -> None:
     assert int(model[1].num_batches_tracked) == 1
 
 
-@pytest.mark.parametrize("explicit_gamma", [None, 0.5])
-def test_extragradient_formula(explicit_gamma: float | None) -> None:
+@pytest.mark.parametrize("rule, explicit_gamma, m", [
+    ("micro_batch", None, 3), ("micro_batch", None, None), ("lr", None, 3), ("lr", None, None),
+    ("micro_batch", 0.5, 3),
+])
+def test_extragradient_formula(rule: str, explicit_gamma: float | None, m: int | None) -> None:
+    """gamma = lr * (chunk size / global batch) under micro_batch, lr under lr, or the fixed
+    value; each chunk extrapolates along its own gradient."""
     model = _mlp()
-    batches = _split(*_data(10), [10])
-    lr = 0.3
-    gamma = explicit_gamma if explicit_gamma is not None else lr
-    ref_model = _mlp()
-    g = _mean_loss_grad(ref_model, batches)
-    ref = _grad_at(ref_model, batches, [-gamma * gi for gi in g])
-    got, parts = _method_grads("extragradient", model, batches, methods={"gamma": explicit_gamma}, lr=lr)
+    batches = _split(*_data(12), [6, 6])
+    lr, scale = 0.3, 1.5
+    def delta(g: list[Tensor], n: int) -> list[Tensor]:
+        gamma = explicit_gamma if explicit_gamma is not None else lr * scale * (n / 12 if rule == "micro_batch" else 1)
+        return [-gamma * gi for gi in g]
+    ref = _ref_per_chunk(_mlp(), batches, m, delta)
+    got, parts = _method_grads("extragradient", model, batches, lr=lr, methods={
+        "gamma": explicit_gamma, "gamma_rule": rule, "gamma_scale": scale, "micro_batch_size": m})
     _close(got, ref)
-    assert "loss_extrapolated" in parts
     assert float(parts["loss_extrapolated"]) < float(parts["loss"])  # a descent step on the same batch
+    assert float(parts["loss_ratio"]) == pytest.approx(float(parts["loss"]) / float(parts["loss_extrapolated"]))
 
 
 def test_extragradient_needs_lr_or_gamma() -> None:
@@ -219,9 +274,26 @@ def test_extragradient_needs_lr_or_gamma() -> None:
         _method_grads("extragradient", _mlp(), _split(*_data(4), [4]))
 
 
-def test_sam_rejects_negative_rho() -> None:
+def test_sam_rejects_negative_rho_and_bad_micro_batch_size() -> None:
     with pytest.raises(ConfigError, match="rho"):
         build_method(_cfg("sam", rho=-1.0))
+    for name in ("sam", "extragradient"):
+        with pytest.raises(ConfigError, match=f"methods.{name}.micro_batch_size.*>= 1 or null"):
+            build_method(_cfg(name, micro_batch_size=0))
+
+
+def test_records_of_earlier_releases_keep_their_meaning() -> None:
+    """A saved SAM / extragradient record without the keys added since reads as what it ran
+    (the whole local batch, gamma = lr), not as today's defaults; a new config gets the defaults."""
+    from dreg_dist.config import config_from_record, load_config
+
+    old = {"method": "extragradient", "methods": {"extragradient": {"gamma": None}}}
+    hp = config_from_record(old).method_config
+    assert hp.micro_batch_size is None and hp.gamma_rule == "lr"
+    hp = config_from_record({"method": "sam", "methods": {"sam": {"rho": 0.1}}}).method_config
+    assert hp.micro_batch_size is None and hp.rho == 0.1
+    new = load_config(None, ["method=sam"], warn=None).method_config
+    assert new.micro_batch_size == 128
 
 
 # --------------------------------------------------------------------- gradientmix
@@ -252,7 +324,7 @@ def test_grad_scaler_scales_only_the_final_gradient(name: str) -> None:
     while the inner local gradients (penalty, SAM/extrapolation step) are unscaled."""
     batches = _split(*_data(8), [4, 4])
     methods = {"gradnorm": {"micro_batch_size": 4, "lam": 0.5}, "fisher": {"micro_batch_size": 4, "lam": 0.5},
-               "sam": {"rho": 0.2}}.get(name, {})
+               "sam": {"rho": 0.2, "micro_batch_size": 2}, "extragradient": {"micro_batch_size": 2}}.get(name, {})
     plain, _ = _method_grads(name, _mlp(), batches, methods=methods, lr=0.4, step=2)
     model = _mlp()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)

@@ -190,6 +190,69 @@ def test_seed_grid_reruns_only_the_selected_lrs(tmp_path: Path, capsys: pytest.C
     assert "already ran" in capsys.readouterr().err
 
 
+def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
+    """A grid with ``tune: [dreg.lam]``: the report selects (lr, lambda) jointly on validation,
+    never on test; the knob is not a separate variant; the seed follow-up keeps the chosen lambda
+    and the ``tune`` list. Without ``tune`` each lambda is a variant of its own."""
+    root = tmp_path / "runs" / "knob"
+    grid = {"name": "knob", "config": BASE, "overrides": ["train.epochs=3"],
+            "axes": {"method": ["vanilla", "dreg"], "dreg.lam": [0.1, 0.01], "train.seed": [0]},
+            "lr_grid": [0.05, 0.1], "exclude": [], "tune": ["dreg.lam"]}
+    best = {("vanilla", None, 0.05): 0.70, ("vanilla", None, 0.1): 0.80, ("dreg", 0.1, 0.05): 0.62,
+            ("dreg", 0.1, 0.1): 0.60, ("dreg", 0.01, 0.05): 0.50, ("dreg", 0.01, 0.1): 0.75}
+    for (method, lam, lr), acc in best.items():
+        plant_run(root, f"{method}_{lam}_{lr}", method=method, lam=lam or 0.1, lr=lr, curve=[acc / 2, acc, acc],
+                  test_acc=1.0 - acc)  # test accuracy inverted: it must play no part
+    (root / "sweep.json").write_text(json.dumps({"name": "knob", "grid": grid, "command": ["launch/sweep.py"]}))
+    from dreg_dist.report.runs import tuned_keys
+
+    assert tuned_keys([root]) == ["dreg.lam"]
+    analysis = analyse(load_runs(root), tuned=tuned_keys([root]))
+    assert analysis.roles["tuned"] == ["dreg.lam"] and "dreg.lam" not in analysis.roles["variant"]
+    (setup,) = analysis.setups
+    chosen = {g.method: (g.lr, dict(g.tuned).get("dreg.lam")) for g in setup.selected}
+    assert chosen == {"vanilla": (0.1, None), "dreg": (0.1, 0.01)}
+    assert [r.group.label for r in setup.rows(512)] == ["vanilla", "dreg (lam=0.01)"]
+    separate = analyse(load_runs(root))  # no tune: two variants, each at its own lr
+    assert sorted(g.label for g in separate.setups[0].selected) == ["dreg (lam=0.01)", "dreg (lam=0.1)", "vanilla"]
+
+    out = tmp_path / "seeds.yaml"
+    assert _cli("report.py")([str(root), "--seed-grid", str(out), "--seeds", "1"]) == 0
+    follow = load_grid(out)
+    assert follow.tune == ["dreg.lam"]
+    assert sorted((c.method, c.values.get("dreg.lam"), c.values["optim.lr"]) for c in expand_grid(follow)) == [
+        ("dreg", 0.01, 0.1), ("vanilla", None, 0.1)]
+    pytest.importorskip("matplotlib")
+    from dreg_dist.report.markdown import write_report
+
+    text = write_report([root], tmp_path / "out", say=lambda _: None, figures=False).read_text()
+    assert "**0.1 (lam=0.01): 75.00**" in text and "| 0.1 (lam=0.01) |" in text
+
+
+def test_a_key_its_form_makes_moot_is_not_a_variant(tmp_path: Path) -> None:
+    """dreg.radius matters only for the projected form: relative runs that differ in it alone are
+    one variant (its label without the radius); projected runs at two radii are two."""
+    root = tmp_path / "runs" / "moot"
+    for name, form, radius, seed in (("rel_a", "relative", 0.5, 0), ("rel_b", "relative", 1.0, 1),
+                                     ("proj_a", "projected", 0.5, 0), ("proj_b", "projected", 1.0, 0)):
+        plant_run(root, name, method="dreg", seed=seed, curve=[0.5, 0.6], test_acc=0.6,
+                  extra=[f"dreg.form={form}", f"dreg.radius={radius}"])
+    (setup,) = analyse(load_runs(root)).setups
+    labels = sorted(g.label for g in setup.groups)
+    assert labels == ["dreg (form=projected, r=0.5)", "dreg (form=projected, r=1.0)", "dreg (form=relative)"]
+    assert next(g for g in setup.groups if g.label == "dreg (form=relative)").seeds == [0, 1]
+
+
+def test_tune_must_name_a_method_axis() -> None:
+    base = {"name": "g", "config": BASE, "axes": {"method": ["sam"], "methods.sam.rho": [0.05, 0.1],
+                                                  "optim.momentum": [0.9]}}
+    assert Grid.from_dict({**base, "tune": ["methods.sam.rho"]}).tune == ["methods.sam.rho"]
+    with pytest.raises(GridError, match="not an axis"):
+        Grid.from_dict({**base, "tune": ["methods.sam.micro_batch_size"]})
+    with pytest.raises(GridError, match="no method owns"):
+        Grid.from_dict({**base, "tune": ["optim.momentum"]})
+
+
 def test_transfer_grid_runs_each_selection_at_another_batch(tmp_path: Path) -> None:
     """Learning-rate transfer: the rate selected at 512 runs at 1024 (same per-256 value, so
     the linear rule doubles the peak), micro-batch kept, new seeds; axis values of forms that

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
+import torch
 from torch import Tensor, nn
 
 from dreg_dist.dreg import (
@@ -29,43 +30,45 @@ from dreg_dist.dreg import (
     UnsupportedModelError,
     branch_stats,
     choose_path,
+    defaults,
     plain_model,
     write_export,
 )
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import Method, RunSettings
+from dreg_dist.methods.base import Method, RunSettings, Signal
 
 
 @dataclass
 class DRegConfig:
-    layer: str = "R1"
+    """The ``dreg:`` section. Defaults: the library's (:mod:`dreg_dist.dreg.defaults`), so
+    ``DRegObjective()`` and ``method=dreg`` train the same objective."""
+
+    layer: str = defaults.LAYER
     """Module path (``layer4.1.conv2``) or reverse topological level among 3x3 convs
     (``R1`` = last 3x3 conv, ``R2`` the one before, ...)."""
-    lam: float = 0.1
+    lam: float = defaults.LAMBDA
     """lambda in Eq. 3: weight of the contrast term, >= 0."""
-    init_scale: float = 0.01
+    init_scale: float = defaults.INIT_SCALE
     """W^L = W^R + init_scale * rms(W^R) * N(0, 1) at start (seeded, identical on every worker)."""
-    norm: NormMode = "per_path"
+    norm: NormMode = defaults.NORM  # type: ignore[assignment]
     """Whether the norm layer right after the DReg layer is duplicated per path (own affine
-    weights and running statistics) or shared by both paths."""
-    form: ContrastForm = "relative"
-    """Contrast term: literal ||W^R-W^L||_F^2 (Eq. 3, unbounded); relative (divided by
-    ||W^R||^2+||W^L||^2, bounded by 2); saturating (tau^2 (1-exp(-d^2/tau^2)), bounded by tau^2).
-    The default is ``relative`` because of the CIFAR-10 study in docs/results/: the literal
-    term with the paper's lambda diverged at batch 512 at every learning rate tried and lost
-    accuracy at 4096, the relative one never did. ``literal`` gives Eq. 3 exactly."""
-    tau: float = 1.0
+    weights and running statistics) or shared by both paths (the paper's layout)."""
+    form: ContrastForm = defaults.FORM  # type: ignore[assignment]
+    """Contrast term: projected (the literal push, relative distance held at ``radius``);
+    literal ||W^R-W^L||_F^2 (Eq. 3, unbounded); relative (divided by ||W^R||^2+||W^L||^2,
+    bounded by 2); saturating (tau^2 (1-exp(-d^2/tau^2)), bounded by tau^2)."""
+    radius: float = defaults.RADIUS
+    """Projected form: the largest relative distance ||W^R-W^L|| / rms(||W^R||, ||W^L||), in (0, 2)."""
+    tau: float = defaults.TAU
     """Saturation distance of the saturating form."""
-    contrast_reduction: Reduction = "sum"
+    contrast_reduction: Reduction = defaults.CONTRAST_REDUCTION  # type: ignore[assignment]
     """sum over the layer's elements (literal) or mean (divided by their number)."""
-    ce_reduction: CEReduction = "per_path"
+    ce_reduction: CEReduction = defaults.CE_REDUCTION  # type: ignore[assignment]
     """How the two paths' cross-entropies combine: ``sum`` (Eq. 3: the shared modules get twice
     vanilla's gradient), ``mean`` (vanilla's scale for the shared modules, half for each path's own
     DReg layer and norm) or ``per_path`` (the mean for the shared modules, each path's whole
     cross-entropy for its own layer and norm: with identical branches and lambda 0 each path
-    trains exactly like vanilla). The default is ``per_path`` because of the head-to-head study
-    in docs/results/: at the learning rate tuned for vanilla, ``sum`` lost 6 points at batch 4096
-    and ``mean`` lost 6 points at 8192; ``per_path`` stayed within seed noise of vanilla at both."""
+    trains exactly like vanilla)."""
 
 
 class DReg(Method):
@@ -73,21 +76,29 @@ class DReg(Method):
     Config = DRegConfig
     section = "dreg"
     labels = {"lam": "lam", "layer": "layer", "form": "", "contrast_reduction": "contrast",
-              "ce_reduction": "ce", "norm": "norm", "init_scale": "init", "tau": "tau"}
+              "ce_reduction": "ce", "norm": "norm", "init_scale": "init", "tau": "tau", "radius": "r"}
+    applies_when = {"radius": ("form", "projected"), "tau": ("form", "saturating")}
     outputs = ("R", "L")
     study_keys = {"layer": "DReg layer (reverse topological level)", "lam": "DReg lambda"}
     console_keys = ("loss_R", "loss_L", "contrast")  # the total goes negative as the contrast grows
     train_ce_keys = ("loss_R", "loss_L")
-    report_curves = {"branch_distance_rel": "||W^R - W^L|| / ||W^R||"}
+    report_signals = (
+        Signal("branch_distance_rel", "relative distance", reduce="max", log_scale=True,
+               flag_below=(0.05, "branches not distinct"), flag_above=(1.9, "branches mirrored (W^L = -W^R)")),
+        Signal("disagreement", "val disagreement", source="val"),
+        Signal("acc_R", "val acc R", source="val", reduce="max"),
+        Signal("acc_L", "val acc L", source="val", reduce="max"),
+        Signal("contrast", "contrast", log_scale=True),
+    )
     report_columns = {"branch_distance": "branch distance", "branch_distance_rel": "branch distance (rel.)"}
     report_notes = (
         "**DReg**: validation accuracy is the better of the two paths at each epoch (`max(acc_R, acc_L)`), "
         "the quantity the exported (epoch, path) is chosen on; the training loss is the mean of the two paths' "
         "cross-entropies (its total loss also holds the contrast term); **branch distance** is "
-        "`||W^R - W^L||_F` of the final weights, (rel.) divided by `||W^R||_F`. Its figure shows the relative "
-        "distance as logged: left, at each variant's selected learning rate (mean over seeds); right, at the end "
-        "of training for every learning rate tried. The literal contrast is unbounded below, so a growing curve "
-        "there is the contrast taking over the objective.",
+        "`||W^R - W^L||_F` of the final weights, (rel.) divided by `sqrt((||W^R||_F^2 + ||W^L||_F^2) / 2)` "
+        "(records written before the projected form divided by `||W^R||_F`; the two agree while the branch norms "
+        "do); 2 means mirror images (`W^L = -W^R`), the end point of the unbounded literal contrast. **Val "
+        "disagreement**: the fraction of validation images on which the two paths' top-1 classes differ.",
     )
 
     def __init__(self, hp: Optional[DRegConfig] = None, settings: RunSettings = RunSettings()) -> None:
@@ -95,6 +106,7 @@ class DReg(Method):
         h = self.hp
         self.objective = DRegObjective(lam=h.lam, form=h.form, contrast_reduction=h.contrast_reduction,
                                        ce_reduction=h.ce_reduction, tau=h.tau,
+                                       radius=h.radius,
                                        label_smoothing=settings.label_smoothing)
 
     def check(self) -> None:
@@ -105,6 +117,9 @@ class DReg(Method):
             raise ConfigError(f"config key 'dreg.init_scale' must be > 0, got {h.init_scale}; try 0.01")
         if h.form == "saturating" and not h.tau > 0:
             raise ConfigError(f"config key 'dreg.tau' must be > 0 for the saturating form, got {h.tau}")
+        if h.form == "projected" and not 0 < h.radius < 2:
+            raise ConfigError(f"config key 'dreg.radius' must be in (0, 2) for the projected form (2 = mirror "
+                              f"images), got {h.radius}; try 0.5")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         h = self.hp
@@ -118,11 +133,27 @@ class DReg(Method):
         logits_r, logits_l = outputs
         return self.objective(logits_r, logits_l, target, _dual(module))
 
+    def after_step(self, module: nn.Module) -> None:
+        self.objective.after_step(_dual(module))
+
+    def startup_notes(self, module: nn.Module) -> list[str]:
+        s, lam = self.settings, self.hp.lam
+        growth = self.objective.unbounded_growth(_dual(module), s.peak_lr, s.weight_decay)
+        if growth is None:
+            return []
+        return [f"warning: dreg.form=literal with 4 x dreg.lam ({4 * lam:g}) > weight decay ({s.weight_decay:g}): "
+                f"W^R - W^L grows without bound, by about x{growth:.4g} per step at the peak learning rate "
+                f"{s.peak_lr:g} (1 + lr (4 lambda - wd); momentum makes it faster); dreg.form=projected holds "
+                "it at dreg.radius"]
+
     def log_values(self, module: nn.Module) -> dict[str, float]:
         return branch_stats(_dual(module))
 
     def summary_values(self, module: nn.Module) -> dict[str, float]:
-        return branch_stats(_dual(module))
+        dual = _dual(module)
+        with torch.no_grad():
+            contrast = float(self.objective.contrast(dual))
+        return {**branch_stats(dual), "contrast": contrast}
 
     def eval_outputs(self, module: nn.Module, x: Tensor) -> dict[str, Tensor]:
         logits_r, logits_l = module(x)

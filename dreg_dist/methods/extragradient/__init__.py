@@ -1,41 +1,66 @@
-"""Local extrapolation / extragradient (Lin, Kong, Stich, Jaggi, ICML 2020), see README.md.
+"""Local extrapolation / extragradient (after Lin, Kong, Stich, Jaggi, ICML 2020), see README.md.
 
-Each rank: g = grad of its local loss (no all-reduce), u = w - gamma * g, gradient of the
-local loss at u through the DDP model (the step's one all-reduce), then w is restored;
-the optimizer applies that gradient from w. gamma defaults to the step's learning rate.
+For each chunk of m samples of this rank's step (``methods.extragradient.micro_batch_size``):
+g = the chunk's gradient at w (no all-reduce), u = w - gamma * g, the chunk's gradient at u
+accumulated through the DDP model (one all-reduce per step), then w is restored; the optimizer
+applies the mean of those gradients from w. By default gamma is the step SGD with a batch of m
+would take at this run's learning rate: gamma_t = lr_t * m / B (``gamma_rule=micro_batch``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
+import torch
 from torch import Tensor
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
-from dreg_dist.methods.base import StepContext
+from dreg_dist.methods.base import Signal, StepContext
+
+GammaRule = Literal["micro_batch", "lr"]
 
 
 @dataclass
 class ExtragradientConfig:
+    micro_batch_size: Optional[int] = 128
+    """Samples per extrapolation (chunks of each worker's micro-batch, which it should divide);
+    null = each worker's whole local batch (B/K, earlier releases)."""
+    gamma_rule: GammaRule = "micro_batch"
+    """The extrapolation step: ``micro_batch``: gamma_t = lr_t * m / B, the step SGD with a batch
+    of m takes at this run's per-sample rate; ``lr``: gamma_t = lr_t (earlier releases: at large
+    batch it collapses, see README.md)."""
+    gamma_scale: float = 1.0
+    """Multiplies the rule's step (the method's own knob)."""
     gamma: Optional[float] = None
-    """Local extrapolation step u = w - gamma * g_local; null = the current learning rate."""
+    """A fixed extrapolation step instead of the rule (no schedule); null = the rule."""
 
 
 class Extragradient(LocalPerturbationMethod):
     name = "extragradient"
     Config = ExtragradientConfig
-    labels = {"gamma": "gamma"}
+    labels = {"gamma": "gamma", "gamma_rule": "", "gamma_scale": "gs", "micro_batch_size": "m"}
     legacy_keys = {"methods.extragradient_gamma": "gamma"}
+    record_defaults = {"micro_batch_size": None, "gamma_rule": "lr"}  # earlier releases: gamma = lr, local batch
     perturbed_key = "loss_extrapolated"
+    applies_when = {"gamma_rule": ("gamma", None), "gamma_scale": ("gamma", None)}
+    report_signals = (
+        Signal("loss", "loss at w", reduce="rise",
+               flag_above=(1.0, "collapsed: loss at w rose above its start after warmup")),
+        Signal("loss", "loss(w) / loss(extrapolated)", over="loss_extrapolated", reduce="max"),
+    )
 
     def check(self) -> None:
         self.gamma = self.hp.gamma
         if self.gamma is not None and not self.gamma >= 0:
             raise ConfigError(f"config key '{self.key('gamma')}' must be >= 0 or null, got {self.gamma}")
+        if not self.hp.gamma_scale >= 0:
+            raise ConfigError(f"config key '{self.key('gamma_scale')}' must be >= 0, got {self.hp.gamma_scale}")
+        self.check_micro_batch_size()
 
-    def step_size(self, ctx: StepContext) -> float:
+    def step_size(self, ctx: StepContext, samples: int, global_batch: int) -> float:
+        """gamma for a chunk of ``samples`` samples of a global batch of ``global_batch``."""
         if self.gamma is not None:
             return self.gamma
         if ctx.lr is None:
@@ -43,13 +68,19 @@ class Extragradient(LocalPerturbationMethod):
                 "extragradient extrapolates by the current learning rate, but the trainer did not pass it: "
                 "StepContext(..., lr=optimizer.param_groups[0]['lr']) is required, or set methods.extragradient.gamma"
             )
-        return float(ctx.lr)
+        rule = float(ctx.lr) * (samples / global_batch if self.hp.gamma_rule == "micro_batch" else 1.0)
+        return rule * self.hp.gamma_scale
 
-    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor) -> Optional[list[Tensor]]:
-        gamma = self.step_size(ctx)
+    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
+                     global_batch: int) -> Optional[list[Tensor]]:
+        gamma = self.step_size(ctx, samples, global_batch)
         if gamma == 0:
             return None
         return [g * -gamma for g in grads]
+
+    def extra_parts(self, loss: Tensor, perturbed: Tensor) -> dict[str, Tensor]:
+        # Above 1: w sits where one extrapolation step lands lower, the sign of a collapse.
+        return {"loss_ratio": loss / perturbed.clamp_min(torch.finfo(perturbed.dtype).tiny)}
 
 
 __all__ = ["Extragradient", "ExtragradientConfig"]

@@ -9,7 +9,6 @@ and the whole step all-reduces once.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,7 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods._util import local_grads, local_norm_statistics, rank_and_world, seed_from, trainable_params
+from dreg_dist.methods._util import (
+    CutWarning,
+    local_grads,
+    local_norm_statistics,
+    micro_chunks,
+    seed_from,
+    trainable_params,
+)
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext, logits_for_loss
 
 
@@ -48,19 +54,7 @@ class GradNorm(Method):
     def __init__(self, hp: Optional[GradNormConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
         self._calls = 0
-        self._warned = False
-
-    def _warn_if_cut(self, rank: int, micro_batch: int) -> None:
-        """Say once when the worker's micro-batch is smaller than m: the penalty is then taken over
-        smaller chunks, and its value changes with them (it is not a mean over samples)."""
-        if micro_batch >= self.micro_batch_size or self._warned:
-            return
-        self._warned = True
-        if rank == 0:
-            print(f"warning: {self.key('micro_batch_size')}={self.micro_batch_size} but each worker's micro-batch "
-                  f"holds {micro_batch} samples (global batch / (workers x accumulation steps)); the penalty is taken "
-                  f"over chunks of {micro_batch}, which changes its value: use fewer accumulation steps or workers, "
-                  f"or set {self.key('micro_batch_size')}={micro_batch} to say so", file=sys.stderr)
+        self._cut = CutWarning(self.key("micro_batch_size"), "penalty")
 
     def penalty_target(self, logits: Tensor, target: Tensor, seed: int) -> Optional[Tensor]:
         """Labels of the penalty's cross-entropy; None = the training loss itself (gradnorm)."""
@@ -70,20 +64,12 @@ class GradNorm(Method):
         step = ctx.step if ctx.step is not None else self._calls
         self._calls += 1
         params = trainable_params(ctx.module)
-        rank, _ = rank_and_world()
-        local_size = sum(int(y.shape[0]) for _, y in batches)
-        self._warn_if_cut(rank, max(int(y.shape[0]) for _, y in batches))
-        chunks: list[tuple[Tensor, Tensor, int]] = []
-        offset = rank * local_size  # global position of this rank's first sample (rank-major layout)
-        for x, y in batches:
-            for start in range(0, int(y.shape[0]), self.micro_batch_size):
-                stop = start + self.micro_batch_size
-                chunks.append((x[start:stop], y[start:stop], offset + start))
-            offset += int(y.shape[0])
+        self._cut.check(self.micro_batch_size, batches)
+        chunks = micro_chunks(batches, self.micro_batch_size)
         loss_total: Tensor = torch.zeros((), device=batches[0][1].device)
         penalty_total = loss_total
-        for i, (x, y, position) in enumerate(chunks):
-            weight = y.shape[0] / local_size
+        for i, chunk in enumerate(chunks):
+            x, y = chunk.x, chunk.y
             # The penalty is per micro-batch by definition: with train.sync_bn its forward uses
             # local statistics, so the inner gradient's double backward does not communicate.
             with ctx.no_sync(last=i == len(chunks) - 1), local_norm_statistics(ctx.module):
@@ -91,13 +77,13 @@ class GradNorm(Method):
                     outputs = ctx.model(x)
                 logits = logits_for_loss(outputs)
                 ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-                sampled = self.penalty_target(logits, y, seed_from(self.settings.seed, step, position))
+                sampled = self.penalty_target(logits, y, seed_from(self.settings.seed, step, chunk.position))
                 r = ce if sampled is None else F.cross_entropy(logits, sampled)
                 grads = local_grads(ctx, r, params, create_graph=True)
                 penalty = torch.stack([g.pow(2).sum() for g in grads]).sum()
-                ctx.scaler.scale((ce + self.lam * penalty) * weight).backward()
-            loss_total = loss_total + ce.detach().float() * weight
-            penalty_total = penalty_total + penalty.detach().float() * weight
+                ctx.scaler.scale((ce + self.lam * penalty) * chunk.weight).backward()
+            loss_total = loss_total + ce.detach().float() * chunk.weight
+            penalty_total = penalty_total + penalty.detach().float() * chunk.weight
         return {"loss": loss_total, "penalty": penalty_total}
 
 

@@ -1,9 +1,10 @@
-"""Sharpness-aware minimization with per-worker perturbation (m-sharpness), see README.md.
+"""Sharpness-aware minimization with m-sharpness (Foret et al. 2021), see README.md.
 
-Each rank: g = grad of its local loss (no all-reduce), e = rho * g / (||g|| + 1e-12),
-gradient of the local loss at w + e through the DDP model (the step's one all-reduce),
-then w is restored. With K workers the update is the mean over workers of the per-shard
-SAM gradients (m = B/K), not full-batch SAM.
+For each chunk of m samples of this rank's step (``methods.sam.micro_batch_size``): g = the
+chunk's gradient at w (no all-reduce), e = rho * g / (||g|| + 1e-12), the chunk's gradient at
+w + e accumulated through the DDP model (one all-reduce per step), then w is restored. The
+update is the mean over the global batch's chunks of their SAM gradients, so it depends on m
+and not on the number of workers or accumulation steps.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
-from dreg_dist.methods.base import StepContext
+from dreg_dist.methods.base import Signal, StepContext
 
 EPS = 1e-12
 
@@ -23,22 +24,29 @@ EPS = 1e-12
 @dataclass
 class SAMConfig:
     rho: float = 0.05
-    """Radius of the per-worker ascent step e = rho * g / ||g|| (m-sharpness, m = B/K)."""
+    """Radius of each chunk's ascent step e = rho * g / ||g||."""
+    micro_batch_size: Optional[int] = 128
+    """m of m-sharpness: samples per ascent step (chunks of each worker's micro-batch, which m
+    should divide); null = each worker's whole local batch (m = B/K, earlier releases)."""
 
 
 class SAM(LocalPerturbationMethod):
     name = "sam"
     Config = SAMConfig
-    labels = {"rho": "rho"}
+    labels = {"rho": "rho", "micro_batch_size": "m"}
     legacy_keys = {"methods.sam_rho": "rho"}
+    record_defaults = {"micro_batch_size": None}  # earlier releases ascended on the whole local batch
     perturbed_key = "loss_perturbed"
+    report_signals = (Signal("loss_perturbed", "loss(w + e) - loss(w)", minus="loss"),)
 
     def check(self) -> None:
         self.rho = self.hp.rho
         if not self.rho >= 0:
             raise ConfigError(f"config key '{self.key('rho')}' must be >= 0, got {self.rho}; try 0.05")
+        self.check_micro_batch_size()
 
-    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor) -> Optional[list[Tensor]]:
+    def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
+                     global_batch: int) -> Optional[list[Tensor]]:
         if self.rho == 0:
             return None
         scale = self.rho / (float(norm) + EPS)
