@@ -49,3 +49,56 @@ def test_shipped_grids_expand_to_valid_cells(grid: str) -> None:
     cells = expand_grid(loaded)
     assert cells and len({c.name for c in cells}) == len(cells)
     check_cells(loaded, cells)  # every cell's config loads: no typo in a key or value
+
+
+# ------------------------------------------------------------------ links in the docs
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's id for a heading: link text kept, lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = _FENCE.sub("", path.read_text())
+    return {_anchor(m.group(1)) for m in re.finditer(r"^#{1,6} +(.+?) *#*$", text, re.M)}
+
+
+def _broken_links(doc: Path) -> list[str]:
+    broken = []
+    for match in _LINK.finditer(_FENCE.sub("", doc.read_text())):
+        target = match.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        file_part, _, fragment = target.partition("#")
+        path = (doc.parent / file_part).resolve() if file_part else doc
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif fragment and path.suffix == ".md" and fragment not in _anchors(path):
+            broken.append(f"{target}: no heading '#{fragment}' in {path.name}")
+    return broken
+
+
+# The hand-written pages. Not the studies' folders (docs/results/<study>/): their report.md
+# is generated from the records and a preface, and both are pinned byte for byte by
+# tests/unit/test_committed_reports.py, so a link there changes only with a regenerated report.
+_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "docs" / "results" / "README.md"]
+
+
+@pytest.mark.parametrize("doc", _DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(doc: Path) -> None:
+    """Every relative link names an existing file, and its #fragment a heading there: moving
+    a section between the README and docs/ must not leave a link behind."""
+    broken = _broken_links(doc)
+    assert not broken, f"{doc.relative_to(REPO)}:\n" + "\n".join(broken)
+
+
+def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -> None:
+    (tmp_path / "b.md").write_text("## Sweeps, in `depth`\n")
+    doc = tmp_path / "a.md"
+    doc.write_text("# Title `x`\n\n[ok](#title-x) [ok](b.md#sweeps-in-depth) [gone](c.md) [bad](b.md#nope)\n"
+                   "```\n[in a code block](d.md)\n```\n[web](https://example.org/x)\n")
+    assert _broken_links(doc) == ["c.md: no such file", "b.md#nope: no heading '#nope' in b.md"]
