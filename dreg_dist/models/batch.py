@@ -96,7 +96,11 @@ class Batch(tuple):
         return Batch(self[0][start:stop], self[1][start:stop], index)
 
     def __repr__(self) -> str:
-        where = "no positions" if self.index is None else f"positions {self.index.tolist()[:4]}..."
+        if self.index is None:
+            where = "no positions"
+        else:
+            shown = self.index.tolist()
+            where = f"positions {shown[:4]}" + ("..." if len(shown) > 4 else "")
         return f"Batch(x={tuple(self[0].shape)}, y={tuple(self[1].shape)}, {where})"
 
 
