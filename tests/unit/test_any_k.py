@@ -314,6 +314,34 @@ def test_a_copied_input_keeps_its_samples_keys() -> None:
         _forward(model, batch, x[:3])
 
 
+@pytest.mark.parametrize("method", ["vanilla", "gradnorm", "sam"])
+def test_methods_key_their_forwards_from_the_batch(method: str) -> None:
+    """Through a method's own forwards (whole micro-batches, chunks of m, two passes), a channels-last
+    copy of the input (what the trainer makes on CUDA) and another split of the step give the same
+    gradient: the dropout masks follow the samples."""
+    import contextlib
+
+    from dreg_dist.methods import StepContext, method_class
+
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    grads = []
+    for parts, channels_last in ((1, False), (1, True), (2, True)):
+        model = _net(norm=False, dropout=True)
+        keys = _keyed(model)
+        keys.begin_step(4)
+        batches = [b.with_x(b.x.contiguous(memory_format=torch.channels_last)) if channels_last else b
+                   for b in with_positions(list(zip(x.chunk(parts), y.chunk(parts))), 0)]
+        cls = method_class(method)
+        hp = cls.Config(micro_batch_size=4) if method != "vanilla" else None
+        ctx = StepContext(model, model, contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False), lr=0.1, step=4)
+        cls(hp).compute_gradients(ctx, batches)
+        assert keys.unkeyed_forwards == 0
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for other in grads[1:]:
+        for g, r in zip(other, grads[0]):
+            assert torch.allclose(g, r, atol=1e-6)
+
+
 def test_positions_that_are_not_consecutive_key_each_sample() -> None:
     """A micro-batch that lost a sample (undecodable, skipped) keeps the others' positions and
     masks."""
