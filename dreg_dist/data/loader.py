@@ -25,7 +25,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dreg_dist.data.errors import DataError
-from dreg_dist.data.module import Batch, DataModule
+from dreg_dist.data.module import DataModule
+from dreg_dist.models.batch import Batch
 
 Key = tuple[int, Optional[int]]
 """(sample index, epoch); epoch None selects the deterministic eval transform."""
@@ -104,11 +105,17 @@ class DecodedDataModule(DataModule):
         )
         return iter(loader)
 
-    def _finish(self, fetched: Fetched, split: str) -> Batch:
+    def _finish(self, fetched: Fetched, split: str, asked: Optional[Tensor] = None,
+                positions: Optional[Tensor] = None) -> Batch:
+        """The micro-batch of ``fetched``; with the ids ``asked`` and their ``positions`` in the global
+        batch, the samples that decoded keep theirs (those that did not are left out)."""
         if fetched.error:
             raise DataError(fetched.error)
         bad = list(fetched.bad)
         x, y = fetched.x, fetched.y
+        index = None
+        if positions is not None and asked is not None:
+            index = positions if len(fetched.ids) == len(asked) else positions[torch.isin(asked, fetched.ids)]
         non_blocking = self.device.type == "cuda"
         if isinstance(x, list):
             x, failed = self._decode_on_device(fetched)
@@ -116,6 +123,7 @@ class DecodedDataModule(DataModule):
                 keep = torch.ones(len(y), dtype=torch.bool)
                 keep[failed] = False
                 y = y[keep]
+                index = None if index is None else index[keep]
                 pool = "test" if split == "test" else "train"
                 bad += [f"{self._describe(pool, int(fetched.ids[p]))} (GPU decoder failed)" for p in failed]
         if bad:
@@ -127,7 +135,7 @@ class DecodedDataModule(DataModule):
             )
         x = x.to(self.device, non_blocking=non_blocking)
         y = y.to(self.device, dtype=torch.int64, non_blocking=non_blocking)
-        return self._normalize(x), y
+        return Batch(self._normalize(x), y, index)
 
     def _bad_samples(self, bad: list[str]) -> None:
         if not self.skip_bad_samples:
@@ -144,19 +152,19 @@ class DecodedDataModule(DataModule):
             flush=True,
         )
 
-    def _train_iter(self, epoch: int, ids: Tensor) -> Iterator[list[Batch]]:
+    def _train_iter(self, epoch: int, ids: Tensor, positions: Tensor) -> Iterator[list[Batch]]:
         steps, accumulation, _ = ids.shape
         keys: list[list[Key]] = [[(i, epoch) for i in micro] for step in ids.tolist() for micro in step]
         batches = self._loader(self._reader("train"), keys)
         try:
-            for _ in range(steps):
-                yield [self._finish(next(batches), "train") for _ in range(accumulation)]
+            for t in range(steps):
+                yield [self._finish(next(batches), "train", ids[t, i], positions[i]) for i in range(accumulation)]
         finally:
             # Stops the loader's worker processes now: a traceback keeps this frame alive,
             # and workers reaped only at interpreter exit delay the exit by seconds.
             del batches
 
-    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
+    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         reader = self._reader("train" if split == "val" else "test")
         keys: list[list[Key]] = [[(i, None) for i in chunk.tolist()] for chunk in chunks]
         batches = self._loader(reader, keys)

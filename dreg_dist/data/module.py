@@ -19,8 +19,7 @@ from torch import Tensor
 from dreg_dist.data import sampling
 from dreg_dist.data.augment import Normalizer, crop_flip, crop_flip_params
 from dreg_dist.data.errors import DataError
-
-Batch = tuple[Tensor, Tensor]
+from dreg_dist.models.batch import Batch
 
 
 class DataModule(ABC):
@@ -73,15 +72,17 @@ class DataModule(ABC):
     ) -> Iterator[list[Batch]]:
         """For each step t in [start_step, steps_per_epoch): this rank's
         ``accumulation_steps`` micro-batches (x float32 normalized NCHW, y int64, on the
-        device) of global batch t. Concatenated over ranks in rank order they equal the
-        world-size-1 batch. Arguments are checked here, before the first step is asked for.
+        device; ``index`` each sample's position in global batch t) of global batch t.
+        Concatenated over ranks in rank order they equal the world-size-1 batch. Arguments
+        are checked here, before the first step is asked for.
         """
         ids = sampling.rank_train_ids(
             self._train_ids, self.seed, epoch, global_batch_size, rank, world_size, accumulation_steps, start_step
         )
-        return self._train_iter(epoch, ids)
+        positions = sampling.micro_batch_positions(rank, accumulation_steps, int(ids.shape[-1]))
+        return self._train_iter(epoch, ids, positions)
 
-    def eval_batches(self, split: str, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+    def eval_batches(self, split: str, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Rank's exact share of ``split`` ('val' | 'test'), unaugmented, in batches of at most
         ``batch_size``. Shares may differ in size or be empty, so callers must not run a
         collective per batch; reduce the summed metrics once afterwards."""
@@ -95,11 +96,12 @@ class DataModule(ABC):
 
     # Subclass hooks -------------------------------------------------------------------
     @abstractmethod
-    def _train_iter(self, epoch: int, ids: Tensor) -> Iterator[list[Batch]]:
-        """Yield one list of micro-batches per row of ``ids`` [steps, accumulation, micro]."""
+    def _train_iter(self, epoch: int, ids: Tensor, positions: Tensor) -> Iterator[list[Batch]]:
+        """Yield one list of micro-batches per row of ``ids`` [steps, accumulation, micro]; sample
+        ``ids[t, i, j]`` is at position ``positions[i, j]`` of its global batch."""
 
     @abstractmethod
-    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
+    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield one unaugmented batch per id chunk ('val' ids index the train pool)."""
 
 
@@ -165,22 +167,22 @@ class InMemoryDataModule(DataModule):
             t = t.pin_memory()
         return t.to(self.device, non_blocking=self._pin)
 
-    def _train_iter(self, epoch: int, ids: Tensor) -> Iterator[list[Batch]]:
+    def _train_iter(self, epoch: int, ids: Tensor, positions: Tensor) -> Iterator[list[Batch]]:
         ids = ids.to(self.storage)
         aug = self._augment_params(epoch) if self.augment else None
         for step in ids:
             micro_batches = []
-            for micro in step:
+            for micro, index in zip(step, positions):
                 x = self._to_device(self._train_x.index_select(0, micro))
                 y = self._to_device(self._train_y.index_select(0, micro))
                 if aug is not None:
                     offsets = self._to_device(aug[0].index_select(0, micro))
                     flips = self._to_device(aug[1].index_select(0, micro))
                     x = crop_flip(x, offsets, flips)
-                micro_batches.append((self._normalize(x), y))
+                micro_batches.append(Batch(self._normalize(x), y, index))
             yield micro_batches
 
-    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[Batch]:
+    def _eval_iter(self, split: str, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         xs, ys = (self._train_x, self._train_y) if split == "val" else (self._test_x, self._test_y)
         for ids in chunks:
             ids = ids.to(self.storage)

@@ -6,8 +6,9 @@ of workers K. Everything random is therefore derived from named, hashed seeds of
 different streams, so generating on the data's device would tie the data to the
 hardware). Global batch t of an epoch is the slice [t*B, (t+1)*B) of one permutation of
 the training ids; rank k of K merely takes its contiguous block of B/K of it, cut into
-equal accumulation micro-batches. Concatenating all ranks' micro-batches in rank order
-thus reproduces the single-worker batch exactly, in the same order.
+equal accumulation micro-batches (:func:`dreg_dist.models.batch.rank_positions`, the one
+statement of that layout). Concatenating all ranks' micro-batches in rank order thus
+reproduces the single-worker batch exactly, in the same order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dreg_dist.data.errors import DataError
+from dreg_dist.models.batch import rank_positions
 
 
 def derive_seed(*parts: object) -> int:
@@ -90,6 +92,12 @@ def check_batch_layout(global_batch_size: int, rank: int, world_size: int, accum
     return global_batch_size // parts
 
 
+def micro_batch_positions(rank: int, accumulation_steps: int, micro: int) -> Tensor:
+    """[accumulation_steps, micro] int64: the position in each step's global batch of every sample
+    of rank's micro-batches (the same for every step)."""
+    return torch.stack(rank_positions(rank, [micro] * accumulation_steps))
+
+
 def rank_train_ids(
     train_ids: Tensor,
     seed: int,
@@ -110,8 +118,8 @@ def rank_train_ids(
     if not 0 <= start_step <= steps:
         raise DataError(f"start_step {start_step} is outside the epoch's {steps} steps")
     perm = epoch_permutation(int(train_ids.numel()), seed, epoch)[: steps * global_batch_size]
-    ids = train_ids[perm].view(steps, world_size, accumulation_steps, micro)
-    return ids[start_step:, rank].contiguous()
+    ids = train_ids[perm].view(steps, global_batch_size)
+    return ids[start_step:, micro_batch_positions(rank, accumulation_steps, micro)]
 
 
 def eval_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:

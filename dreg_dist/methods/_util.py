@@ -22,6 +22,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext
+from dreg_dist.models.batch import with_positions
+from dreg_dist.models.forward_keys import keyed
 
 
 def trainable_params(module: nn.Module) -> list[nn.Parameter]:
@@ -127,32 +129,42 @@ def shifted(params: Sequence[Tensor], deltas: Optional[Sequence[Tensor]]) -> Ite
 
 @dataclass(frozen=True)
 class Chunk:
-    """``m`` samples of this rank's step, with where they sit in the global batch."""
+    """``m`` samples of this rank's step (a :class:`Batch` with their positions in the global batch)."""
 
-    x: Tensor
-    y: Tensor
-    position: int
-    """Index in the step's global batch of the chunk's first sample (the same on any K)."""
+    batch: Batch
     weight: float
     """Its share of this rank's samples (the chunk's loss is weighted by it)."""
 
+    @property
+    def x(self) -> Tensor:
+        return self.batch.x
 
-def micro_chunks(batches: list[Batch], m: Optional[int]) -> list[Chunk]:
+    @property
+    def y(self) -> Tensor:
+        return self.batch.y
+
+    @property
+    def position(self) -> int:
+        """Position in the step's global batch of the chunk's first sample (the same on any K)."""
+        assert self.batch.index is not None
+        return int(self.batch.index[0])
+
+
+def micro_chunks(batches: Sequence[Batch], m: Optional[int]) -> list[Chunk]:
     """This rank's micro-batches cut into consecutive chunks of ``m`` samples (None: one chunk
-    per micro-batch). Ranks hold contiguous, equal slices of the global batch (rank-major), so a
-    chunk's position, and with ``m`` dividing each micro-batch the chunks themselves, are the
-    same on any number of workers and accumulation steps."""
+    per micro-batch), each with its samples' positions (micro-batches handed over without
+    positions get the sampler's layout, :func:`~dreg_dist.models.batch.with_positions`). With
+    ``m`` dividing each micro-batch the chunks are the same on any number of workers and
+    accumulation steps."""
     rank, _ = rank_and_world()
-    local = sum(int(y.shape[0]) for _, y in batches)
-    offset = rank * local
+    placed = with_positions(batches, rank)
+    local = sum(b.size for b in placed)
     out = []
-    for x, y in batches:
-        size = int(y.shape[0])
-        step = size if m is None else m
-        for start in range(0, size, step):
-            stop = min(start + step, size)
-            out.append(Chunk(x[start:stop], y[start:stop], offset + start, (stop - start) / local))
-        offset += size
+    for batch in placed:
+        step = batch.size if m is None else m
+        for start in range(0, batch.size, step):
+            part = batch.narrow(start, min(start + step, batch.size))
+            out.append(Chunk(part, part.size / local))
     return out
 
 
@@ -227,8 +239,9 @@ class LocalPerturbationMethod(Method):
         total: Optional[list[Tensor]] = None
         loss_sum = torch.zeros((), device=batches[0][1].device)
         with frozen_bn_stats(ctx.module), local_norm_statistics(ctx.module):
-            for x, y in batches:
-                with ctx.autocast():
+            for batch in batches:
+                x, y = batch
+                with ctx.autocast(), keyed(batch):
                     outputs = ctx.module(x)
                 loss, _ = self.loss(outputs, y, ctx.module)
                 share = int(y.shape[0]) / n
@@ -248,7 +261,7 @@ class LocalPerturbationMethod(Method):
         if m is None:  # earlier releases: one perturbation from the whole local batch
             groups: list[tuple[list[Batch], float]] = [(batches, 1.0)]
         else:
-            groups = [([(c.x, c.y)], c.weight) for c in micro_chunks(batches, m)]
+            groups = [([c.batch], c.weight) for c in micro_chunks(batches, m)]
         device = batches[0][1].device
         totals = {key: torch.zeros((), device=device) for key in ("loss", self.perturbed_key, "local_grad_norm")}
         for i, (group, weight) in enumerate(groups):
@@ -271,10 +284,11 @@ class LocalPerturbationMethod(Method):
         the step's other chunks on the last one); returns that mean loss."""
         n = sum(int(y.shape[0]) for _, y in group)
         total = torch.zeros((), device=group[0][1].device)
-        for j, (x, y) in enumerate(group):
+        for j, batch in enumerate(group):
+            x, y = batch
             share = int(y.shape[0]) / n
             with ctx.no_sync(last=last and j == len(group) - 1):
-                with ctx.autocast():
+                with ctx.autocast(), keyed(batch):
                     outputs = ctx.model(x)
                 loss, _ = self.loss(outputs, y, ctx.module)
                 ctx.scaler.scale(loss * (share * weight)).backward()

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-Batch = tuple[Tensor, Tensor]
+from dreg_dist.models.batch import Batch  # (x, y) with each sample's position in the global batch
+from dreg_dist.models.forward_keys import keyed
 
 
 def logits_for_loss(outputs: Tensor) -> Tensor:
@@ -196,9 +197,10 @@ class Method:
         """Backward the mean loss over ``batches``; returns the mean of each logged part."""
         totals: dict[str, Tensor] = {}
         n = len(batches)
-        for i, (x, y) in enumerate(batches):
+        for i, batch in enumerate(batches):
+            x, y = batch
             with ctx.no_sync(last=i == n - 1):
-                with ctx.autocast():
+                with ctx.autocast(), keyed(batch):  # the forward is keyed by the batch's sample positions
                     outputs = ctx.model(x)
                 loss, parts = self.loss(outputs, y, ctx.module)
                 ctx.scaler.scale(loss / n).backward()

@@ -6,11 +6,14 @@ batch t, their augmentation) is keyed by (seed, epoch, step, sample) already
 (:mod:`dreg_dist.data.sampling`). This module does the same for random ops *inside* the
 forward:
 
-* :class:`ForwardKeys` knows, for the current training forward, the optimizer step and the
-  index in the global batch of the forward's first sample. The trainer registers each
-  step's micro-batch inputs with it (:meth:`ForwardKeys.begin_step`); a forward pre-hook on
-  the model (:meth:`ForwardKeys.attach`) recognises the input (or a slice of it along the
-  batch dimension, as methods that cut micro-batches further take) by its storage.
+* :class:`ForwardKeys` knows the current optimizer step (the trainer sets it,
+  :meth:`ForwardKeys.begin_step`); which samples a training forward computes is data the
+  micro-batch carries (:attr:`dreg_dist.models.batch.Batch.index`, each sample's position in
+  the step's global batch, from the sampler), handed to the forward by the :func:`keyed`
+  block the method runs the model in. A forward pre-hook on the model
+  (:meth:`ForwardKeys.attach`) reads it, so the tensor the model is called with may be any
+  copy of the batch's input (``x.float()``, another memory format): keys belong to samples,
+  not to storage.
 * The dropout modules (``nn.Dropout``, ``Dropout1d/2d/3d``) and torchvision's
   ``StochasticDepth`` are swapped, once at start-up, for subclasses that draw their masks
   from a counter-based hash of (seed, step, module name, call index in the forward, global
@@ -24,26 +27,30 @@ forward:
 * Random ops this module cannot key (functional ``F.dropout`` in a model's forward,
   attention dropout inside ``nn.MultiheadAttention``, ``AlphaDropout``, ``RReLU``, ...)
   draw from torch's default generators (CPU, and the worker's CUDA device), which the
-  pre-hook reseeds before every registered training forward from (seed, step, index of the
+  pre-hook reseeds before every keyed training forward from (seed, step, index of the
   forward's first sample). They thus differ
   between ranks and micro-batches, repeat exactly on resume, and are the same on any K
   *as long as each worker's micro-batch size is the same* (``train.micro_batch_size``).
 
-A training forward of a tensor the trainer did not register (a method-made input, a probe)
-has no key: keyed modules then behave exactly like the originals (global generator), and
-nothing is reseeded.
+A training forward outside a :func:`keyed` block of a batch with positions (a probe, a
+hand-made pair) has no key: keyed modules then behave exactly like the originals (global
+generator), and nothing is reseeded.
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.ops import StochasticDepth
+
+from dreg_dist.models.batch import Batch
 
 _M32 = 0xFFFFFFFF
 
@@ -97,92 +104,66 @@ class ForwardKey:
     step: int
     """0-based optimizer step over the whole run."""
     start: int
-    """Index in the step's global batch of the forward's first sample."""
+    """Position in the step's global batch of the forward's first sample."""
+    index: Optional[Tensor] = None
+    """Every sample's position (int64 [n], CPU); None when they are start, start + 1, ..."""
 
 
-@dataclass
-class _Registered:
-    tensor: Tensor
-    """Held (the trainer holds the step's batch anyway) so that its memory is not reused while registered."""
-    storage: int
-    offset: int
-    stride: int
-    size: int
-    dtype: torch.dtype
-    tail: tuple[int, ...]
-    start: int
+_SAMPLES: ContextVar[Optional[Tensor]] = ContextVar("dreg_dist_forward_samples", default=None)
+"""Positions of the samples that forwards in the current :func:`keyed` block compute."""
+
+
+@contextmanager
+def keyed(batch: Union[Batch, tuple[Tensor, Tensor]]) -> Iterator[None]:
+    """Training forwards inside this block compute ``batch``'s samples and are keyed by their
+    positions (:attr:`~dreg_dist.models.batch.Batch.index`), whatever tensor is passed to the
+    model: a copy, a cast or another memory format of ``batch.x`` keeps the keys. A batch
+    without positions (a plain pair) gives unkeyed forwards."""
+    index = batch.index if isinstance(batch, Batch) else None
+    token = _SAMPLES.set(index)
+    try:
+        yield
+    finally:
+        _SAMPLES.reset(token)
 
 
 class ForwardKeys:
     """The key of the current training forward, for keyed random ops and group statistics.
 
     One per trainer; keyed modules hold a reference to it (a deep copy of a model shares it).
+    The trainer sets the step (:meth:`begin_step`); which samples a forward computes comes
+    from the :func:`keyed` block around it.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
         self.step: Optional[int] = None
         self.current: Optional[ForwardKey] = None
-        """Key of the forward in progress; None outside a registered training forward."""
+        """Key of the forward in progress; None outside a keyed training forward."""
         self.forward_id = 0
         """Counts training forwards of the root module (calls are numbered per forward)."""
-        self._registered: list[_Registered] = []
         self._calls: dict[str, int] = {}
         self._on_step: list[Callable[[], None]] = []
         self.unkeyed_forwards = 0
-        """Training forwards whose input was not a registered micro-batch (no key)."""
+        """Training forwards outside a :func:`keyed` block of a batch with positions (no key)."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "ForwardKeys":
         return self  # a process-wide context, not model state
 
-    # -------------------------------------------------------------- registration
-    def begin_step(self, step: int, micro_batches: Sequence[tuple[Tensor, int]]) -> None:
-        """Register step ``step``'s inputs: (x, index in the global batch of x's first sample).
-
-        Drops the previous step's registrations and tells listeners (pending group
-        statistics of a step that was never applied are discarded).
-        """
+    # -------------------------------------------------------------- the step
+    def begin_step(self, step: int) -> None:
+        """Forwards from now on belong to optimizer step ``step``; tells listeners (pending group
+        statistics of a step that was never applied are discarded)."""
         self.step = int(step)
-        self._registered = [
-            _Registered(x, x.untyped_storage().data_ptr(), x.storage_offset(),
-                        x.stride(0) if x.dim() else 0, int(x.shape[0]) if x.dim() else 0, x.dtype, tuple(x.shape[1:]),
-                        int(start))
-            for x, start in micro_batches
-        ]
         for callback in self._on_step:
             callback()
 
     def end_step(self) -> None:
-        """Forget the step's inputs (after the optimizer step)."""
-        self._registered = []
+        """The step's forwards are done (after the optimizer step): later forwards are unkeyed."""
+        self.step = None
 
     def on_begin_step(self, callback: Callable[[], None]) -> None:
         self._on_step.append(callback)
-
-    def lookup(self, x: Tensor) -> Optional[int]:
-        """Global index of ``x``'s first sample if ``x`` is a registered input or a slice of one
-        along the batch dimension; else None."""
-        if not self._registered or x.dim() == 0 or x.shape[0] == 0:
-            return None
-        try:
-            storage = x.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):  # tensors without a plain storage
-            return None
-        for reg in self._registered:
-            if reg.storage != storage or reg.dtype != x.dtype or reg.tail != tuple(x.shape[1:]):
-                continue
-            if x.shape[0] > 1 and x.stride(0) != reg.stride:
-                continue  # not a slice along the batch dimension
-            delta = x.storage_offset() - reg.offset
-            if reg.stride == 0 or delta % reg.stride:
-                if delta:
-                    continue
-                index = 0
-            else:
-                index = delta // reg.stride
-            if 0 <= index and index + x.shape[0] <= reg.size:
-                return reg.start + index
-        return None
 
     # -------------------------------------------------------------- forward side
     def attach(self, root: nn.Module) -> RemovableHandle:
@@ -197,14 +178,22 @@ class ForwardKeys:
             return
         self.forward_id += 1
         x = args[0] if args and isinstance(args[0], Tensor) else None
-        start = self.lookup(x) if x is not None else None
-        if start is None or self.step is None:
+        index = _SAMPLES.get()
+        if index is None or self.step is None or x is None or x.dim() == 0:
             self.current = None
             self.unkeyed_forwards += 1
             return
-        self.current = ForwardKey(self.step, start)
+        n = int(x.shape[0])
+        if n != int(index.shape[0]):
+            raise ValueError(f"a training forward of {n} samples inside keyed() of a batch of {int(index.shape[0])}: "
+                             "key the slice the model computes (keyed(batch.narrow(start, stop)))")
+        if n == 0:
+            self.current = None
+            return
+        start = int(index[0])
+        consecutive = bool((index == torch.arange(start, start + n, dtype=torch.int64)).all())
+        self.current = ForwardKey(self.step, start, None if consecutive else index)
         seed = stable_seed(self.seed, "forward-rng", self.step, start)
-        assert x is not None
         # The generators this forward can draw from (torch.manual_seed would visit every backend: ~100 us).
         torch.default_generator.manual_seed(seed)
         if x.device.type == "cuda":
@@ -233,7 +222,10 @@ class ForwardKeys:
         if self.current is None:
             return None
         key = self.stream_key(name, self.call_index(name))
-        if per_sample:
+        index = self.current.index
+        if per_sample and index is not None and n == int(index.shape[0]):
+            samples = index.to(device)
+        elif per_sample:  # made on the device: no copy in the common case
             samples = torch.arange(self.current.start, self.current.start + n, device=device, dtype=torch.int64)
         else:
             samples = torch.zeros(1, device=device, dtype=torch.int64)
@@ -353,6 +345,7 @@ __all__ = [
     "KeyedStochasticDepth",
     "convert_keyed_random",
     "keep_mask",
+    "keyed",
     "keyed_bits",
     "stable_seed",
 ]

@@ -24,9 +24,12 @@ pre-hook, :func:`install_running_stat_updates`) the sums are all-reduced in one 
 collective and every rank applies the same update, so the buffers are identical on all
 ranks (DDP's broadcast of rank 0's buffers and the trainer's ``sync_buffers`` change
 nothing) and the same for any K, up to floating-point summation order. With ``G`` equal
-to the global batch on one worker this is exactly plain BatchNorm's update. When a
+to the global batch on one worker this is exactly plain BatchNorm's update. A forward's
+statistics are filed under the positions of the samples it computes (the micro-batch's
+:attr:`~dreg_dist.models.batch.Batch.index`, through the forward keys), so when a
 micro-batch is forwarded more than once in a step (two-pass methods), its last forward's
-statistics count; a module called twice in one forward counts both calls.
+statistics count, whatever copy of its input each pass was given; a module called twice in
+one forward counts both calls. An unkeyed forward (no positions) counts on its own.
 
 In eval mode (and for the export, which is a plain state_dict and a traced eval-mode
 program) the modules are plain BatchNorm: same class hierarchy, same state_dict keys.
@@ -217,7 +220,7 @@ def update_running_stats(modules: Sequence[_GhostBatchNorm]) -> None:
 def install_running_stat_updates(optimizer: Optimizer, model: nn.Module,
                                  keys: Optional[ForwardKeys] = None) -> Optional[RemovableHandle]:
     """Update ghost modules' running statistics at every ``optimizer.step()`` (a pre-hook),
-    then forget the step's registered inputs. None when ``model`` has no ghost module."""
+    then end the step for the forward keys. None when ``model`` has no ghost module."""
     modules = ghost_modules(model)
     if not modules:
         return None

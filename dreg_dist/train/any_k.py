@@ -8,8 +8,9 @@ module adds the model side and the glue, all at start-up:
   (:mod:`dreg_dist.models.ghost_bn`). Applied after the method's surgery, before DDP.
 * :class:`KeyedTrainData`: the data module as the trainer sees it. Its ``train_batches``
   uses the accumulation steps of this world size (derived from ``train.micro_batch_size``
-  when set) and registers each step's micro-batches with the global index of their first
-  sample, which keys the forward.
+  when set) and tells the forward keys which optimizer step each step's micro-batches are
+  for; the micro-batches carry their samples' positions themselves
+  (:class:`dreg_dist.models.batch.Batch`), which key the forward.
 * :func:`install_step_hooks`: ghost batch norm's running statistics, one all-reduced
   update per optimizer step.
 * :func:`different_world_warning`: what exactly changes when a checkpoint written by K
@@ -28,14 +29,14 @@ from torch.optim import Optimizer
 from dreg_dist.config import Config, TrainConfig
 from dreg_dist.config.validate import worker_batch_layout
 from dreg_dist.models import (
+    Batch,
     ForwardKeys,
     convert_ghost_batch_norm,
     convert_keyed_random,
     ghost_modules,
     install_running_stat_updates,
+    with_positions,
 )
-
-Batch = tuple[Tensor, Tensor]
 
 
 def prepare_model(model: nn.Module, t: TrainConfig, keys: ForwardKeys) -> dict[str, list[str]]:
@@ -62,12 +63,11 @@ class KeyedTrainData:
     """
 
     def __init__(self, data: Any, keys: ForwardKeys, t: TrainConfig, world_size: int,
-                 memory_format: torch.memory_format, step: Callable[[], int]) -> None:
+                 step: Callable[[], int]) -> None:
         self._data = data
         self._keys = keys
         self._derived = t.micro_batch_size is not None
         self.accumulation_steps, self.micro_batch_size = worker_batch_layout(t, world_size)
-        self._memory_format = memory_format
         self._step = step
 
     def __getattr__(self, name: str) -> Any:
@@ -78,20 +78,16 @@ class KeyedTrainData:
     def train_batches(self, epoch: int, global_batch_size: int, rank: int, world_size: int,
                       accumulation_steps: int = 1, start_step: int = 0) -> Iterator[list[Batch]]:
         """The data module's ``train_batches``; with ``train.micro_batch_size`` the accumulation
-        steps are this world's (the argument is ignored). Each step's micro-batches are
-        registered with the forward keys before they are handed out."""
+        steps are this world's (the argument is ignored). The forward keys learn each step's
+        number before its micro-batches are handed out."""
         steps = self.accumulation_steps if self._derived else accumulation_steps
         inner = self._data.train_batches(epoch, global_batch_size, rank, world_size, steps, start_step=start_step)
-        micro = global_batch_size // (world_size * steps)
-        return self._keyed(inner, rank, steps, micro)
+        return self._keyed(inner, rank)
 
-    def _keyed(self, inner: Iterator[list[Batch]], rank: int, steps: int, micro: int) -> Iterator[list[Batch]]:
+    def _keyed(self, inner: Iterator[list[Any]], rank: int) -> Iterator[list[Batch]]:
         for batches in inner:
-            if self._memory_format is torch.channels_last:  # so that the trainer's conversion keeps the tensor
-                batches = [(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, y)
-                           for x, y in batches]
-            self._keys.begin_step(self._step(), [(x, (rank * steps + i) * micro) for i, (x, _) in enumerate(batches)])
-            yield batches
+            self._keys.begin_step(self._step())
+            yield with_positions(batches, rank)  # a data module of plain pairs gets the sampler's layout
 
 
 def _micro(train: dict[str, Any], world_size: int) -> Optional[int]:

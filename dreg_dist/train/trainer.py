@@ -29,7 +29,7 @@ from dreg_dist.data import build_data
 from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank
 from dreg_dist.io import DiskFullError
 from dreg_dist.methods import StepContext
-from dreg_dist.models import ForwardKeys, build_model
+from dreg_dist.models import ForwardKeys, as_batch, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import any_k
@@ -97,7 +97,7 @@ class Trainer:
         channels_last = t.channels_last if t.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.module = model.to(self.device, memory_format=self.memory_format)
-        self.data = any_k.KeyedTrainData(self.data, self.forward_keys, t, env.world_size, self.memory_format,
+        self.data = any_k.KeyedTrainData(self.data, self.forward_keys, t, env.world_size,
                                          step=lambda: self.state.global_step)
 
         self.lr = peak_lr(cfg.optim, t.global_batch_size)
@@ -266,7 +266,7 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _train_step(self, batches: list[tuple[Tensor, Tensor]]) -> None:
         if self.memory_format is torch.channels_last:
-            batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+            batches = [b.with_x(b.x.contiguous(memory_format=torch.channels_last)) for b in map(as_batch, batches)]
         t = self.cfg.train
         ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
                           lr=self.optimizer.param_groups[0]["lr"], step=self.state.global_step)

@@ -1,13 +1,16 @@
 """Single-process checks of what makes training K-independent: ghost batch norm, random ops
 keyed by sample, the micro-batch layout and its config checks, the resume-on-another-K line.
 
-A "K=2 run" is simulated here by forwarding the two halves of a batch as separately
-registered micro-batches; ``tests/distributed/test_any_k.py`` runs real worker groups.
+A "K=2 run" is simulated here by forwarding the two halves of a batch as separate
+micro-batches, each with its samples' positions; ``tests/distributed/test_any_k.py`` runs
+real worker groups.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +21,25 @@ from torchvision.ops import StochasticDepth
 from dreg_dist.config import ConfigError, load_config
 from dreg_dist.config.validate import validate_config, worker_batch_layout
 from dreg_dist.models import ForwardKeys, build_model, convert_ghost_batch_norm, convert_keyed_random, ghost_modules
-from dreg_dist.models.forward_keys import KeyedDropout, keep_mask
+from dreg_dist.models.batch import Batch, rank_positions, with_positions
+from dreg_dist.models.forward_keys import KeyedDropout, keep_mask, keyed
 from dreg_dist.models.ghost_bn import GhostBatchNorm2d, update_running_stats
 from dreg_dist.train import any_k
 
 QUICKSTART = "configs/quickstart.yaml"
+PACKAGE = Path(__file__).resolve().parents[2] / "dreg_dist"
+
+
+def _batch(x: torch.Tensor, start: int, y: torch.Tensor | None = None) -> Batch:
+    """``x`` as a micro-batch whose samples sit at positions start, start + 1, ... of the global batch."""
+    n = x.shape[0]
+    return Batch(x, y if y is not None else torch.zeros(n, dtype=torch.int64), torch.arange(start, start + n))
+
+
+def _forward(model: nn.Module, batch: Batch, x: torch.Tensor | None = None) -> torch.Tensor:
+    """A training forward of ``batch``'s samples (of ``x``, a copy of its input, when given)."""
+    with keyed(batch):
+        return model(batch.x if x is None else x)
 
 
 def _net(norm: bool = True, dropout: bool = False) -> nn.Module:
@@ -50,12 +67,12 @@ def _step(model: nn.Module, keys: ForwardKeys, x: torch.Tensor, y: torch.Tensor,
           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One step as ``parts`` equal micro-batches (workers or accumulation steps): outputs and grads."""
     model.zero_grad()
-    micro = [(xi, i * (x.shape[0] // parts)) for i, xi in enumerate(x.chunk(parts))]
-    keys.begin_step(step, micro)
+    micro = [_batch(xi, i * (x.shape[0] // parts), yi) for i, (xi, yi) in enumerate(zip(x.chunk(parts), y.chunk(parts)))]
+    keys.begin_step(step)
     outs = []
-    for (xi, _), yi in zip(micro, y.chunk(parts)):
-        out = model(xi)
-        (F.cross_entropy(out, yi) / parts).backward()
+    for batch in micro:
+        out = _forward(model, batch)
+        (F.cross_entropy(out, batch.y) / parts).backward()
         outs.append(out.detach())
     update_running_stats(ghost_modules(model))
     return torch.cat(outs), [p.grad.clone() for p in model.parameters()]
@@ -115,10 +132,10 @@ def test_group_statistics_count_once_per_micro_batch_and_once_per_call() -> None
     model = nn.Sequential(bn)
     keys = _keyed(model, group=2)
     x = torch.randn(4, 3)
-    keys.begin_step(0, [(x, 0)])
-    model(x * 100)  # not registered: counts as its own forward
-    model(x)
-    model(x)  # the same micro-batch again
+    keys.begin_step(0)
+    model(x * 100)  # no positions: counts as its own forward
+    _forward(model, _batch(x, 0))
+    _forward(model, _batch(x, 0), x.clone())  # the same micro-batch again, from a copy of its input
     groups = x.view(2, 2, 3)
     assert len(bn._pending) == 2
     bn._pending = {k: v for k, v in bn._pending.items() if k[0] != "unkeyed"}
@@ -139,8 +156,8 @@ def test_group_statistics_count_once_per_micro_batch_and_once_per_call() -> None
 
     model2 = Twice()
     keys2 = _keyed(model2, group=4)
-    keys2.begin_step(0, [(x, 0)])
-    model2(x)
+    keys2.begin_step(0)
+    _forward(model2, _batch(x, 0))
     update_running_stats([twice])
     assert torch.allclose(twice.running_mean, 1.5 * x.mean(0))
 
@@ -192,8 +209,8 @@ def test_dropout_masks_depend_only_on_the_sample() -> None:
     drop = nn.Sequential(nn.Dropout(0.5))
     keys = _keyed(drop)
     same = torch.ones(8, 1000)
-    keys.begin_step(0, [(same, 0)])
-    out = drop(same)
+    keys.begin_step(0)
+    out = _forward(drop, _batch(same, 0))
     assert 0.45 < (out == 0).float().mean() < 0.55 and set(out.unique().tolist()) == {0.0, 2.0}
     assert not torch.equal(out[0], out[1])
 
@@ -213,8 +230,8 @@ def test_dropout_masks_repeat_across_passes_and_differ_between_calls() -> None:
     keys = _keyed(model)
     assert isinstance(layer, KeyedDropout)
     x = torch.ones(4, 64)
-    keys.begin_step(0, [(x, 0)])
-    first, again = model(x), model(x)
+    keys.begin_step(0)
+    first, again = _forward(model, _batch(x, 0)), _forward(model, _batch(x, 0))
     assert torch.equal(first, again)  # a second pass over the micro-batch: same masks
     assert not torch.equal(first[0], first[1])  # two calls in one forward: different masks
     model.eval()
@@ -227,20 +244,24 @@ def test_feature_dropout_and_stochastic_depth_are_keyed() -> None:
     x = torch.ones(8, 6, 2, 2)
     outs = []
     for parts in (1, 2):
-        keys.begin_step(1, [(xi, i * (8 // parts)) for i, xi in enumerate(x.chunk(parts))])
-        outs.append(torch.cat([model(xi) for xi in x.chunk(parts)]))
+        keys.begin_step(1)
+        outs.append(torch.cat([_forward(model, _batch(xi, i * (8 // parts))) for i, xi in enumerate(x.chunk(parts))]))
     assert torch.equal(outs[0], outs[1])
     per_channel = outs[0].flatten(2)
     assert torch.equal(per_channel.amin(2), per_channel.amax(2))  # one decision per (sample, channel)
 
 
-def test_unregistered_inputs_and_state_dict() -> None:
+def test_forwards_without_positions_and_state_dict() -> None:
     model = _net(norm=False, dropout=True)
     plain_keys = list(model.state_dict())
     keys = _keyed(model)
     assert list(model.state_dict()) == plain_keys
-    model(torch.randn(4, 3, 8, 8))  # nobody registered it: the global generator, as nn.Dropout
-    assert keys.unkeyed_forwards == 1 and keys.current is None
+    keys.begin_step(0)
+    x = torch.randn(4, 3, 8, 8)
+    model(x)  # outside keyed(): the global generator, as nn.Dropout
+    with keyed((x, torch.zeros(4, dtype=torch.int64))):  # a plain pair has no positions
+        model(x)
+    assert keys.unkeyed_forwards == 2 and keys.current is None
 
 
 def test_other_random_ops_differ_per_rank_and_repeat() -> None:
@@ -254,13 +275,12 @@ def test_other_random_ops_differ_per_rank_and_repeat() -> None:
     model = Functional()
     keys = _keyed(model)
     x = torch.ones(8, 100)
-    rank0, rank1 = x[:4], x[4:]
-    keys.begin_step(2, [(rank0, 0)])
-    a = model(rank0)
-    keys.begin_step(2, [(rank1, 4)])  # the same data as rank 1's micro-batch
-    b = model(rank1)
-    keys.begin_step(2, [(rank0, 0)])  # a resumed run repeats it
-    assert not torch.equal(a, b) and torch.equal(model(rank0), a)
+    rank0, rank1 = _batch(x[:4], 0), _batch(x[4:], 4)
+    keys.begin_step(2)
+    a = _forward(model, rank0)
+    b = _forward(model, rank1)  # the same data as rank 1's micro-batch
+    keys.begin_step(2)  # a resumed run repeats it
+    assert not torch.equal(a, b) and torch.equal(_forward(model, rank0), a)
 
 
 def test_keep_mask_rows_do_not_depend_on_their_neighbours() -> None:
@@ -271,13 +291,108 @@ def test_keep_mask_rows_do_not_depend_on_their_neighbours() -> None:
     assert keep_mask(7, rows, 10, 0.0).all() and not keep_mask(7, rows, 10, 1.0).any()
 
 
-def test_slices_of_registered_inputs_are_found() -> None:
-    keys = ForwardKeys(0)
-    x = torch.randn(8, 3, 4, 4)
-    other = torch.randn(8, 3, 4, 4)
-    keys.begin_step(4, [(x, 16), (other, 24)])
-    assert keys.lookup(x) == 16 and keys.lookup(x[2:5]) == 18 and keys.lookup(other[7:]) == 31
-    assert keys.lookup(x[:, :2]) is None and keys.lookup(x.clone()) is None
+def test_a_copied_input_keeps_its_samples_keys() -> None:
+    """Keys belong to the batch's samples, not to the storage of its input: a copy, another
+    memory format or another dtype of x draws the same per-sample masks, and so does a slice
+    of the batch at the same positions."""
+    model = nn.Sequential(nn.Dropout(0.5), nn.Dropout2d(0.5), StochasticDepth(0.5, "row"))
+    keys = _keyed(model)
+    x = torch.ones(6, 4, 3, 3, dtype=torch.float64)
+    batch = _batch(x, 10)
+    keys.begin_step(3)
+    ref = _forward(model, batch)
+    assert keys.current is not None and keys.current.start == 10
+    for copy_of_x in (x.clone(), x.contiguous(memory_format=torch.channels_last), x.float(), x.to(torch.bfloat16)):
+        out = _forward(model, batch, copy_of_x)
+        assert torch.equal(out.double() == 0, ref == 0), copy_of_x.dtype  # the same samples dropped, element by element
+    assert torch.equal(_forward(model, batch.with_x(x.float())).double(), ref)
+    assert torch.equal(_forward(model, batch.narrow(2, 5)), ref[2:5])  # a slice keeps its samples' positions
+    other = _forward(model, _batch(x, 11))  # other positions: other masks
+    assert not torch.equal(other, ref)
+    assert keys.unkeyed_forwards == 0
+    with pytest.raises(ValueError, match="key the slice"):  # a slice of x under its whole batch's keys
+        _forward(model, batch, x[:3])
+
+
+@pytest.mark.parametrize("method", ["vanilla", "gradnorm", "sam"])
+def test_methods_key_their_forwards_from_the_batch(method: str) -> None:
+    """Through a method's own forwards (whole micro-batches, chunks of m, two passes), a channels-last
+    copy of the input (what the trainer makes on CUDA) and another split of the step give the same
+    gradient: the dropout masks follow the samples."""
+    import contextlib
+
+    from dreg_dist.methods import StepContext, method_class
+
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    grads = []
+    for parts, channels_last in ((1, False), (1, True), (2, True)):
+        model = _net(norm=False, dropout=True)
+        keys = _keyed(model)
+        keys.begin_step(4)
+        batches = [b.with_x(b.x.contiguous(memory_format=torch.channels_last)) if channels_last else b
+                   for b in with_positions(list(zip(x.chunk(parts), y.chunk(parts))), 0)]
+        cls = method_class(method)
+        hp = cls.Config(micro_batch_size=4) if method != "vanilla" else None
+        ctx = StepContext(model, model, contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False), lr=0.1, step=4)
+        cls(hp).compute_gradients(ctx, batches)
+        assert keys.unkeyed_forwards == 0
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for other in grads[1:]:
+        for g, r in zip(other, grads[0]):
+            assert torch.allclose(g, r, atol=1e-6)
+
+
+def test_positions_that_are_not_consecutive_key_each_sample() -> None:
+    """A micro-batch that lost a sample (undecodable, skipped) keeps the others' positions and
+    masks."""
+    model = nn.Sequential(nn.Dropout(0.5))
+    keys = _keyed(model)
+    keys.begin_step(0)
+    x = torch.ones(5, 200)
+    full = _forward(model, _batch(x, 0))
+    gap = Batch(x[[0, 1, 3, 4]], torch.zeros(4, dtype=torch.int64), torch.tensor([0, 1, 3, 4]))
+    assert torch.equal(_forward(model, gap), full[[0, 1, 3, 4]])
+
+
+def test_batches_carry_positions_through_the_data_module() -> None:
+    from dreg_dist.data import build_data
+
+    cfg = _cfg("train.global_batch_size=32", "data.synthetic_train_size=320", "data.val_size=64")
+    data = build_data(cfg.data, seed=0, device=torch.device("cpu"), num_classes=10)
+    whole = next(iter(data.train_batches(0, 32, 0, 1)))[0]
+    assert torch.equal(whole.index, torch.arange(32))
+    for rank in range(2):
+        for i, b in enumerate(next(iter(data.train_batches(0, 32, rank, 2, accumulation_steps=2)))):
+            assert torch.equal(b.index, rank_positions(rank, [8, 8])[i])
+            assert torch.equal(b.x, whole.x[b.index]) and torch.equal(b.y, whole.y[b.index])
+            x, y = b  # still the (x, y) pair of earlier releases
+            assert x is b.x and y is b.y
+
+
+def test_the_layout_formula_lives_in_one_function() -> None:
+    """rank_positions states where a rank's samples sit; the sampler, the trainer's data glue
+    and the methods' chunks use it, and no other code multiplies a rank into a position."""
+    from dreg_dist.data import sampling
+    from dreg_dist.methods import _util
+
+    assert sampling.rank_positions is rank_positions
+    assert any_k.with_positions is with_positions and _util.with_positions is with_positions
+    pairs = [(torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64)), (torch.zeros(2, 2), torch.zeros(2, dtype=torch.int64))]
+    assert [b.index.tolist() for b in with_positions(pairs, 2)] == [[10, 11, 12], [13, 14]]
+    assert [c.position for c in _util.micro_chunks(pairs, 2)] == [0, 2, 3]
+    assert torch.equal(sampling.micro_batch_positions(1, 2, 4), torch.arange(8, 16).view(2, 4))
+    allowed = {("models/batch.py", "rank_positions"), ("data/sampling.py", "eval_shard")}
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and any(
+                        isinstance(side, ast.Name) and side.id == "rank" for side in (node.left, node.right)):
+                    found.add((path.relative_to(PACKAGE).as_posix(), fn.name))
+    assert found == allowed, found - allowed
 
 
 # ------------------------------------------------------------------ config and trainer glue
@@ -320,17 +435,17 @@ def test_layouts_that_fit_pass() -> None:
         validate_config(_cfg(*overrides), k)
 
 
-def test_keyed_train_data_registers_each_workers_slice() -> None:
+def test_keyed_train_data_numbers_the_step_and_keeps_positions() -> None:
     cfg = _cfg("train.global_batch_size=32", "train.micro_batch_size=8", "data.synthetic_train_size=320",
                "data.val_size=64")
     from dreg_dist.data import build_data
 
     data = build_data(cfg.data, seed=0, device=torch.device("cpu"), num_classes=10)
     keys = ForwardKeys(0)
-    wrapped = any_k.KeyedTrainData(data, keys, cfg.train, 2, torch.contiguous_format, step=lambda: 7)
+    wrapped = any_k.KeyedTrainData(data, keys, cfg.train, 2, step=lambda: 7)
     assert wrapped.steps_per_epoch(32) == data.steps_per_epoch(32)  # everything else is the data module's
     batches = next(iter(wrapped.train_batches(0, 32, 1, 2, accumulation_steps=1)))  # 2 micro-batches of 8
-    assert [keys.lookup(x) for x, _ in batches] == [16, 24] and keys.step == 7
+    assert [b.index.tolist() for b in batches] == [list(range(16, 24)), list(range(24, 32))] and keys.step == 7
     whole = torch.cat([x for x, _ in next(iter(data.train_batches(0, 32, 0, 1)))])
     assert torch.equal(torch.cat([x for x, _ in batches]), whole[16:])
 

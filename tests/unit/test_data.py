@@ -363,6 +363,20 @@ def test_synthetic_content_fixed_and_split_seeded():
     vb = torch.cat([x for x, _ in b.eval_batches("val", 0, 1, 64)])
     assert not torch.equal(va, vb)
 
+def test_micro_batches_carry_their_positions_in_the_global_batch():
+    """Each micro-batch says where its samples sit in the step's global batch (rank-major, then
+    accumulation step): the same positions for the same samples on any K and A."""
+    dm = build_data(synth_cfg(), seed=3, device=CPU, num_classes=4)
+    B = 16
+    whole = next(iter(dm.train_batches(1, B, 0, 1)))[0]
+    assert torch.equal(whole.index, torch.arange(B))
+    for K, A in ((2, 1), (2, 2), (4, 2)):
+        for rank in range(K):
+            for i, b in enumerate(next(iter(dm.train_batches(1, B, rank, K, A)))):
+                start = (rank * A + i) * (B // (K * A))
+                assert b.index.tolist() == list(range(start, start + B // (K * A)))
+                assert torch.equal(b.x, whole.x[b.index])
+
 
 # --------------------------------------------------------------------------- imagefolder
 def write_imagefolder(root: Path, per_class: int = 6, classes: int = 2) -> None:
@@ -403,6 +417,20 @@ def test_imagefolder_augmentation_independent_of_loader_workers(tmp_path):
     a = [x for step in inline.train_batches(3, 4, 0, 1) for x, _ in step]
     b = [x for step in workers.train_batches(3, 4, 0, 1) for x, _ in step]
     assert len(a) == 2 and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_a_skipped_sample_leaves_the_others_their_positions(tmp_path):
+    write_imagefolder(tmp_path)
+    base = dict(name="imagefolder", root=str(tmp_path), val_size=4, image_size=8, num_workers=0)
+    ref = next(iter(build_data(DataConfig(**base), seed=0, device=CPU).train_batches(0, 8, 0, 1)))[0]
+    assert ref.index.tolist() == list(range(8))
+    victim = (tmp_path / "train" / "class0" / "2.png")
+    victim.write_bytes(victim.read_bytes()[:40])
+    dm = build_data(DataConfig(**base, skip_bad_samples=True), seed=0, device=CPU)
+    (x, y), = batches = next(iter(dm.train_batches(0, 8, 0, 1)))
+    kept = batches[0].index
+    assert x.shape[0] == 7 and dm.skipped_samples == 1 and len(kept) == 7
+    assert torch.equal(x, ref.x[kept]) and torch.equal(y, ref.y[kept])  # each image keeps its position
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

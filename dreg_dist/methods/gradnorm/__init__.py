@@ -26,6 +26,7 @@ from dreg_dist.methods._util import (
     trainable_params,
 )
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext, logits_for_loss
+from dreg_dist.models.forward_keys import keyed
 
 
 @dataclass
@@ -69,11 +70,11 @@ class GradNorm(Method):
         loss_total: Tensor = torch.zeros((), device=batches[0][1].device)
         penalty_total = loss_total
         for i, chunk in enumerate(chunks):
-            x, y = chunk.x, chunk.y
+            x, y = chunk.batch
             # The penalty is per micro-batch by definition: with train.sync_bn its forward uses
             # local statistics, so the inner gradient's double backward does not communicate.
             with ctx.no_sync(last=i == len(chunks) - 1), local_norm_statistics(ctx.module):
-                with ctx.autocast():
+                with ctx.autocast(), keyed(chunk.batch):
                     outputs = ctx.model(x)
                 logits = logits_for_loss(outputs)
                 ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
