@@ -9,35 +9,66 @@ in the summary is the one a user of the export gets.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
-from dreg_dist.distributed import barrier
+import torch
+from torch import nn
+
+from dreg_dist.config import Config
+from dreg_dist.distributed import DistEnv, barrier
 from dreg_dist.io import atomic_write_text
+from dreg_dist.methods import Method
+from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import checkpoint as ckpt
+from dreg_dist.train.records import RunRecorder
+from dreg_dist.train.state import TrainState
 
-if TYPE_CHECKING:
-    from dreg_dist.train.trainer import Trainer
+
+@dataclass
+class FinishedRun:
+    """What the end of a run needs from the training that ran (the trainer gathers it)."""
+
+    cfg: Config
+    env: DistEnv
+    layout: RunLayout
+    method: Method
+    module: nn.Module
+    """The trained model; the best checkpoint's weights are loaded into it."""
+    device: torch.device
+    mean: Sequence[float]
+    std: Sequence[float]
+    input_shape: tuple[int, int, int]
+    """The input normalization and shape, recorded with the export."""
+    state: TrainState
+    recorder: RunRecorder
+    evaluate: Callable[..., dict[str, dict[str, float]]]
+    """``evaluate(split, module, single=True)``: a plain model's score on ``split`` (collective)."""
+    wall_time_s: float
+    images_per_sec: Optional[float]
+    """Mean over the logged windows."""
+    resumed_from: Optional[str]
 
 
-def finish_run(trainer: "Trainer", wall: float) -> dict[str, Any]:
+def finish_run(run: FinishedRun) -> dict[str, Any]:
     """Export the best checkpoint's best output, score it on test, write ``summary.json``."""
-    cfg, env, layout, method = trainer.cfg, trainer.env, trainer.layout, trainer.method
+    cfg, env, layout, method = run.cfg, run.env, run.layout, run.method
     t = cfg.train
-    final_values = method.summary_values(trainer.module)  # before best.pt replaces the final weights
+    final_values = method.summary_values(run.module)  # before best.pt replaces the final weights
     barrier()
-    best_state = ckpt.load_checkpoint(layout.best, map_location=trainer.device)
-    trainer.module.load_state_dict(best_state["model"])
+    best_state = ckpt.load_checkpoint(layout.best, map_location=run.device)
+    run.module.load_state_dict(best_state["model"])
     best = best_state["best"]
     val_acc = {output: r["acc"] for output, r in best["val"].items()}
     disagreement = next((r["disagreement"] for r in best["val"].values() if "disagreement" in r), None)
-    meta = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, mean=trainer.data.mean,
-                std=trainer.data.std, input_shape=trainer.data.input_shape,
+    meta = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, mean=run.mean,
+                std=run.std, input_shape=run.input_shape,
                 extra_meta={"best_epoch": best["epoch"], "method": method.name, "run_dir": str(layout.root)})
     output = method.choose_output(val_acc)
     if env.is_main:
-        method.export(trainer.module, layout.export, val_acc=val_acc, output=output, **meta)
-    eval_model = method.exported_model(trainer.module, output)
-    test = next(iter(trainer.evaluate("test", eval_model, single=True).values()))
+        method.export(run.module, layout.export, val_acc=val_acc, output=output, **meta)
+    eval_model = method.exported_model(run.module, output)
+    test = next(iter(run.evaluate("test", eval_model, single=True).values()))
     summary = {
         "status": "finished",
         "method": method.name,
@@ -45,27 +76,27 @@ def finish_run(trainer: "Trainer", wall: float) -> dict[str, Any]:
         "world_size": env.world_size,
         "global_batch_size": t.global_batch_size,
         "epochs": t.epochs,
-        "global_steps": trainer.state.global_step,
+        "global_steps": run.state.global_step,
         "best": {"epoch": best["epoch"], "path": output, "val_acc": val_acc,
                  **({"disagreement": disagreement} if disagreement is not None else {})},
         "test": test,
         "export_dir": str(layout.export),
-        "images_per_sec": (sum(trainer.throughput) / len(trainer.throughput)) if trainer.throughput else None,
-        "wall_time_s": wall,
-        "skipped_steps": trainer.state.skipped_steps,
-        "resumed_from": trainer.resumed_from,
+        "images_per_sec": run.images_per_sec,
+        "wall_time_s": run.wall_time_s,
+        "skipped_steps": run.state.skipped_steps,
+        "resumed_from": run.resumed_from,
     }
     if final_values:
         summary["final_values"] = final_values
         summary["final_values_of"] = "the final weights (not the best checkpoint's)"
     if env.is_main:
         atomic_write_text(layout.summary, json.dumps(summary, indent=2) + "\n")
-        trainer.recorder.scalars("test", {"acc": test["acc"], "acc5": test["acc5"]},
-                                 step=trainer.state.global_step, epoch=trainer.state.epoch)
+        run.recorder.scalars("test", {"acc": test["acc"], "acc5": test["acc5"]},
+                             step=run.state.global_step, epoch=run.state.epoch)
         hparams = {"method": method.name, "arch": cfg.model.arch, "global_batch_size": t.global_batch_size,
                    "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **method.hparams()}
-        trainer.recorder.hparams(hparams, {"best_val_acc": trainer.state.best.acc, "test_acc": test["acc"]})
-        trainer._say(f"done: best val {trainer.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
-                     f"{f', path {output}' if output is not None else ''}); "
-                     f"test {test['acc'] * 100:.2f}%; export in {layout.export}")
+        run.recorder.hparams(hparams, {"best_val_acc": run.state.best.acc, "test_acc": test["acc"]})
+        run.recorder.console.message(f"done: best val {run.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
+                                     f"{f', path {output}' if output is not None else ''}); "
+                                     f"test {test['acc'] * 100:.2f}%; export in {layout.export}")
     return summary

@@ -21,7 +21,7 @@ Under ``torchrun`` (as observed with PyTorch 2.15):
   128 + the signal's number instead, with one line). Rank 0 therefore also writes
   ``RunLayout.requeue_marker`` into the run folder, which ``launch/slurm/train.sbatch``
   looks for. It writes it once the checkpoint is written and before any rank may exit
-  (the trainer's ``_leave_requeue_marker``): on a multi-node job the first node whose workers
+  (:meth:`dreg_dist.train.writer.CheckpointWriter.requeue_marker`): on a multi-node job the first node whose workers
   exit ends its srun task, after which Slurm may end the step's other processes.
 
 A signal that arrives while a worker still starts up is kept: ``launch/train.py`` installs a

@@ -143,7 +143,9 @@ def _main(argv: Optional[Sequence[str]], preempt: PreemptionFlag, started: float
         return 0
 
     from dreg_dist.data import DataError
-    from dreg_dist.train.trainer import CheckpointWriteError, NonFiniteLossError, Trainer
+    from dreg_dist.train.control import NonFiniteLossError
+    from dreg_dist.train.trainer import Trainer
+    from dreg_dist.train.writer import CheckpointWriteError
 
     env = init_distributed(cfg.train.device)
     trainer = None

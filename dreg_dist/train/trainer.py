@@ -7,8 +7,13 @@ unscaling, clipping, the optimizer and the per-iteration schedule. Rank 0 writes
 records; collectives happen at the same steps on every rank (logging steps, the
 non-finite check, evaluation), so no rank ever waits on a collective another skips.
 The trainer never names a method: what to build, score, log and export it asks the
-method (``dreg_dist/methods/base.py``). The end of a run (export, test score, summary)
-is :mod:`dreg_dist.train.finish`.
+method (``dreg_dist/methods/base.py``).
+
+Its parts, each in its own module of ``dreg_dist/train/``: the step guard (the ranks'
+per-step agreement on non-finite steps and signals, and the undo of a bad update:
+``step_guard.py``), the run control (stop, preemption and non-finite state: ``control.py``),
+the loss window between log lines (``window.py``), checkpoint writing (``writer.py``) and the
+end of a run (export, test score, summary: ``finish.py``).
 """
 
 from __future__ import annotations
@@ -26,38 +31,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
-from dreg_dist.distributed import DistEnv, all_reduce_sum, any_rank
-from dreg_dist.io import DiskFullError
+from dreg_dist.distributed import DistEnv, any_rank
 from dreg_dist.methods import StepContext
 from dreg_dist.models import ForwardKeys, as_batch, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import any_k
 from dreg_dist.train import checkpoint as ckpt
+from dreg_dist.train.control import NonFiniteLossError, RunControl
 from dreg_dist.train.evaluate import evaluate
-from dreg_dist.train.preemption import PreemptionFlag, write_requeue_marker
+from dreg_dist.train.finish import FinishedRun, finish_run
+from dreg_dist.train.preemption import PreemptionFlag
 from dreg_dist.train.preflight import check_method_options
 from dreg_dist.train.records import RunRecorder
 from dreg_dist.train.state import TrainState
-from dreg_dist.train.step_guard import StepGuard, UndoOnFlag, nonfinite_flag
-
+from dreg_dist.train.step_guard import make_guard, nonfinite_flag, skipped
+from dreg_dist.train.window import LossWindow
+from dreg_dist.train.writer import CheckpointWriter
 
 _COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 """train.grad_compression -> DDP communication hook (cast, all-reduce, cast back to fp32)."""
-
-
-STEP_FLAG_LAG = 2
-"""Device mode: a step's flags are acted on this many steps later (see train/step_guard.py)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or a gradient became NaN/Inf (``train.on_nonfinite=stop``), or the state to
-    checkpoint is not finite (either mode)."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """Rank 0 could not write a checkpoint (a full disk); raised on every rank, the previous
-    checkpoint intact."""
 
 
 def sync_buffers(module: nn.Module) -> None:
@@ -73,6 +66,11 @@ def sync_buffers(module: nn.Module) -> None:
 
 
 class Trainer:
+    """Public interface: :meth:`fit` (the whole run), :meth:`train_step` and :meth:`settle`
+    (one step, and acting on every step's pending flags: for tests and tools that drive the
+    steps themselves), :meth:`save`, :meth:`evaluate`, :meth:`state_dict` /
+    :meth:`load_state_dict`, :meth:`close`; the parts (``module``, ``data``, ``state``, ...)."""
+
     def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, preempt: Optional[PreemptionFlag] = None) -> None:
         """``preempt``: a flag the caller installed (and removes); without one, the trainer
         installs its own for :meth:`fit` and removes it in :meth:`close`."""
@@ -133,17 +131,14 @@ class Trainer:
             self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
         for note in self.method.startup_notes(self.module):
             self._say(note)
-        self._own_flag = preempt is None
-        self.preempt = preempt if preempt is not None else PreemptionFlag()
-        self.guard = StepGuard(t.step_guard, self.device)
-        self.undo = UndoOnFlag(self.optimizer, self.module)
-        self._preempted = False
         self.state = TrainState(world_size=env.world_size)
+        self.control = RunControl(self.state, self.steps_per_epoch, t.on_nonfinite, t.stop_after_steps,
+                                  self._say, preempt)
+        self.guard = make_guard(t.step_guard, self.device, self.optimizer, self.module,
+                                restore_buffers=t.on_nonfinite == "skip")
+        self.window = LossWindow(self.device)
+        self.writer = CheckpointWriter(self.layout, self.device, env.is_main, self.recorder, cfg.checkpoint.keep_last)
         self.resumed_from: Optional[str] = None
-        self._window: dict[str, Tensor] = {}
-        self._window_steps: Any = 0
-        self._window_start = time.perf_counter()
-        self.throughput: list[float] = []
         self._resume()
 
     # ------------------------------------------------------------------ state
@@ -188,57 +183,13 @@ class Trainer:
 
     def save(self, reason: str) -> None:
         """Checkpoint on every rank's call (gathers RNG states); rank 0 writes last.pt."""
-        self._read_flags(wait=True)  # a skipped or diverged step is known before anything is written
+        self.settle()  # a skipped or diverged step is known before anything is written
         sync_buffers(self.module)
-        state = self.state_dict()
-        failed: Optional[DiskFullError] = None
-        if self.env.is_main:
-            last = self.layout.last
-            try:
-                ckpt.save_checkpoint(state, last)
-                if reason == "step":
-                    ckpt.link_or_copy(last, self.layout.checkpoints / f"step-{self.state.global_step}.pt")
-                    ckpt.prune_step_checkpoints(self.layout.checkpoints, self.cfg.checkpoint.keep_last)
-            except DiskFullError as err:
-                failed = err
-            else:
-                self.recorder.event("checkpoint", reason=reason, step=self.state.global_step,
-                                    epoch=self.state.epoch)
-        self._all_written(failed)
+        self.writer.last(self.state_dict(), reason, self.state.global_step, self.state.epoch)
 
     def _save_best(self) -> None:
-        self._read_flags(wait=True)
-        state = self.state_dict()
-        failed: Optional[DiskFullError] = None
-        if self.env.is_main:
-            try:
-                ckpt.save_checkpoint(state, self.layout.best)
-            except DiskFullError as err:
-                failed = err
-        self._all_written(failed)
-
-    def _leave_requeue_marker(self, reason: str) -> None:
-        """Rank 0 records in the run folder that this attempt checkpointed for preemption, before
-        any rank may exit: under Slurm the end of one node's workers ends that node's task, and
-        the step's other processes, rank 0 included, may then be killed."""
-        failed: Optional[DiskFullError] = None
-        if self.env.is_main:
-            try:
-                write_requeue_marker(self.run_dir, {"reason": reason, "global_step": self.state.global_step})
-            except DiskFullError as err:
-                failed = err
-        self._all_written(failed)
-
-    def _all_written(self, failed: Optional[DiskFullError]) -> None:
-        """Every rank learns whether rank 0's write failed (a collective, in place of a barrier),
-        so that all of them stop with one message instead of the others failing in the next
-        collective with a lost peer."""
-        if any_rank(failed is not None, self.device):
-            where = str(failed) if failed is not None else "rank 0 could not write a checkpoint"
-            raise CheckpointWriteError(
-                f"{where}; make room there (or move the run folder and pass --run-dir), then launch the same "
-                "command: it resumes from the newest checkpoint"
-            )
+        self.settle()
+        self.writer.best(self.state_dict())
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
@@ -264,93 +215,54 @@ class Trainer:
             self.recorder.console.message(text)
 
     # ------------------------------------------------------------------ steps
-    def _train_step(self, batches: list[tuple[Tensor, Tensor]]) -> None:
+    def train_step(self, batches: list[tuple[Tensor, Tensor]]) -> None:
+        """One optimizer step on this rank's micro-batches of the global batch (collective:
+        every rank calls it); the state's step counters advance by one.
+
+        The ranks agree whether the step is finite and whether one got a signal; what the
+        host can act on by now (in host mode this step's flags, in device mode those of
+        steps ``STEP_FLAG_LAG`` back) goes to :attr:`control`, which raises
+        :class:`NonFiniteLossError` for a non-finite step under ``train.on_nonfinite=stop``.
+        """
         if self.memory_format is torch.channels_last:
             batches = [b.with_x(b.x.contiguous(memory_format=torch.channels_last)) for b in map(as_batch, batches)]
-        t = self.cfg.train
+        step = self.state.global_step
         ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
-                          lr=self.optimizer.param_groups[0]["lr"], step=self.state.global_step)
-        on_device = self.guard.on_device
-        # A skipped step must leave the state as it was: the forward already moves BN statistics.
-        if on_device:
-            self.undo.take()
-        saved_buffers = [b.detach().clone() for b in self.module.buffers()] \
-            if t.on_nonfinite == "skip" and not on_device else []
+                          lr=self.optimizer.param_groups[0]["lr"], step=step)
+        self.guard.begin_step()  # a skipped step must leave the state as it was
         parts = self.method.compute_gradients(ctx, batches)
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         # With fp16 the scaler skips inf gradients itself; the loss is still checked.
         bad = nonfinite_flag(parts["loss"], grads, check_grads=not self.scaler.is_enabled())
-        flags = self.guard.exchange(self.state.global_step, bad, self.preempt.is_set())
-        if not on_device:
-            read = self.guard.read_now(self.state.global_step, flags)
-            self._preempted = read.preempted
-            if read.nonfinite:
-                self._nonfinite(read.step)  # raises for on_nonfinite=stop
-                for buf, saved in zip(self.module.buffers(), saved_buffers):
-                    buf.copy_(saved)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                return
+        flags = self.guard.exchange(step, bad, self.control.signalled())
+        self.control.observe(self.guard.settled(step))
+        self.guard.apply(flags, self._update)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.window.add(parts, skipped(flags))
+        self.state.step_in_epoch += 1
+        self.state.global_step += 1
+
+    def _update(self) -> None:
+        """The optimizer step on the all-reduced gradient in ``.grad``."""
         self.scaler.unscale_(self.optimizer)
-        if t.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(self.module.parameters(), t.grad_clip_norm)
+        if self.cfg.train.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.train.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.method.after_step(self.module)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if on_device:
-            skipped = flags[0] > 0
-            self.undo.restore_if(flags[0])
-            for key, value in parts.items():
-                masked = torch.where(skipped, torch.zeros_like(value), value)
-                self._window[key] = self._window.get(key, 0.0) + masked
-            self._window_steps = self._window_steps + (1.0 - flags[0])
-        else:
-            for key, value in parts.items():
-                self._window[key] = self._window.get(key, 0.0) + value
-            self._window_steps += 1
 
-    def _nonfinite(self, step: int) -> None:
-        """A step the ranks agreed was not finite (its update was not applied): stop or count it."""
-        where = f"step {step + 1} (epoch {step // self.steps_per_epoch + 1})"
-        if self.cfg.train.on_nonfinite == "stop":
-            raise NonFiniteLossError(
-                f"loss or gradient is not finite at {where}: lower optim.lr, set train.grad_clip_norm, or "
-                "set train.on_nonfinite=skip to skip such steps"
-            )
-        self.state.skipped_steps += 1
-        self._say(f"warning: non-finite loss or gradient at {where}; step skipped")
-
-    def _read_flags(self, wait: bool) -> None:
-        """Device mode: act on the flags of steps at least ``STEP_FLAG_LAG`` old (all with ``wait``).
-
-        The lag is a step count, not a time, so every rank acts on the same step's flags at the
-        same point; waiting on a copy that old does not stall the GPU queue.
-        """
-        if not self.guard.on_device:
-            return
-        upto = None if wait else self.state.global_step - 1 - STEP_FLAG_LAG
-        for flags in self.guard.landed(upto):
-            if flags.nonfinite:
-                self._nonfinite(flags.step)
-            self._preempted = self._preempted or flags.preempted
+    def settle(self) -> None:
+        """Act on every step's flags not yet acted on (device mode: waits for their copies):
+        a skipped step is counted, a non-finite one raises under ``on_nonfinite=stop``."""
+        self.control.observe(self.guard.settled(self.state.global_step, wait=True))
 
     def _log_train(self) -> None:
         """Average the window's loss parts over steps and ranks (a collective), then log."""
-        keys = sorted(self._window)
-        if not keys:
+        means = self.window.means(self.env.world_size, self.cfg.train.global_batch_size)
+        if means is None:
             return
-        steps = float(self._window_steps)  # in device mode, a tensor: this host read is the logging cadence's
-        if steps == 0:
-            return
-        vec = torch.stack([torch.as_tensor(self._window[k], device=self.device).float() for k in keys])
-        all_reduce_sum(vec)
-        vec /= steps * self.env.world_size
-        elapsed = time.perf_counter() - self._window_start
-        ips = steps * self.cfg.train.global_batch_size / max(elapsed, 1e-9)
-        self.throughput.append(ips)
-        values = {k: v for k, v in zip(keys, vec.tolist())}
+        values, ips = means
         values.update(self.method.log_values(self.module))
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_sec"] = ips
@@ -362,9 +274,7 @@ class Trainer:
             shown = {**{k: values[k] for k in self.method.console_keys if k in values}, "img/s": ips}
             self.recorder.console.update(s.epoch, self.cfg.train.epochs, s.step_in_epoch, self.steps_per_epoch,
                                          shown, eta)
-        self._window = {}
-        self._window_steps = 0
-        self._window_start = time.perf_counter()
+        self.window.reset()
 
     def evaluate(self, split: str, module: Optional[nn.Module] = None, single: bool = False
                  ) -> dict[str, dict[str, float]]:
@@ -414,25 +324,16 @@ class Trainer:
         """
         if fresh:
             zero = torch.zeros((), device=self.device)
-            flags = self.guard.exchange(self.state.global_step, zero, self.preempt.is_set())
-            self._read_flags(wait=True)
-            self._preempted = self._preempted or self.guard.read_now(self.state.global_step, flags).preempted
-        else:
-            self._read_flags(wait=False)
-        if not more_to_do:
-            return None
-        limit = self.cfg.train.stop_after_steps
-        if limit is not None and self.state.global_step >= limit:
-            return "stop_after_steps"
-        if self._preempted:
-            return f"signal {self.preempt.signal_name or 'on another rank'}"
-        return None
+            self.guard.exchange(self.state.global_step, zero, self.control.signalled())
+        self.control.observe(self.guard.settled(self.state.global_step, wait=fresh))
+        return self.control.stop_reason() if more_to_do else None
 
     def fit(self) -> dict[str, Any]:
+        """Train to the configured end (or an early stop); a finished run's summary, or
+        ``{"status": "stopped", ...}``."""
         t = self.cfg.train
         s = self.state
-        if self._own_flag:
-            self.preempt.install()
+        self.control.install()
         if self.env.is_main:
             self.recorder.event("start", world_size=self.env.world_size, device=str(self.device),
                                 method=self.method.name, lr=self.lr, steps_per_epoch=self.steps_per_epoch)
@@ -440,16 +341,14 @@ class Trainer:
                       f"{self.device.type} | global batch {t.global_batch_size} | peak lr {self.lr:.4g} | "
                       f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs")
         start = time.perf_counter()
-        self._window_start = start
+        self.window.reset()
         stopped: Optional[str] = None
         while s.epoch < t.epochs and stopped is None:
             for batches in self.data.train_batches(
                 s.epoch, t.global_batch_size, self.env.rank, self.env.world_size,
                 t.accumulation_steps, start_step=s.step_in_epoch,
             ):
-                self._train_step(batches)
-                s.step_in_epoch += 1
-                s.global_step += 1
+                self.train_step(batches)
                 if s.global_step % self.cfg.log.every_steps == 0:
                     self._log_train()
                 end_of_epoch = s.step_in_epoch == self.steps_per_epoch
@@ -473,15 +372,17 @@ class Trainer:
         if stopped:
             preempted = stopped.startswith("signal")  # agreed by all ranks, whichever got the signal
             if preempted:
-                self._leave_requeue_marker(stopped)
+                self.writer.requeue_marker(stopped, s.global_step)
             self._say(f"stopped ({stopped}) at global step {s.global_step}; last.pt holds the state, "
                       "launch the same command to resume")
             return {"status": "stopped", "reason": stopped, "global_step": s.global_step, "preempted": preempted}
-        from dreg_dist.train.finish import finish_run
-
-        return finish_run(self, wall)
+        return finish_run(FinishedRun(
+            cfg=self.cfg, env=self.env, layout=self.layout, method=self.method, module=self.module,
+            device=self.device, mean=self.data.mean, std=self.data.std, input_shape=self.data.input_shape,
+            state=s, recorder=self.recorder, evaluate=self.evaluate, wall_time_s=wall,
+            images_per_sec=self.window.mean_throughput(), resumed_from=self.resumed_from,
+        ))
 
     def close(self) -> None:
-        if self._own_flag:
-            self.preempt.uninstall()
+        self.control.uninstall()
         self.recorder.close()

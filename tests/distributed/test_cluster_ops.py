@@ -556,23 +556,23 @@ def test_a_skipped_step_leaves_weights_and_bn_statistics_untouched(tmp_path: Pat
         (x, y), = next(iter(trainer.data.train_batches(0, 16, 0, 1)))
         x = x.clone()
         x[0] = float("nan")  # poisons the loss and the batch statistics of this step
-        trainer._train_step([(x, y)])
-        trainer.state.global_step += 1
-        trainer._read_flags(wait=True)  # device mode: the host learns of the skip here
+        trainer.train_step([(x, y)])
+        trainer.settle()  # device mode: the host learns of the skip here
         assert trainer.state.skipped_steps == 1
         after = trainer.module.state_dict()
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert not changed, changed
         assert all(p.grad is None for p in trainer.module.parameters())
-        trainer._train_step(next(iter(trainer.data.train_batches(0, 16, 0, 1))))  # a finite step still trains
-        assert trainer.state.skipped_steps == 1
+        trainer.train_step(next(iter(trainer.data.train_batches(0, 16, 0, 1))))  # a finite step still trains
+        trainer.settle()
+        assert trainer.state.skipped_steps == 1 and trainer.state.global_step == 2
         assert not torch.equal(before["net.conv1.weight"], trainer.module.state_dict()["net.conv1.weight"])
     finally:
         trainer.close()
 
 
 def test_save_refuses_a_nonfinite_state(tmp_path: Path, no_launcher_env: None) -> None:
-    from dreg_dist.train.trainer import NonFiniteLossError
+    from dreg_dist.train.control import NonFiniteLossError
 
     trainer = _trainer(tmp_path)
     try:
@@ -626,10 +626,12 @@ def test_one_collective_and_no_host_read_per_step_in_device_mode(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The non-finite check and the preemption flag share one all-reduce per step; with
     ``train.step_guard=device`` (the CUDA default) a step reads nothing back to the host, and
-    a step that diverges (on_nonfinite=stop) is reported two steps later, never applied."""
+    a step that diverges (on_nonfinite=stop) is never applied and is reported STEP_FLAG_LAG
+    steps later (in a loop of train_step alone: by the step after those, which acts on the
+    flags of steps that old before its own update)."""
     import torch.distributed as dist
 
-    from dreg_dist.train.trainer import NonFiniteLossError
+    from dreg_dist.train.control import NonFiniteLossError
 
     store = dist.HashStore()
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -653,23 +655,20 @@ def test_one_collective_and_no_host_read_per_step_in_device_mode(tmp_path: Path,
         monkeypatch.setattr(torch.Tensor, "item", counting(real_item))
         monkeypatch.setattr(torch.Tensor, "tolist", counting(real_tolist))
         for step in range(3):
-            trainer._train_step(batches[step])
-            trainer.state.global_step += 1
+            trainer.train_step(batches[step])
         assert calls == {"all_reduce": 3, "host_reads": 0}
         monkeypatch.undo()
         before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
         (x, y), = batches[3]
         x = x.clone()
         x[0] = float("nan")
-        trainer._train_step([(x, y)])  # step 4 diverges: undone on the device, not yet known on the host
-        trainer.state.global_step += 1
+        trainer.train_step([(x, y)])  # step 4 diverges: undone on the device, not yet known on the host
         assert all(torch.equal(before[k], v) for k, v in trainer.module.state_dict().items())
-        trainer._stop_reason(more_to_do=True)  # flags of step <= 4 - 1 - 2 = 1: nothing yet
+        trainer.train_step(batches[4])  # steps 5 and 6 act on the flags of steps 2 and 3
+        trainer.train_step(batches[5])
+        assert trainer.state.global_step == 6
         with pytest.raises(NonFiniteLossError, match="not finite at step 4"):
-            for _ in range(3):
-                trainer._train_step(batches[4])
-                trainer.state.global_step += 1
-                trainer._stop_reason(more_to_do=True)
+            trainer.train_step(batches[6])  # step 7 acts on step 4's flags
         trainer.close()
     finally:
         dist.destroy_process_group()
