@@ -22,8 +22,9 @@ Config keys that differ between the runs are sorted into roles:
 * anything else (``model.arch``, ``data.name``, ``optim.momentum``, ...): separate setups,
   each with its own section in the report.
 
-Keys that never change results (``dreg_dist.config.changes_results``) are ignored. What a
-method adds to the report (study axes, extra columns and curves, notes) comes from its class.
+Keys that never change results (as each run's record says) are ignored. What a method adds
+to the report (study axes, extra columns and curves, notes) comes from its description in the
+run records (:class:`dreg_dist.records.Catalog`), never from method code.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Optional, Sequence
 
-from dreg_dist import methods
-from dreg_dist.config import changes_results
-from dreg_dist.report.runs import Run, iter_finite, method_of
+from dreg_dist.records import BASELINE, Catalog
+from dreg_dist.report.runs import Run, catalog_of, iter_finite
 from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
 from dreg_dist.sweep.grid import key_alias, name_value
 
@@ -54,47 +54,46 @@ value that is not named in labels."""
 THRESHOLDS = (0.95, 0.99, 1.0)
 """Fractions of the baseline's best validation accuracy; 1.0 = epochs to its best (the paper's claim)."""
 SPEEDUP_AT = 0.99
-BASELINE = methods.BASELINE
 
 LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
     "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",
     "train.accumulation_steps": "accumulation", "train.micro_batch_size": "micro-batch", WORKERS_KEY: "workers",
 }
-"""Short names of the run's keys in tables; a method's keys use ``Method.labels``."""
+"""Short names of the run's keys in tables; a method's keys use its description's ``labels``."""
 
 Pairs = tuple[tuple[str, Any], ...]
 
 
-def label_of(key: str) -> str:
+def label_of(key: str, catalog: Catalog) -> str:
     if key in LABELS:
         return LABELS[key]
-    owner = methods.owner_of(key)
+    owner = catalog.owner_of(key)
     if owner is not None:
-        return key_alias(key) or key[len(owner.config_section()) + 1:]
+        return key_alias(key, catalog) or owner.field_of(key)
     return key
 
 
-def pairs_label(pairs: Pairs) -> str:
-    return ", ".join(f"{label_of(k)}={name_value(v)}" for k, v in pairs)
+def pairs_label(pairs: Pairs, catalog: Catalog) -> str:
+    return ", ".join(f"{label_of(k, catalog)}={name_value(v)}" for k, v in pairs)
 
 
 def _result_keys(runs: Sequence[Run]) -> frozenset[str]:
-    """The config keys of ``runs`` that can change results. Asked once per key, not per run and
-    key: the answer consults the method registry, whose entry-point scan is slow."""
-    return frozenset(k for k in {k for r in runs for k in r.flat} if changes_results(k))
+    """The config keys of ``runs`` that can change results: all but those a run's record
+    says change none of its results."""
+    keys = {k for r in runs for k in r.flat}
+    return frozenset(k for k in keys if all(r.record.changes_results(k) for r in runs if k in r.flat))
 
 
 def _relevant(run: Run, keys: frozenset[str]) -> dict[str, Any]:
     """The run's result keys, less its method's fields that its other values make moot
-    (``Method.applies_when``), plus the worker count."""
+    (its description's ``applies_when``), plus the worker count."""
     out = {k: v for k, v in run.flat.items() if k in keys}
-    cls = method_of(run.method)
-    if cls is not None:
-        section = cls.config_section()
-        for field, (other, value) in cls.applies_when.items():
-            if f"{section}.{other}" in run.flat and run.flat[f"{section}.{other}"] != value:
-                out.pop(f"{section}.{field}", None)
+    d = run.description
+    if d.section:
+        for field, (other, value) in d.applies_when.items():
+            if f"{d.section}.{other}" in run.flat and run.flat[f"{d.section}.{other}"] != value:
+                out.pop(f"{d.section}.{field}", None)
     if run.workers is not None:
         out[WORKERS_KEY] = run.workers
     return out
@@ -143,16 +142,21 @@ class Group:
     """The batch setup's other keys (see :data:`LAYOUT_KEYS`): accumulation, workers."""
     tuned: Pairs = ()
     """Values of the method keys tuned jointly with the learning rate (the grid's ``tune``)."""
+    catalog: Catalog = field(default_factory=Catalog, repr=False, compare=False)
+    """The descriptions of the analysis' methods (labels of their keys)."""
+
+    def pairs_label(self, pairs: Pairs) -> str:
+        return pairs_label(pairs, self.catalog)
 
     @property
     def label(self) -> str:
         shown = (*self.variant, *self.tuned)
-        return self.method + (f" ({pairs_label(shown)})" if shown else "")
+        return self.method + (f" ({self.pairs_label(shown)})" if shown else "")
 
     @property
     def base_label(self) -> str:
         """The label without the tuned knobs: what the learning rate and knobs are selected for."""
-        return self.method + (f" ({pairs_label(self.variant)})" if self.variant else "")
+        return self.method + (f" ({self.pairs_label(self.variant)})" if self.variant else "")
 
     @property
     def setting(self) -> tuple:
@@ -246,7 +250,7 @@ class Row:
     vs_baseline: Optional[Difference] = None
     """Test accuracy minus the baseline's, paired by seed where it can be (:func:`difference_on_test`)."""
     extras: dict[str, Optional[float]] = field(default_factory=dict)
-    """The method's report columns (``Method.report_columns``): mean over seeds."""
+    """The method's report columns (its description's ``report_columns``): mean over seeds."""
 
 
 @dataclass
@@ -255,10 +259,14 @@ class Setup:
     groups: list[Group]
     selected: list[Group]
     """One group per (method variant, batch size): at its selected learning rate."""
+    catalog: Catalog = field(default_factory=Catalog, repr=False, compare=False)
+
+    def pairs_label(self, pairs: Pairs) -> str:
+        return pairs_label(pairs, self.catalog)
 
     @property
     def label(self) -> str:
-        return pairs_label(self.key) if self.key else ""
+        return self.pairs_label(self.key) if self.key else ""
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -277,7 +285,7 @@ class Setup:
         """'4096', and its setup ('4096 (accumulation=1, workers=8)') when the batch size has
         several (or ``always``)."""
         named = layout and (always or len(self.layouts(batch_size)) > 1)
-        return f"{batch_size} ({pairs_label(layout)})" if named else str(batch_size)
+        return f"{batch_size} ({self.pairs_label(layout)})" if named else str(batch_size)
 
     def _layout(self, batch_size: int, layout: Optional[Pairs]) -> Pairs:
         if layout is not None:
@@ -372,7 +380,7 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         best_in_budget=_best_in_budget(group, baseline, used_cost),
         compute_to_best=_compute_to(epochs_to[THRESHOLDS[-1]], used_cost),
         vs_baseline=difference_on_test(group, baseline) if baseline is not None and group is not baseline else None,
-        extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns([group.method])},
+        extras={key: _mean(r.final_value(key) for r in group.runs) for key in report_columns(group.catalog, [group.method])},
     )
 
 
@@ -579,13 +587,13 @@ def transfers(setup: "Setup") -> list[Transfer]:
                                       t.tuned.batch_size, _group_order(t.tuned)))
 
 
-def report_columns(method_names: Iterable[str]) -> dict[str, str]:
+def report_columns(catalog: Catalog, method_names: Iterable[str]) -> dict[str, str]:
     """Extra table columns (summary key -> title) of the given methods, in a stable order."""
     out: dict[str, str] = {}
     for name in sorted(set(method_names)):
-        cls = method_of(name)
-        if cls is not None:
-            out.update(cls.report_columns)
+        d = catalog.get(name)
+        if d is not None:
+            out.update(d.report_columns)
     return out
 
 
@@ -603,6 +611,14 @@ class Analysis:
     """role -> varying keys: setup, variant, method, batch, lr, seed."""
     lr_results: list[LrResult]
     selected_lr: dict[Hashable, LrResult]
+    catalog: Catalog = field(default_factory=Catalog, repr=False, compare=False)
+    """The descriptions of the runs' methods, from their records."""
+
+    def pairs_label(self, pairs: Pairs) -> str:
+        return pairs_label(pairs, self.catalog)
+
+    def label_of(self, key: str) -> str:
+        return label_of(key, self.catalog)
 
     @property
     def lr_varies(self) -> bool:
@@ -630,9 +646,9 @@ class Analysis:
         """Dotted key -> axis title of every study key of the methods in the analysis."""
         out: dict[str, str] = {}
         for name in sorted({r.method for r in self.runs}):
-            cls = method_of(name)
-            if cls is not None:
-                out.update({f"{cls.config_section()}.{k}": title for k, title in cls.study_keys.items()})
+            d = self.catalog.get(name)
+            if d is not None:
+                out.update({f"{d.section}.{k}": title for k, title in d.study_keys.items()})
         return out
 
     def study(self, setup: Setup, key: str) -> dict[tuple[int, Pairs], list[StudyPoint]]:
@@ -649,7 +665,7 @@ class Analysis:
             out.setdefault((g.batch_size, rest), []).append(StudyPoint(values[key], g))
         for points in out.values():
             points.sort(key=lambda p: sort_key(p.value))
-        return dict(sorted(out.items(), key=lambda kv: (kv[0][0], pairs_label(kv[0][1]))))
+        return dict(sorted(out.items(), key=lambda kv: (kv[0][0], self.pairs_label(kv[0][1]))))
 
 
 def _follows_batch(runs: Sequence[Run], key: str) -> bool:
@@ -666,6 +682,7 @@ def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None,
     can change results (default: asked of the config); ``tuned``: method keys selected with the
     learning rate."""
     keys = _result_keys(runs) if keys is None else keys
+    catalog = catalog_of(runs)
     values: dict[str, set[Hashable]] = {}
     for run in runs:
         for k, v in _relevant(run, keys).items():
@@ -686,9 +703,9 @@ def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None,
             roles["method"].append(key)
         elif key in LAYOUT_KEYS:
             roles["batch"].append(key)
-        elif key in tuned and methods.owner_of(key) is not None:
+        elif key in tuned and catalog.owner_of(key) is not None:
             roles["tuned"].append(key)
-        elif methods.owner_of(key) is not None or key in VARIANT_DEFAULTS:
+        elif catalog.owner_of(key) is not None or key in VARIANT_DEFAULTS:
             roles["variant"].append(key)
         elif _follows_batch(runs, key):
             roles["batch"].append(key)
@@ -704,6 +721,7 @@ def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
     # (a learning rate too high), shown as such rather than left out.
     runs = [r for r in runs if r.val or r.diverged_at is not None]
     keys = _result_keys(runs)
+    catalog = catalog_of(runs)
     roles = classify_keys(runs, keys, frozenset(tuned))
     groups: dict[tuple, Group] = {}
     for run in runs:
@@ -718,7 +736,7 @@ def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
                tuple((k, _hashable(v)) for k, v in layout), run.lr, tuple((k, _hashable(v)) for k, v in knobs))
         if key not in groups:
             groups[key] = Group(setup=setup, method=run.method, variant=variant, batch_size=run.batch_size, lr=run.lr,
-                                layout=layout, tuned=knobs)
+                                layout=layout, tuned=knobs, catalog=catalog)
         groups[key].runs.append(run)
     for g in groups.values():
         g.runs.sort(key=lambda r: (r.seed, r.name))
@@ -735,13 +753,13 @@ def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
                                                     tuple(sort_key(v) for _, v in g.layout), _group_order(g),
                                                     g.lr or 0.0)):
         skey = tuple((k, _hashable(v)) for k, v in g.setup)
-        setup = setups.setdefault(skey, Setup(key=g.setup, groups=[], selected=[]))
+        setup = setups.setdefault(skey, Setup(key=g.setup, groups=[], selected=[], catalog=catalog))
         setup.groups.append(g)
         chosen = selected.get(freeze(g.compare_key))
         if chosen is not None and _same_lr(chosen.lr, g.lr) and chosen.setting == g.setting[1]:
             setup.selected.append(g)
     return Analysis(runs=list(runs), setups=list(setups.values()), roles=roles, lr_results=lr_results,
-                    selected_lr=selected)
+                    selected_lr=selected, catalog=catalog)
 
 
 def _same_lr(a: Optional[float], b: Optional[float]) -> bool:

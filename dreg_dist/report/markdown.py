@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from dreg_dist.report.aggregate import (BASELINE, THRESHOLDS, Analysis, Difference, GapClosed, Group, Row, Setup,
-                                        Transfer, batch_groups, freeze, gap_closed, label_of, mean_ci, pairs_label,
+                                        Transfer, batch_groups, freeze, gap_closed, mean_ci,
                                         report_columns, transfers)
 from dreg_dist.report.mdtable import table
-from dreg_dist.report.runs import StepCosts, method_of
+from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
 from dreg_dist.sweep.grid import name_value, safe_name
@@ -210,11 +210,11 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             for g in gs:
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
                 shown = pct(mean) if mean is not None or not g.diverged else "diverged before validating"
-                knobs = f" ({pairs_label(g.tuned)})" if g.tuned else ""
+                knobs = f" ({g.pairs_label(g.tuned)})" if g.tuned else ""
                 text = f"{fmt_lr(g.lr)}{knobs}: {shown}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
             on = common.get(freeze(key))
-            selected = fmt_lr(chosen.lr) + (f" ({pairs_label(chosen.tuned)})" if chosen and chosen.tuned else "") \
+            selected = fmt_lr(chosen.lr) + (f" ({chosen.pairs_label(chosen.tuned)})" if chosen and chosen.tuned else "") \
                 if chosen else "—"
             lrs = [g.lr for g in gs if g.lr is not None]
             edge = edge_of(chosen.lr, lrs) if chosen and len(set(lrs)) > 2 else None
@@ -270,7 +270,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
                                        for role, keys in varying.items()) + ".", ""]
     out += [definitions(step_costs)]
     notes = [note for name in sorted({r.method for r in analysis.runs})
-             for note in (getattr(method_of(name), "report_notes", None) or ())]
+             for note in getattr(analysis.catalog.get(name), "report_notes", ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     out += signals_section(analysis, figures)
     if analysis.lr_varies:
@@ -296,7 +296,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
             continue
         out += [f"{h3} Batch size {setup.batch_text(batch, layout, always=True)}", ""]
         if rows:
-            extras = report_columns(r.group.method for r in rows)
+            extras = report_columns(setup.catalog, (r.group.method for r in rows))
             gaps = {id(r): gap_closed(setup, r.group) for r in rows}
             gap = next((gap for gap in gaps.values() if gap is not None), None)
             gap_batch = setup.batch_text(gap.reference_batch, gap.reference_layout) if gap is not None else None
@@ -348,12 +348,12 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
             for p in points:
                 g = p.group
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
-                rows.append([batch, pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
+                rows.append([batch, analysis.pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
             base = setup.baseline(batch, points[0].group.layout)
             if base is not None and base.best_vals:
                 rows.append([batch, BASELINE, "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
-        out += [table(["batch", "other", label_of(key), "best val acc (%)", "seeds"], rows), "",
-                f"![Best validation accuracy vs {label_of(key)}]({fig})", ""]
+        out += [table(["batch", "other", analysis.label_of(key), "best val acc (%)", "seeds"], rows), "",
+                f"![Best validation accuracy vs {analysis.label_of(key)}]({fig})", ""]
     return out
 
 
@@ -481,8 +481,8 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
             if f:
                 figures_at[("transfer", setup.key, (batch, layout))] = f
         for batch in setup.batch_sizes:
-            for name in methods_with_signals(setup.groups):
-                for signal in signals_of(name):
+            for name in methods_with_signals(setup.groups, setup.catalog):
+                for signal in signals_of(setup.catalog, name):
                     f = plotter.signal_curve(setup, batch, name, signal, prefix)
                     if f:
                         figures_at[("signal", setup.key, (name, signal_id(signal)), batch)] = f
