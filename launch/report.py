@@ -46,7 +46,7 @@ def write_followup(roots: list[Path], out: Path, seeds_text: Optional[str], batc
     grid of the sweeps in ``roots``."""
     import yaml
 
-    from dreg_dist.report.aggregate import analyse
+    from dreg_dist.report.analysis import analyse
     from dreg_dist.report.followup import edge_grid, seed_grid, transfer_grid
     from dreg_dist.report.runs import load_runs, tuned_keys
 

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dreg_dist.records import Signal
-from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, Transfer, compute_cost, freeze,
-                                        mean_ci, sort_key)
+from dreg_dist.records import BASELINE
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.compare import Transfer, compute_cost
+from dreg_dist.report.stats import freeze, mean_ci, sort_key
 from dreg_dist.report.signals import series, signal_id
 from dreg_dist.sweep.grid import name_value, safe_name
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-import yaml
-
 from dreg_dist.dotted import flatten
 from dreg_dist.records import BASELINE, Catalog, Description, RunRecord, read_record
 from dreg_dist.run_layout import RunLayout

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from dreg_dist.records import Catalog, Signal
-from dreg_dist.report.aggregate import Analysis, Group, Setup
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.mdtable import table
 from dreg_dist.report.runs import Run
 from dreg_dist.sweep.grid import name_value

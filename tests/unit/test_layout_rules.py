@@ -3,8 +3,11 @@
 * Layers point one way: library <- methods <- config/data/optim <- trainer <- sweep/report
   <- launch. A module imports only from its own layer or lower ones (function-level imports
   included).
-* No file outside ``dreg_dist/methods/`` (and the DReg library it builds on) names a method
-  or inspects a method's model type: everything method-specific comes from the Method class.
+* No file outside ``dreg_dist/methods/`` (and the DReg library it builds on, and the run
+  records) names a method or inspects a method's model type: everything method-specific comes
+  from the Method class or its description.
+* The sweep and the report never import torch, the methods, the config loader or the trainer
+  (they read run records, :mod:`dreg_dist.records`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ PACKAGE = REPO / "dreg_dist"
 
 LAYERS: dict[str, int] = {
     "errors": 0, "io": 0, "run_layout": 0, "distributed": 0, "models": 0,
+    "records": 0, "dotted": 0, "stop_signals": 0,  # torch-free: what sweep and report read runs with
     "dreg": 1,                       # the DReg library: surgery, objective, export, cost
     "methods": 2,                    # one folder per method, the registry
     "config": 3, "data": 3, "optim": 3,
@@ -67,8 +71,9 @@ def test_no_module_imports_from_a_layer_above(path: Path) -> None:
     assert not upward, f"{path.relative_to(REPO)} (layer {LAYERS[own]}, {own}) imports from above: {upward}"
 
 
-# Where a method may be named: its own folder, the registry, and the DReg library.
-_ALLOWED = ("dreg_dist/methods/", "dreg_dist/dreg/")
+# Where a method may be named: its own folder, the registry, the DReg library, and the run records
+# (the frozen descriptions of earlier releases in compat, and the baseline the report compares with).
+_ALLOWED = ("dreg_dist/methods/", "dreg_dist/dreg/", "dreg_dist/records/")
 _SCANNED = [p for p in sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "launch").glob("*.py"))
             if not str(p.relative_to(REPO)).startswith(_ALLOWED)]
 _NAMES = re.compile(r"(?<![A-Za-z0-9_-])(" + "|".join(sorted(BUILTIN, key=len, reverse=True)) + r")(?![A-Za-z0-9_-])",
@@ -108,3 +113,21 @@ def _code_mentions(path: Path) -> list[str]:
 def test_no_code_outside_methods_names_a_method(path: Path) -> None:
     hits = _code_mentions(path)
     assert not hits, f"{path.relative_to(REPO)} names a method in code:\n" + "\n".join(hits)
+
+
+_TORCH_FREE = ("sweep", "report", "records", "dotted", "stop_signals")
+_HEAVY = ("torch", "dreg_dist.methods", "dreg_dist.config", "dreg_dist.train", "dreg_dist.models", "dreg_dist.dreg",
+          "dreg_dist.data", "dreg_dist.optim", "dreg_dist.distributed")
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if p.relative_to(PACKAGE).parts[0].removesuffix(".py")
+                                  in _TORCH_FREE], ids=lambda p: str(p.relative_to(REPO)))
+def test_record_readers_import_no_training_code(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    names += [f"dreg_dist.{a.name}" for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module == "dreg_dist" for a in n.names]
+    heavy = [m for m in names if m == "torch" or m.startswith(tuple(h + "." for h in _HEAVY) + _HEAVY)]
+    # config.resolve is the one door: the sweep runs it as a subprocess, never imports it.
+    assert not heavy, f"{path.relative_to(REPO)} imports training code: {heavy}"

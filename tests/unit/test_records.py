@@ -51,7 +51,7 @@ def test_a_run_whose_method_code_is_gone_still_reports(tmp_path: Path, monkeypat
     """An old (schema 1) SAM record read with 'sam' renamed away in the registry, and a new
     (schema 2) record of a method no installation has: both keep their labels and signals."""
     from dreg_dist import methods
-    from dreg_dist.report.aggregate import analyse
+    from dreg_dist.report.analysis import analyse
     from dreg_dist.report.runs import load_runs
     from dreg_dist.report.signals import signals_of
 
