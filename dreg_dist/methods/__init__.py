@@ -18,8 +18,8 @@ from importlib import metadata
 from typing import Any, Optional
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import Method, NoConfig, RunSettings, Signal, StepContext
-from dreg_dist.records import BASELINE
+from dreg_dist.methods.base import DESCRIPTION_FILE, Method, NoConfig, RunSettings, Signal, StepContext
+from dreg_dist.records import BASELINE, Description
 
 BUILTIN: dict[str, str] = {
     "vanilla": "dreg_dist.methods.vanilla:Vanilla",
@@ -69,6 +69,11 @@ def method_class(name: str) -> type[Method]:
         raise ConfigError(f"method '{name}' ({known[name]}) is not a dreg_dist.methods.Method subclass")
     if cls.name != name:
         raise ConfigError(f"method registered as '{name}' ({known[name]}) calls itself '{cls.name}'")
+    moved = [a for a in Description.WRITTEN if hasattr(cls, a)]
+    if moved:  # a method written for the releases before descriptions: say so rather than drop its names
+        raise ConfigError(f"method '{name}' ({known[name]}) sets '{moved[0]}' on its class: that is part of its "
+                          f"description now, data in {DESCRIPTION_FILE} beside it (or the class attribute "
+                          f"'description = {{\"{moved[0]}\": ...}}')")
     _classes[name] = cls
     return cls
 

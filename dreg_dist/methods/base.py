@@ -47,6 +47,9 @@ from dreg_dist.records.description import Description, Signal
 
 Batch = tuple[Tensor, Tensor]
 
+DESCRIPTION_FILE = "description.yaml"
+"""A method's description, beside the module that defines its class (see :meth:`Method.describe`)."""
+
 
 def logits_for_loss(outputs: Tensor) -> Tensor:
     """Half-precision logits go to float32 for the loss; float32/float64 stay as they are."""
@@ -99,7 +102,16 @@ class StepContext:
 
 
 class Method:
-    """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce."""
+    """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce.
+
+    The protocol a method implements: *declared* -- :attr:`name`, :attr:`Config` (and its
+    :attr:`section`), :attr:`outputs`, :attr:`supports_compile`, :attr:`replaces_allreduce`;
+    *hooks* -- :meth:`check`, :meth:`prepare_model`, :meth:`compute_gradients` (or just
+    :meth:`loss`), :meth:`eval_outputs`, :meth:`choose_output` with :meth:`exported_model` /
+    :meth:`export`; *optional hooks* with do-nothing defaults -- :meth:`configure_ddp`,
+    :meth:`after_step`, :meth:`log_values`, :meth:`startup_notes`, :meth:`summary_values`.
+    Everything for people and tools is its description (:meth:`describe`), not code.
+    """
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoConfig
@@ -113,7 +125,6 @@ class Method:
     description: ClassVar[Optional[Mapping[str, Any]]] = None
     """The method's description as data (the keys of a ``description.yaml``); None: the
     ``description.yaml`` in the folder of the module that defines the class (none: empty)."""
-    DESCRIPTION_FILE: ClassVar[str] = "description.yaml"
 
     def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
         self.hp = hp if hp is not None else self.Config()
@@ -132,7 +143,7 @@ class Method:
         data = cls.description
         where = f"description of method {cls.name}"
         if data is None:
-            path = Path(inspect.getfile(cls)).parent / cls.DESCRIPTION_FILE
+            path = Path(inspect.getfile(cls)).parent / DESCRIPTION_FILE
             where = str(path)
             data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
         written = Description.from_dict(data, name=cls.name, where=where)
@@ -236,4 +247,4 @@ class Method:
         return {}
 
 
-__all__ = ["Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]
+__all__ = ["DESCRIPTION_FILE", "Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]

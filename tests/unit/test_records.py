@@ -133,3 +133,36 @@ def test_descriptions_are_data_with_checked_keys(tmp_path: Path) -> None:
     assert Description.from_dict(d.to_dict()) == d and d.report_signals[0].flag_below == (0.1, "low")
     with pytest.raises(ConfigError, match="unknown key 'lables'.*did you mean 'labels'"):
         Description.from_dict({"lables": {}}, name="m")
+
+
+def test_check_only_checks_and_descriptions_are_not_class_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check() leaves the method as __init__ built it (what replaces_allreduce reads is the
+    config), and a class written with the pre-description attributes is refused in one line."""
+    import types
+
+    from dreg_dist import methods
+
+    for name in methods.BUILTIN:
+        cls = methods.method_class(name)
+        check = cls.check
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, "check", lambda self: None)
+            method = cls()  # built without its check
+        before = dict(vars(method))
+        check(method)
+        assert vars(method) == before, f"{name}.check() set {set(vars(method)) - set(before)}"
+    mix = methods.method_class("gradientmix")
+    assert mix(mix.Config(strength=0.0)).replaces_allreduce is False
+    assert mix(mix.Config(strength=0.5)).replaces_allreduce is True
+
+    class Old(methods.Method):
+        name = "old"
+        labels = {"scale": "s"}
+
+    module = types.ModuleType("old_method_module")
+    module.Old = Old  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "old_method_module", module)
+    monkeypatch.setattr(methods, "_registered", {"old": "old_method_module:Old"})
+    monkeypatch.setattr(methods, "_classes", {})
+    with pytest.raises(methods.ConfigError, match="sets 'labels' on its class.*description.yaml"):
+        methods.method_class("old")
