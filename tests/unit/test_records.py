@@ -166,3 +166,33 @@ def test_check_only_checks_and_descriptions_are_not_class_attributes(monkeypatch
     monkeypatch.setattr(methods, "_classes", {})
     with pytest.raises(methods.ConfigError, match="sets 'labels' on its class.*description.yaml"):
         methods.method_class("old")
+
+
+def test_resume_check_reads_old_and_new_records(tmp_path: Path) -> None:
+    """A checkpointed run of an earlier release (no record.json, a SAM config without the field
+    added since) resumes with the config it meant, and is refused with today's default, which
+    would train something else; a run of this release is compared as it was saved."""
+    from dreg_dist.config import ConfigError, load_config, run_record, save_config
+    from dreg_dist.records import write_record
+    from dreg_dist.train.run import prepare_run_dir
+
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.pt").write_bytes(b"")  # a checkpoint is there: the check runs
+    saved = yaml.safe_load((SIGNALS / "sam_m128_rho0.1_lr0.05" / "config.yaml").read_text())
+    del saved["methods"]["sam"]["micro_batch_size"]  # as the releases before m-sharpness wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    base = old / "config.yaml"
+    prepare_run_dir(load_config(base, ["methods.sam.micro_batch_size=null"], warn=None), old)
+    with pytest.raises(ConfigError, match="differs in methods.sam.micro_batch_size"):
+        prepare_run_dir(load_config(base, warn=None), old)
+
+    new = tmp_path / "new"
+    (new / "checkpoints").mkdir(parents=True)
+    (new / "checkpoints" / "last.pt").write_bytes(b"")
+    cfg = load_config(base, warn=None)
+    save_config(cfg, new / "config.yaml")
+    write_record(new, run_record(cfg))
+    prepare_run_dir(load_config(new / "config.yaml", ["log.every_steps=1"], warn=None), new)
+    with pytest.raises(ConfigError, match="differs in optim.lr"):
+        prepare_run_dir(load_config(new / "config.yaml", ["optim.lr=0.2"], warn=None), new)
