@@ -104,7 +104,9 @@ class Resolved:
 
 
 _resolved: dict[tuple[str, str, tuple[str, ...]], Union[Resolved, str]] = {}
-_catalogs: dict[str, Catalog] = {}
+"""(config path, its text, overrides) -> resolved config or error: each is asked once per process."""
+_registered: list[Catalog] = []
+"""The registered methods' descriptions, once known (the same for every config)."""
 RESOLVER = ("-m", "dreg_dist.config.resolve")
 
 
@@ -121,7 +123,7 @@ def resolve_cells(config: str, cells: Sequence[Sequence[str]]) -> list[Union[Res
     text = _config_text(config)
     keys = [(config, text, tuple(c)) for c in cells]
     todo = list(dict.fromkeys(k for k in keys if k not in _resolved))
-    if todo or config not in _catalogs:
+    if todo or not _registered:
         env = dict(os.environ)
         root = str(Path(dreg_dist.__file__).resolve().parents[1])  # the resolver is this same package
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
@@ -131,7 +133,7 @@ def resolve_cells(config: str, cells: Sequence[Sequence[str]]) -> list[Union[Res
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise GridError(f"resolving the cells' configs failed: {tail}")
         reply = json.loads(done.stdout)
-        _catalogs[config] = Catalog(Description.from_dict(d, name=n) for n, d in reply["methods"].items())
+        _registered[:] = [Catalog(Description.from_dict(d, name=n) for n, d in reply["methods"].items())]
         for key, cell in zip(todo, reply["cells"]):
             _resolved[key] = cell["error"] if "error" in cell else Resolved(cell["method"], cell["config"])
     return [_resolved[k] for k in keys]
@@ -146,10 +148,10 @@ def cell_config(config: str, overrides: Sequence[str]) -> Resolved:
 
 
 def registered(config: str) -> Catalog:
-    """Every registered method's description (as the resolver of ``config``'s cells saw them)."""
-    if config not in _catalogs:
+    """Every registered method's description (asking the resolver, with ``config``, if not yet)."""
+    if not _registered:
         resolve_cells(config, [])
-    return _catalogs[config]
+    return _registered[0]
 
 
 def override_value(value: Any) -> str:
