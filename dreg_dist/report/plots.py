@@ -6,11 +6,11 @@
 * validation accuracy vs compute: the same curves with epochs scaled by each method's
   benchmarked step cost over the baseline's where it has one, else its time/epoch over the
   baseline's (baseline-epoch equivalents of compute);
-* best validation accuracy vs a method's study keys (``Method.study_keys``; the paper's
+* best validation accuracy vs a method's study keys (its description's ``study_keys``; the paper's
   Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
   selected learning rate circled, one panel per batch size;
-* a method's own signals (``Method.report_signals``) vs epoch, every run of the method, the
+* a method's own signals (its description's ``report_signals``) vs epoch, every run of the method, the
   legend outside the axes;
 * learning-rate transfer: test accuracy at the tuning batch and at the larger one, per method
   variant, with 95% intervals over seeds.
