@@ -23,6 +23,11 @@ class RunLayout:
         return self.root / "config.yaml"
 
     @property
+    def record(self) -> Path:
+        """What the run is (schema, the method's description, outputs): ``dreg_dist.records``."""
+        return self.root / "record.json"
+
+    @property
     def metrics(self) -> Path:
         """One JSON record per line: train/val/test scalars and events."""
         return self.root / "metrics.jsonl"

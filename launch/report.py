@@ -22,6 +22,7 @@ from typing import Optional
 REPO = Path(os.path.abspath(__file__)).parents[1]
 sys.path.insert(0, str(REPO))
 
+from dreg_dist.errors import ConfigError  # noqa: E402
 from dreg_dist.report.markdown import write_report  # noqa: E402
 from dreg_dist.report.plots import ReportError  # noqa: E402
 from dreg_dist.report.runs import read_sweep  # noqa: E402
@@ -46,7 +47,7 @@ def write_followup(roots: list[Path], out: Path, seeds_text: Optional[str], batc
     grid of the sweeps in ``roots``."""
     import yaml
 
-    from dreg_dist.report.aggregate import analyse
+    from dreg_dist.report.analysis import analyse
     from dreg_dist.report.followup import edge_grid, seed_grid, transfer_grid
     from dreg_dist.report.runs import load_runs, tuned_keys
 
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
                            None if args.edge_grid else args.seeds, args.batch if args.transfer_grid else None)
             return 0
         report(args)
-    except ReportError as err:
+    except (ReportError, ConfigError) as err:  # ConfigError: a run record this release cannot read
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

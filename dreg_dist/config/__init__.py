@@ -6,10 +6,12 @@ from dreg_dist.config.load import (
     config_from_dict,
     config_from_record,
     config_to_dict,
+    describe_method,
     flatten,
     load_config,
     method_settings,
     parse_overrides,
+    run_record,
     save_config,
 )
 from dreg_dist.config.schema import (
@@ -39,9 +41,11 @@ __all__ = [
     "config_from_dict",
     "config_from_record",
     "config_to_dict",
+    "describe_method",
     "flatten",
     "load_config",
     "method_settings",
     "parse_overrides",
+    "run_record",
     "save_config",
 ]

@@ -19,8 +19,12 @@ import yaml
 
 from dreg_dist import methods
 from dreg_dist.config.schema import NON_RESULT_KEYS, Config
+from dreg_dist.dotted import flatten, parse_overrides
 from dreg_dist.errors import ConfigError
 from dreg_dist.io import atomic_write_text
+from dreg_dist.records import compat
+from dreg_dist.records.description import Description
+from dreg_dist.records.record import make_record
 
 METHOD_CONFIG_FIELD = "method_config"
 
@@ -129,31 +133,6 @@ def _build(cls: type, data: dict[str, Any], prefix: str, extra_names: Iterable[s
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "dreg.layer=R2"]`` -> nested dict (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"override '{item}' has an empty key")
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() else "")
-    return tree
-
-
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -188,7 +167,7 @@ def config_from_dict(data: dict[str, Any], warn: Optional[Callable[[str], None]]
     """
     if not isinstance(data, dict):
         raise ConfigError(f"the config file must hold a mapping of sections, got {data!r}")
-    data, notes = methods.upgrade_legacy(data)
+    data, notes = compat.upgrade_legacy(data)
     for note in notes if warn is not None else ():
         warn(note)
     owners = methods.sections()
@@ -210,10 +189,11 @@ def config_from_dict(data: dict[str, Any], warn: Optional[Callable[[str], None]]
 
 
 def config_from_record(data: dict[str, Any]) -> Config:
-    """A run folder's saved config as today's loader resolves it: keys of earlier releases
-    upgraded, and fields added since at the value the old run used (``Method.record_defaults``),
-    not at today's default."""
-    return config_from_dict(methods.upgrade_record(data), warn=None)
+    """A saved config (run folder, checkpoint) as today's loader resolves it: keys of earlier
+    releases upgraded and fields added since at the value the old run used
+    (:func:`dreg_dist.records.compat.upgrade_config`), not at today's default. A config this
+    release saved spells out every field, so nothing in it changes."""
+    return config_from_dict(compat.upgrade_config(data), warn=None)
 
 
 def method_settings(cfg: Config) -> "methods.RunSettings":
@@ -235,7 +215,19 @@ def changes_results(key: str) -> bool:
     if key.startswith(NON_RESULT_KEYS):
         return False
     owner = methods.owner_of(key)
-    return owner is None or key[len(owner.config_section()) + 1:] not in owner.non_result_keys
+    return owner is None or key[len(owner.config_section()) + 1:] not in owner.describe().non_result_keys
+
+
+def describe_method(cfg: Config) -> Description:
+    """The description of the configured method (see :meth:`dreg_dist.methods.Method.describe`)."""
+    return methods.method_class(cfg.method).describe()
+
+
+def run_record(cfg: Config) -> dict[str, Any]:
+    """``record.json`` of a run of ``cfg`` (:func:`dreg_dist.records.make_record`)."""
+    description = describe_method(cfg)
+    dotted = tuple(f"{description.section}.{f}" for f in description.non_result_keys)
+    return make_record(description, (*NON_RESULT_KEYS, *dotted))
 
 
 def load_config(
@@ -260,17 +252,6 @@ def load_config(
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
     data = _merge(data, parse_overrides(overrides))
     return config_from_dict(data, warn=warn)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> {"section.key": value} (how overrides and diffs name keys)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

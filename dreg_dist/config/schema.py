@@ -187,4 +187,4 @@ NON_RESULT_KEYS: tuple[str, ...] = (
 )
 """Dotted keys (a trailing dot: whole sections) that never change what a run computes: where
 it runs and writes, how often it logs and checkpoints, when it stops. A run may resume with
-other values, and reports ignore them. A method lists its own in ``Method.non_result_keys``."""
+other values, and reports ignore them. A method lists its own in its description (``non_result_keys``)."""

@@ -4,8 +4,10 @@ The registry is data: a method name -> ``"module:Class"`` of a :class:`Method` s
 Built-in methods are listed in :data:`BUILTIN`; a method from another package registers
 through the ``dreg_dist.methods`` entry-point group (``toy = my_pkg.toy:Toy`` in its
 ``pyproject.toml``), or in-process with :func:`register_method`. Everything else the
-service knows of a method (its config section and keys, its outputs, logging, export,
-report) comes from the class, so adding a method is one folder and one registry line.
+service knows of a method comes from the class (config section and keys, outputs, logging,
+export) and its description (``description.yaml`` beside it: names, report), so adding a
+method is one folder and one registry line. Configs and records of earlier releases are
+upgraded by :mod:`dreg_dist.records.compat`, not here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from importlib import metadata
 from typing import Any, Optional
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import Method, NoConfig, RunSettings, Signal, StepContext
+from dreg_dist.methods.base import DESCRIPTION_FILE, Method, NoConfig, RunSettings, Signal, StepContext
+from dreg_dist.records import BASELINE, Description
 
 BUILTIN: dict[str, str] = {
     "vanilla": "dreg_dist.methods.vanilla:Vanilla",
@@ -30,8 +33,6 @@ BUILTIN: dict[str, str] = {
 
 DEFAULT = "dreg"
 """The method of a config that names none."""
-BASELINE = "vanilla"
-"""What the report compares every other method against."""
 ENTRY_POINT_GROUP = "dreg_dist.methods"
 
 _registered: dict[str, str] = {}
@@ -68,6 +69,11 @@ def method_class(name: str) -> type[Method]:
         raise ConfigError(f"method '{name}' ({known[name]}) is not a dreg_dist.methods.Method subclass")
     if cls.name != name:
         raise ConfigError(f"method registered as '{name}' ({known[name]}) calls itself '{cls.name}'")
+    moved = [a for a in Description.WRITTEN if hasattr(cls, a)]
+    if moved:  # a method written for the releases before descriptions: say so rather than drop its names
+        raise ConfigError(f"method '{name}' ({known[name]}) sets '{moved[0]}' on its class: that is part of its "
+                          f"description now, data in {DESCRIPTION_FILE} beside it (or the class attribute "
+                          f"'description = {{\"{moved[0]}\": ...}}')")
     _classes[name] = cls
     return cls
 
@@ -89,66 +95,6 @@ def build_method(name: str, hp: Any = None, settings: RunSettings = RunSettings(
     return method_class(name)(hp, settings)
 
 
-def upgrade_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A nested config dict of an earlier release -> today's keys, plus one note per change.
-
-    Earlier releases chose DReg with ``method: auto`` and ``dreg.enabled`` and kept every
-    method's hyperparameters as flat ``methods.<name>_<key>`` keys; both still load.
-    """
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    notes: list[str] = []
-    dreg_section = out.get("dreg")
-    enabled = dreg_section.pop("enabled", None) if isinstance(dreg_section, dict) else None
-    method = out.get("method")
-    if method in (None, "auto") and enabled is not None:
-        out["method"] = "dreg" if enabled else "vanilla"
-        notes.append(f"'dreg.enabled: {str(bool(enabled)).lower()}' is deprecated: write 'method: {out['method']}'")
-    elif method == "auto":
-        out["method"] = DEFAULT
-        notes.append(f"'method: auto' is deprecated: write 'method: {DEFAULT}'")
-    elif enabled is not None:
-        notes.append(f"'dreg.enabled' is deprecated and ignored when 'method' is set (method: {method})")
-    flat_methods = out.get("methods")
-    if isinstance(flat_methods, dict):
-        moved: set[str] = set()
-        for name in registry():
-            cls = method_class(name)
-            for old, field in cls.legacy_keys.items():
-                group, _, leaf = old.partition(".")
-                if group != "methods" or leaf not in flat_methods or isinstance(flat_methods[leaf], dict):
-                    continue
-                _set_path(out, f"{cls.config_section()}.{field}", flat_methods[leaf])
-                moved.add(leaf)
-                notes.append(f"config key '{old}' is deprecated: write '{cls.config_section()}.{field}'")
-        for leaf in moved:  # after the loop: one old key may feed several methods
-            del flat_methods[leaf]
-    return out, notes
-
-
-def upgrade_record(data: dict[str, Any]) -> dict[str, Any]:
-    """A run record's saved config (nested) with legacy keys upgraded and every field its method
-    added since at the value the old run used (:attr:`Method.record_defaults`).
-
-    A record of this release spells out every field, so only older records change.
-    """
-    out, _ = upgrade_legacy(data)
-    try:
-        cls = method_class(str(out.get("method", DEFAULT)))
-    except ConfigError:
-        return out
-    for field, value in cls.record_defaults.items():
-        _set_path(out, f"{cls.config_section()}.{field}", value)
-    return out
-
-
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node.setdefault(parts[-1], value)
-
-
 __all__ = [
     "BASELINE",
     "BUILTIN",
@@ -164,6 +110,4 @@ __all__ = [
     "register_method",
     "registry",
     "sections",
-    "upgrade_legacy",
-    "upgrade_record",
 ]

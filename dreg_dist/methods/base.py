@@ -13,9 +13,15 @@ particular to it, so that no code outside ``dreg_dist/methods/`` names a method:
   the others only define :meth:`Method.loss`;
 * what evaluation scores (:meth:`Method.eval_outputs`: one model, or several paths), what
   the export keeps and writes (:meth:`Method.choose_output`, :meth:`Method.export`);
-* what is logged (:meth:`Method.log_values`, :attr:`Method.console_keys`), reported
-  (:meth:`Method.summary_values`, :attr:`Method.report_signals`, :attr:`Method.study_keys`)
-  and which of its keys change results (all of them, less :attr:`Method.non_result_keys`).
+* what is logged (:meth:`Method.log_values`) and what the summary holds about the trained
+  model (:meth:`Method.summary_values`);
+* declared properties the trainer checks: :attr:`Method.outputs`, :attr:`Method.supports_compile`,
+  :attr:`Method.replaces_allreduce`.
+
+How the method is named, read and reported (labels, study keys, report columns, signals and
+notes, console keys) is not training code: it is the method's *description*, data in
+``description.yaml`` beside it (:class:`dreg_dist.records.Description`, :meth:`Method.describe`),
+which the trainer copies into every run record, so that sweeps and reports never import this.
 
 A method never imports the config of the whole run: it gets its own hyperparameters and
 the few run settings it may use (:class:`RunSettings`).
@@ -24,18 +30,25 @@ the few run settings it may use (:class:`RunSettings`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, ContextManager, Literal, Mapping, Optional, Union
+from pathlib import Path
+from typing import Any, Callable, ClassVar, ContextManager, Mapping, Optional, Union
 
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.models.batch import Batch  # (x, y) with each sample's position in the global batch
 from dreg_dist.models.forward_keys import keyed
+from dreg_dist.records.description import Description, Signal
+
+DESCRIPTION_FILE = "description.yaml"
+"""A method's description, beside the module that defines its class (see :meth:`Method.describe`)."""
 
 
 def logits_for_loss(outputs: Tensor) -> Tensor:
@@ -55,32 +68,6 @@ class RunSettings:
     """The peak learning rate after scaling with the global batch (``optim.lr`` scaled)."""
     weight_decay: float = 0.0
     """``optim.weight_decay`` (what the weights of conv and linear layers get)."""
-
-
-@dataclass(frozen=True)
-class Signal:
-    """A value a method logs that shows whether it does what its source says it does (DReg: its
-    branches' distance; extragradient: the loss at w against the extrapolated point). The report
-    tabulates it for every run of the method, draws it vs epoch, and flags a run whose value says
-    the method did not work, before any accuracy is compared."""
-
-    tag: str
-    """The logged name (``train/<tag>`` or ``val/<tag>``)."""
-    title: str
-    """Column and axis title."""
-    source: Literal["train", "val"] = "train"
-    minus: Optional[str] = None
-    """Another tag of the same records: the signal is ``tag - minus``."""
-    over: Optional[str] = None
-    """Another tag of the same records: the signal is ``tag / over``."""
-    reduce: Literal["last", "max", "min", "rise"] = "last"
-    """What the table shows: the last, largest or smallest value, or (``rise``) the largest value
-    after the learning-rate warmup over the first value logged."""
-    flag_below: Optional[tuple[float, str]] = None
-    """(threshold, label): the run is labelled when the reduced value is below the threshold."""
-    flag_above: Optional[tuple[float, str]] = None
-    """(threshold, label): ... above it."""
-    log_scale: bool = False
 
 
 @dataclass
@@ -115,41 +102,29 @@ class StepContext:
 
 
 class Method:
-    """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce."""
+    """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce.
+
+    The protocol a method implements: *declared* -- :attr:`name`, :attr:`Config` (and its
+    :attr:`section`), :attr:`outputs`, :attr:`supports_compile`, :attr:`replaces_allreduce`;
+    *hooks* -- :meth:`check`, :meth:`prepare_model`, :meth:`compute_gradients` (or just
+    :meth:`loss`), :meth:`eval_outputs`, :meth:`choose_output` with :meth:`exported_model` /
+    :meth:`export`; *optional hooks* with do-nothing defaults -- :meth:`configure_ddp`,
+    :meth:`after_step`, :meth:`log_values`, :meth:`startup_notes`, :meth:`summary_values`.
+    Everything for people and tools is its description (:meth:`describe`), not code.
+    """
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoConfig
     """The dataclass of this method's hyperparameters (one field per config key)."""
     section: ClassVar[Optional[str]] = None
     """Dotted config section of :attr:`Config`; None means ``methods.<name>``."""
-    labels: ClassVar[Mapping[str, str]] = {}
-    """Field -> short label in sweep cell names and report tables ('' = the value alone)."""
-    legacy_keys: ClassVar[Mapping[str, str]] = {}
-    """Dotted keys of earlier releases -> field, so old configs and run records still load."""
-    record_defaults: ClassVar[Mapping[str, Any]] = {}
-    """Field -> the value a *run record* of an earlier release means when it lacks the field
-    (added since, with a default that would change what the old run computed)."""
-    non_result_keys: ClassVar[tuple[str, ...]] = ()
-    """Fields that do not change what the run computes (everything else does)."""
-    applies_when: ClassVar[Mapping[str, tuple[str, Any]]] = {}
-    """Field -> (other field, value): the field matters only when the other has that value
-    (DReg's ``radius`` only for ``form=projected``); reports leave it out of a run's label otherwise."""
-    study_keys: ClassVar[Mapping[str, str]] = {}
-    """Field -> axis title: fields the report plots best accuracy against when a sweep varies them."""
-    console_keys: ClassVar[tuple[str, ...]] = ("loss",)
-    """Logged training values shown on the console progress line."""
-    train_ce_keys: ClassVar[tuple[str, ...]] = ("loss",)
-    """Logged training values whose mean is the training cross-entropy (report's loss curves)."""
-    report_columns: ClassVar[Mapping[str, str]] = {}
-    """:meth:`summary_values` key -> table column title: extra columns in the report."""
-    report_notes: ClassVar[tuple[str, ...]] = ()
-    """Paragraphs the report adds to its definitions when this method is in it."""
-    report_signals: ClassVar[tuple[Signal, ...]] = ()
-    """What shows this method doing what it claims (:class:`Signal`), per run in the report."""
     outputs: ClassVar[tuple[str, ...]] = ("model",)
     """Names of what :meth:`eval_outputs` returns, in order of preference on ties."""
     supports_compile: ClassVar[bool] = True
     """False when the method needs something torch.compile cannot do (double backprop)."""
+    description: ClassVar[Optional[Mapping[str, Any]]] = None
+    """The method's description as data (the keys of a ``description.yaml``); None: the
+    ``description.yaml`` in the folder of the module that defines the class (none: empty)."""
 
     def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
         self.hp = hp if hp is not None else self.Config()
@@ -162,8 +137,22 @@ class Method:
     def config_section(cls) -> str:
         return cls.section or f"methods.{cls.name}"
 
+    @classmethod
+    def describe(cls) -> Description:
+        """The description, completed with what the class declares (section, outputs, defaults)."""
+        data = cls.description
+        where = f"description of method {cls.name}"
+        if data is None:
+            path = Path(inspect.getfile(cls)).parent / DESCRIPTION_FILE
+            where = str(path)
+            data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        written = Description.from_dict(data, name=cls.name, where=where)
+        return dataclasses.replace(written, section=cls.config_section(), outputs=tuple(cls.outputs),
+                                   defaults=dataclasses.asdict(cls.Config()))
+
     def check(self) -> None:
-        """Raise ConfigError (one line, naming the key) for a bad hyperparameter."""
+        """Raise ConfigError (one line, naming the key) for a bad hyperparameter. Only checks:
+        what the method derives from its hyperparameters it derives in ``__init__``."""
 
     def key(self, field: str) -> str:
         """The dotted config key of one of this method's fields (for error messages)."""
@@ -255,8 +244,8 @@ class Method:
                                   dreg_layer=None, **meta)
 
     def summary_values(self, module: nn.Module) -> dict[str, float]:
-        """Values about the trained model for ``summary.json`` (see :attr:`report_columns`)."""
+        """Values about the trained model for ``summary.json`` (its description's ``report_columns``)."""
         return {}
 
 
-__all__ = ["Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]
+__all__ = ["DESCRIPTION_FILE", "Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]

@@ -1,8 +1,13 @@
 """Reports of sweeps: load run folders, aggregate over seeds, select learning rates, plot, write Markdown.
 
-``runs`` (loading), ``aggregate`` (grouping, tables), ``select`` (learning-rate choice on
-validation, epochs-to-target), ``plots`` (matplotlib, imported only when drawing) and
+``runs`` (loading run records, :mod:`dreg_dist.records`), ``keys`` (roles and labels of config
+keys), ``aggregate`` (groups and setups), ``analysis`` (which key plays which role, grouping,
+selection), ``select`` (learning-rate choice on validation, epochs-to-target), ``stats`` (means
+and intervals over seeds), ``compare`` (rows against the baseline, gap closed, transfers),
+``signals`` (each method's own signals), ``followup`` (grids that follow a report), ``plots``
+(matplotlib, imported only when drawing), ``cells`` (formatted numbers, definitions) and
 ``markdown`` (report.md, :func:`write_report`). ``launch/report.py`` is the command line.
+Nothing here imports torch or method code: a run is known only by its records.
 """
 
 from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from dreg_dist.report.aggregate import BATCH_KEY, LR_KEY, Analysis, Group, freeze
+from dreg_dist.report.aggregate import Group
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.keys import BATCH_KEY, LR_KEY
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.select import LrResult, common_seeds, edge_of
+from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import name_value
 
 Grid = dict[str, Any]

@@ -2,182 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-from dreg_dist.report.aggregate import (BASELINE, THRESHOLDS, Analysis, Difference, GapClosed, Group, Row, Setup,
-                                        Transfer, batch_groups, freeze, gap_closed, label_of, mean_ci, pairs_label,
-                                        report_columns, transfers)
+from dreg_dist.records import BASELINE
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.aggregate import Setup, batch_groups
+from dreg_dist.report.cells import definitions, fmt_ci, fmt_lr, fmt_points, pct, row_cells, row_header
+from dreg_dist.report.compare import Transfer, gap_closed, report_columns, transfers
 from dreg_dist.report.mdtable import table
-from dreg_dist.report.runs import StepCosts, method_of
+from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
+from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import name_value, safe_name
-
-
-def pct(x: Optional[float]) -> str:
-    """A fraction as a percentage with two decimals ('81.25'); '—' when missing."""
-    return "—" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
-
-
-def pct_pm(mean: Optional[float], std: Optional[float], n: int) -> str:
-    if mean is None:
-        return "—"
-    return pct(mean) if n < 2 or std is None else f"{pct(mean)} ± {100 * std:.2f}"
-
-
-def fmt_epochs(entry: tuple[Optional[float], int, int]) -> str:
-    mean, reached, counted = entry
-    if counted == 0:
-        return "—"
-    if mean is None:
-        return "not reached"
-    text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
-    return text if reached == counted else f"{text} ({reached}/{counted} seeds)"
-
-
-def fmt_num(x: Optional[float], spec: str) -> str:
-    return "—" if x is None or not math.isfinite(x) else format(x, spec)
-
-
-def fmt_lr(lr: Optional[float]) -> str:
-    return "—" if lr is None else name_value(lr)
-
-
-ROW_HEADER = ["method", "lr", "seeds", "best val acc (%)", "epochs to 95%", "epochs to 99%",
-              f"epochs to {BASELINE}'s best", "speedup (99%)",
-              "test acc (%)", "images/s"]
-
-
-VS_BASELINE = f"vs {BASELINE}, test (points, 95% CI)"
-
-
-def row_header(extras: Mapping[str, str], gap_batch: Optional[str] = None, *, step_cost: bool = False,
-               vs_baseline: bool = False) -> list[str]:
-    """The per-batch table's columns: ``step_cost`` with a benchmark's step costs, ``vs_baseline``
-    when the table has a baseline, ``gap_batch`` (the reference batch) when a row closes a gap."""
-    return (ROW_HEADER + list(extras.values()) + [f"time/epoch vs {BASELINE}"]
-            + ([f"step cost vs {BASELINE} (bench)"] if step_cost else [])
-            + [f"best val acc in {BASELINE}'s time (%)", f"compute to {BASELINE}'s best ({BASELINE} epochs)"]
-            + ([VS_BASELINE] if vs_baseline else [])
-            + ([f"gap to {BASELINE} at {gap_batch} closed (test, 95% CI)"] if gap_batch else []))
-
-
-def fmt_gap(gap: Optional[GapClosed]) -> str:
-    if gap is None or gap.value is None:
-        return "—"
-    text = f"{gap.value * 100:+.0f}%"
-    return text + (f" ± {gap.half_width * 100:.0f}" if gap.half_width is not None else " (1 seed)")
-
-
-def fmt_points(diff: Optional[Difference]) -> str:
-    """A difference of accuracies in percentage points with its interval: '+1.20 ± 0.80',
-    '-0.30 ± 0.90 (inside seed noise)', '+0.40 (1 seed)'."""
-    if diff is None:
-        return "—"
-    text = f"{diff.mean * 100:+.2f}"
-    if diff.half_width is not None:
-        text += f" ± {diff.half_width * 100:.2f}" + (" (inside seed noise)" if diff.inside_noise else "")
-    elif diff.seeds == 1:
-        text += " (1 seed)"
-    return text + ("" if diff.paired else " (unpaired)")
-
-
-def fmt_ratio(x: Optional[float]) -> str:
-    return "—" if x is None else f"{x:.2f}x"
-
-
-def row_cells(row: Row, extras: Mapping[str, str], gap: Optional[GapClosed] = None,
-              with_gap: bool = False, *, step_cost: bool = False, vs_baseline: bool = False) -> list[str]:
-    """One table row, columns as :func:`row_header` with the same flags."""
-    return (_row_cells(row, extras) + [fmt_ratio(row.cost)] + ([fmt_ratio(row.step_cost)] if step_cost else [])
-            + [pct(row.best_in_budget), fmt_epochs(row.compute_to_best)]
-            + ([fmt_points(row.vs_baseline)] if vs_baseline else [])
-            + ([fmt_gap(gap)] if with_gap else []))
-
-
-def diverged_label(g: Group) -> str:
-    return g.label + (f" (diverged: {g.diverged}/{len(g.runs)} seeds)" if g.diverged else "")
-
-
-def _row_cells(row: Row, extras: Mapping[str, str]) -> list[str]:
-    g = row.group
-    return [
-        diverged_label(g),
-        fmt_lr(g.lr),
-        ", ".join(str(s) for s in g.seeds),
-        pct_pm(row.best_val[0], row.best_val[1], len(g.best_vals)),
-        fmt_epochs(row.epochs_to[THRESHOLDS[0]]),
-        fmt_epochs(row.epochs_to[THRESHOLDS[1]]),
-        fmt_epochs(row.epochs_to[THRESHOLDS[2]]),
-        "—" if row.speedup is None else f"{row.speedup:.2f}x",
-        pct_pm(row.test[0], row.test[1], len(g.test_accs)),
-        fmt_num(row.images_per_sec, ".0f"),
-        *(fmt_num(row.extras.get(key), ".4g") for key in extras),
-    ]
-
-
-DEFINITIONS = """\
-How the numbers are computed:
-
-- **Validation accuracy** is measured on the `data.val_size` images held out of the training set.
-  For a method that scores several outputs it is the best of them at each epoch, the quantity
-  the exported (epoch, output) is chosen on. Curves show the mean over seeds, shaded from the
-  minimum to the maximum seed.
-- **Best val acc**: each run's best validation accuracy (over epochs and outputs);
-  mean ± sample standard deviation over seeds. A run that **diverged** (a logged value
-  became infinite and the trainer stopped) counts with the best accuracy it reached before.
-- **Epochs to 95% / 99% / {b}'s best**: the first epoch at which a run's validation accuracy
-  reaches 95% / 99% / 100% of the best validation accuracy of the {b} run with the same batch
-  size and seed (the mean over {b}'s seeds where that seed is missing), averaged over seeds;
-  "(k/n seeds)" when only k of n seeds got there. The last is the paper's claim: a method that
-  helps reaches {b}'s best in fewer epochs (or at all, when {b}'s best is its last epoch).
-- **Speedup (99%)**: {b}'s mean epochs to 99% of its own best divided by the method's mean
-  epochs to the same target (shown only when every seed reached it).
-- **Test acc**: the exported model (best (epoch, output) on validation) scored once on the test
-  split; it plays no part in any choice.
-- **images/s**: mean training throughput over the logging windows; **time/epoch**: a run's
-  wall-clock (validation included) per epoch over the {b} run's at the same batch size, mean
-  over seeds, runs launched once only. Runs of one sweep share a machine, so read it as a
-  cost ratio, not an absolute speed.{cost}
-- **Vs {b}, test**: the method's test accuracy minus {b}'s at the same batch size, in
-  percentage points. Where {b} ran every seed the method ran, it is the mean of the per-seed
-  differences (runs with the same seed share initialisation and data order, so pairing
-  removes that part of the seed noise) with a Student-t 95% interval over them; otherwise
-  ("unpaired") the method's seeds against {b}'s mean, taken as exact. A difference whose
-  interval includes 0 is marked **inside seed noise**: these seeds cannot tell it from none.
-- **Gap closed**: that difference over ({b}'s mean test accuracy at the smallest batch size
-  in the report - {b}'s at this one), interval included (the two means are taken as exact):
-  0% is {b} at this batch, 100% recovers the small-batch accuracy.
-"""
-COST_WALL_CLOCK = """ **Best val acc in {b}'s time**: the best validation
-  accuracy a run reached by the epoch whose wall-clock (epochs x time/epoch) matches {b}'s
-  whole run, mean over seeds; the "vs compute" figure shows the whole curve on that axis.
-  **Compute to {b}'s best**: epochs to {b}'s best x time/epoch, in {b}-epoch equivalents
-  ({b}'s own is its epochs to its best)."""
-COST_STEP = """
-- **Step cost vs {b} (bench)**: the cost of one optimizer step of the run's configuration over
-  {b}'s at the same batch setup, timed interleaved in one process by a benchmark (far less
-  noisy than the sweep's wall-clock){machine}; mean over the group's runs the benchmark
-  measured ("—": none was). **Best val acc in {b}'s time** uses it where a group has one
-  (else time/epoch): the best validation accuracy a run reached by the epoch whose compute
-  (epochs x step cost, in {b}-epoch equivalents) matches {b}'s whole run, mean over seeds;
-  the "vs compute" figure shows the whole curve on that axis. **Compute to {b}'s best**: epochs
-  to {b}'s best x step cost, in {b}-epoch equivalents ({b}'s own is its epochs to its best)."""
-
-
-def definitions(step_costs: Optional[StepCosts]) -> str:
-    """How the numbers are computed, saying which cost ratio the compute columns use."""
-    if step_costs is None:
-        cost = COST_WALL_CLOCK.format(b=BASELINE)
-    else:
-        machine = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(step_costs.machine.items()))
-        cost = COST_STEP.format(b=BASELINE, machine=f" on {machine}" if machine else "")
-    return DEFINITIONS.format(b=BASELINE, cost=cost)
 
 
 def _runs_table(analysis: Analysis) -> str:
@@ -210,11 +50,11 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
             for g in gs:
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
                 shown = pct(mean) if mean is not None or not g.diverged else "diverged before validating"
-                knobs = f" ({pairs_label(g.tuned)})" if g.tuned else ""
+                knobs = f" ({g.pairs_label(g.tuned)})" if g.tuned else ""
                 text = f"{fmt_lr(g.lr)}{knobs}: {shown}" + (f" ({len(g.best_vals)} seeds)" if len(g.best_vals) > 1 else "")
                 tried.append(f"**{text}**" if g is chosen else text)
             on = common.get(freeze(key))
-            selected = fmt_lr(chosen.lr) + (f" ({pairs_label(chosen.tuned)})" if chosen and chosen.tuned else "") \
+            selected = fmt_lr(chosen.lr) + (f" ({chosen.pairs_label(chosen.tuned)})" if chosen and chosen.tuned else "") \
                 if chosen else "—"
             lrs = [g.lr for g in gs if g.lr is not None]
             edge = edge_of(chosen.lr, lrs) if chosen and len(set(lrs)) > 2 else None
@@ -270,7 +110,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
                                        for role, keys in varying.items()) + ".", ""]
     out += [definitions(step_costs)]
     notes = [note for name in sorted({r.method for r in analysis.runs})
-             for note in (getattr(method_of(name), "report_notes", None) or ())]
+             for note in getattr(analysis.catalog.get(name), "report_notes", ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     out += signals_section(analysis, figures)
     if analysis.lr_varies:
@@ -296,7 +136,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
             continue
         out += [f"{h3} Batch size {setup.batch_text(batch, layout, always=True)}", ""]
         if rows:
-            extras = report_columns(r.group.method for r in rows)
+            extras = report_columns(setup.catalog, (r.group.method for r in rows))
             gaps = {id(r): gap_closed(setup, r.group) for r in rows}
             gap = next((gap for gap in gaps.values() if gap is not None), None)
             gap_batch = setup.batch_text(gap.reference_batch, gap.reference_layout) if gap is not None else None
@@ -348,24 +188,13 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
             for p in points:
                 g = p.group
                 mean = sum(g.best_vals) / len(g.best_vals) if g.best_vals else None
-                rows.append([batch, pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
+                rows.append([batch, analysis.pairs_label(rest) or "—", name_value(p.value), pct(mean), len(g.runs)])
             base = setup.baseline(batch, points[0].group.layout)
             if base is not None and base.best_vals:
                 rows.append([batch, BASELINE, "—", pct(sum(base.best_vals) / len(base.best_vals)), len(base.runs)])
-        out += [table(["batch", "other", label_of(key), "best val acc (%)", "seeds"], rows), "",
-                f"![Best validation accuracy vs {label_of(key)}]({fig})", ""]
+        out += [table(["batch", "other", analysis.label_of(key), "best val acc (%)", "seeds"], rows), "",
+                f"![Best validation accuracy vs {analysis.label_of(key)}]({fig})", ""]
     return out
-
-
-def fmt_ci(values: Sequence[float], group: Optional[Group] = None) -> str:
-    """Mean ± 95% interval of accuracies in % (the mean alone for one seed); with ``group``,
-    how many of its runs diverged (those have no test accuracy)."""
-    mean, half = mean_ci(values)
-    text = "—" if mean is None else pct(mean) + (f" ± {100 * half:.2f}" if half is not None else "")
-    if group is not None and group.diverged:
-        seeds = f"{group.diverged}/{len(group.runs)} seeds"
-        text = f"diverged ({seeds})" if mean is None else f"{text} (diverged: {seeds})"
-    return text
 
 
 def _transfer_section(setup: Setup, moves: Sequence[Transfer], figures: dict[tuple, str], h: str) -> list[str]:
@@ -424,7 +253,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     ``title`` replaces "Results: <sweeps>"; ``preface``: a Markdown file put verbatim under the
     title; ``step_cost``: a benchmark's step-cost file (:func:`dreg_dist.report.runs.read_step_costs`).
     ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
-    from dreg_dist.report.aggregate import analyse, batch_groups as groups_of
+    from dreg_dist.report.analysis import analyse
     from dreg_dist.report.plots import Plotter, ReportError
     from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep, tuned_keys
 
@@ -457,7 +286,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     figures_at: dict[tuple, str] = {}
     for setup in analysis.setups:
         prefix = setup_prefix(setup)
-        for sizes in groups_of(setup.batch_sizes, bs_spec):
+        for sizes in batch_groups(setup.batch_sizes, bs_spec):
             f = plotter.val_accuracy(setup, sizes, prefix)
             if f:
                 figures_at[("val", setup.key, tuple(sizes))] = f
@@ -481,8 +310,8 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
             if f:
                 figures_at[("transfer", setup.key, (batch, layout))] = f
         for batch in setup.batch_sizes:
-            for name in methods_with_signals(setup.groups):
-                for signal in signals_of(name):
+            for name in methods_with_signals(setup.groups, setup.catalog):
+                for signal in signals_of(setup.catalog, name):
                     f = plotter.signal_curve(setup, batch, name, signal, prefix)
                     if f:
                         figures_at[("signal", setup.key, (name, signal_id(signal)), batch)] = f

@@ -6,11 +6,11 @@
 * validation accuracy vs compute: the same curves with epochs scaled by each method's
   benchmarked step cost over the baseline's where it has one, else its time/epoch over the
   baseline's (baseline-epoch equivalents of compute);
-* best validation accuracy vs a method's study keys (``Method.study_keys``; the paper's
+* best validation accuracy vs a method's study keys (its description's ``study_keys``; the paper's
   Figures 6-7 are DReg's layer and lambda), the baseline dashed;
 * learning-rate sensitivity: best validation accuracy vs learning rate per method, the
   selected learning rate circled, one panel per batch size;
-* a method's own signals (``Method.report_signals``) vs epoch, every run of the method, the
+* a method's own signals (its description's ``report_signals``) vs epoch, every run of the method, the
   legend outside the axes;
 * learning-rate transfer: test accuracy at the tuning batch and at the larger one, per method
   variant, with 95% intervals over seeds.
@@ -25,9 +25,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dreg_dist.methods import Signal
-from dreg_dist.report.aggregate import (BASELINE, Analysis, Group, Setup, Transfer, compute_cost, freeze, label_of,
-                                        mean_ci, pairs_label, sort_key)
+from dreg_dist.records import Signal
+from dreg_dist.records import BASELINE
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.compare import Transfer, compute_cost
+from dreg_dist.report.stats import freeze, mean_ci, sort_key
 from dreg_dist.report.signals import series, signal_id
 from dreg_dist.sweep.grid import name_value, safe_name
 
@@ -69,7 +72,7 @@ OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 
 
 def _line_label(setup: Setup, g: Group) -> str:
     """A group's name in a legend: its batch setup named where its batch size has several."""
-    return g.label + (f" ({pairs_label(g.layout)})" if len(setup.layouts(g.batch_size)) > 1 else "")
+    return g.label + (f" ({g.pairs_label(g.layout)})" if len(setup.layouts(g.batch_size)) > 1 else "")
 
 
 class Plotter:
@@ -175,7 +178,7 @@ class Plotter:
         lines = analysis.study(setup, key)
         if not lines or all(len(points) < 2 for points in lines.values()):
             return None
-        name = f"{prefix}study_{label_of(key)}.png"
+        name = f"{prefix}study_{analysis.label_of(key)}.png"
         if not self.draw:
             return self._name(name)
         raw = {name_value(p.value): p.value for pts in lines.values() for p in pts}
@@ -189,7 +192,7 @@ class Plotter:
             mean = [(_m(p.group.best_vals) or 0.0) * 100 for p in points]
             err_lo = [m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)]
             err_hi = [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]
-            lab = f"{points[0].group.method}, BS {batch}" + (f" ({pairs_label(rest)})" if rest else "")
+            lab = f"{points[0].group.method}, BS {batch}" + (f" ({analysis.pairs_label(rest)})" if rest else "")
             ax.errorbar(x, mean, yerr=[err_lo, err_hi], marker="o", capsize=3, color=colors[str(batch)], label=lab)
         for batch, layout in dict.fromkeys((b, pts[0].group.layout) for (b, _), pts in lines.items()):
             base = setup.baseline(batch, layout)
@@ -198,9 +201,9 @@ class Plotter:
                            label=f"{BASELINE}, BS {setup.batch_text(batch, layout)}")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(values)
-        ax.set_xlabel(analysis.study_titles().get(key, label_of(key)))
+        ax.set_xlabel(analysis.study_titles().get(key, analysis.label_of(key)))
         ax.set_ylabel("best validation accuracy (%)")
-        return self._finish(fig, ax, name, f"Best validation accuracy vs {label_of(key)}", setup, legend_size=8)
+        return self._finish(fig, ax, name, f"Best validation accuracy vs {analysis.label_of(key)}", setup, legend_size=8)
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
@@ -257,7 +260,7 @@ class Plotter:
 
     # ---------------------------------------------------------------- a method's own signals
     def signal_curve(self, setup: Setup, batch: int, method: str, signal: Signal, prefix: str = "") -> Optional[str]:
-        """One of the method's signals (``Method.report_signals``) vs epoch: one line per variant
+        """One of the method's signals (its description's ``report_signals``) vs epoch: one line per variant
         and learning rate (mean over its seeds), every run of the method at ``batch``; the legend
         outside the axes."""
         lines = []
@@ -265,7 +268,7 @@ class Plotter:
                         key=lambda g: (g.label, g.lr or 0.0)):
             points = _mean_series([series(r, signal) for r in g.runs])
             if points:
-                variant = pairs_label(g.variant) if g.variant else method
+                variant = g.pairs_label(g.variant) if g.variant else method
                 seeds = f", {len(g.runs)} seeds" if len(g.runs) > 1 else ""
                 lines.append((f"{variant}, lr {name_value(g.lr)}{seeds}", points))
         if not lines:

@@ -1,14 +1,15 @@
 """Load run folders (``config.yaml``, ``metrics.jsonl``, ``summary.json``) into :class:`Run`.
 
 Only the files the trainer writes are read (where: :class:`dreg_dist.run_layout.RunLayout`);
-what a method logs and how to read it comes from the method's class.
+what a method logs and how to read it comes from the method's description in the run's record
+(:func:`dreg_dist.records.read_record`), never from method code.
 
 Validation accuracy of a run with several outputs (a method that scores several paths)
 at an epoch is the best of them (``max(acc_<output>)``): that is the quantity the
 trainer's best (epoch, output) is chosen on, so the best of the curve is the run's best
 validation accuracy. A resumed run may have logged an epoch or step twice
 (``metrics.jsonl`` is appended to); the last record wins. Configs written by earlier
-releases are read as today's loader resolves them.
+releases are read as the release that wrote them resolved them (:mod:`dreg_dist.records.compat`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-import yaml
-
-from dreg_dist import methods
-from dreg_dist.config import ConfigError, config_from_record, config_to_dict, flatten
-from dreg_dist.methods import Method
+from dreg_dist.dotted import flatten
+from dreg_dist.records import BASELINE, Catalog, Description, RunRecord, read_record
 from dreg_dist.run_layout import RunLayout
 
 
@@ -72,22 +70,9 @@ def train_loss(record: dict[str, Any], ce_keys: tuple[str, ...] = ("loss",)) -> 
     return _finite(record.get("loss"))
 
 
-def method_of(name: str) -> Optional[type[Method]]:
-    """The registered method class, or None for a method this installation does not know."""
-    try:
-        return methods.method_class(name)
-    except ConfigError:
-        return None
-
-
-def resolve_record(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's saved config as today's loader resolves it (keys of earlier releases upgraded,
-    keys added since at their defaults); as saved, with legacy keys upgraded, if it no
-    longer loads."""
-    try:
-        return config_to_dict(config_from_record(config))
-    except ConfigError:
-        return methods.upgrade_record(config)
+def catalog_of(runs: Iterable["Run"]) -> Catalog:
+    """The descriptions of the runs' methods (each as its first run's record has it)."""
+    return Catalog(r.description for r in runs)
 
 
 @dataclass
@@ -97,6 +82,7 @@ class Run:
     config: dict[str, Any]
     flat: dict[str, Any]
     method: str
+    record: RunRecord
     summary: Optional[dict[str, Any]] = None
     val: list[dict[str, Any]] = field(default_factory=list)
     """One record per validated epoch: epoch, acc (see the module doc), and the raw tags."""
@@ -111,6 +97,10 @@ class Run:
     benchmark (:func:`read_step_costs`); None when not measured."""
 
     # ----------------------------------------------------------- config
+    @property
+    def description(self) -> Description:
+        return self.record.description
+
     @property
     def batch_size(self) -> int:
         return int(self.flat.get("train.global_batch_size", 0))
@@ -202,7 +192,7 @@ class Run:
         return wall / epochs if wall is not None and epochs else None
 
     def final_value(self, key: str) -> Optional[float]:
-        """A method's value about the trained model (``Method.summary_values``): from
+        """A method's value about the trained model (its ``report_columns``): from
         summary.json, else the last logged training value of that name."""
         summary = self.summary or {}
         stats = summary.get("final_values") or summary.get("final_branch_stats") or {}
@@ -219,13 +209,10 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     layout = RunLayout(path)
     if not layout.config.is_file():
         return None
-    try:
-        config = yaml.safe_load(layout.config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    record = read_record(path)
+    if record is None:
         return None
-    if not isinstance(config, dict):
-        return None
-    config = resolve_record(config)
+    config = record.config
     flat = flatten(config)
     summary: Optional[dict[str, Any]] = None
     try:
@@ -233,9 +220,7 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
         summary = loaded if isinstance(loaded, dict) else None
     except (OSError, ValueError):
         pass
-    method = str((summary or {}).get("method") or flat.get("method") or methods.DEFAULT)
-    cls = method_of(method)
-    ce_keys = cls.train_ce_keys if cls is not None else ("loss",)
+    ce_keys = record.description.train_ce_keys
     val: dict[Any, dict[str, Any]] = {}
     train: dict[Any, dict[str, Any]] = {}
     diverged: Optional[int] = None
@@ -250,7 +235,8 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
             val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
         elif kind == "train" and rec.get("step") is not None:
             train[rec["step"]] = dict(rec, loss=train_loss(rec, ce_keys), raw_loss=rec.get("loss"))
-    return Run(name=path.name, path=path, config=config, flat=flat, method=str(method), summary=summary,
+    return Run(name=path.name, path=path, config=config, flat=flat, method=record.method, record=record,
+               summary=summary,
                val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged,
                started_workers=workers)
 
@@ -267,7 +253,7 @@ def load_runs(root: Union[str, Path]) -> list[Run]:
 
 
 def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
-    """Copy the small records (config.yaml, metrics.jsonl, summary.json) of every run under
+    """Copy the small records (config.yaml, record.json, metrics.jsonl, summary.json) of every run under
     ``root`` that is over (finished, or diverged: stopped on a non-finite value) to
     ``dest/<run name>/``, and the sweep's sweep.json, so that a report regenerates from what is
     committed (checkpoints and exports are never copied)."""
@@ -280,7 +266,8 @@ def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
             continue
         src, out = RunLayout(run.path), RunLayout(dest / run.name)
         out.root.mkdir(parents=True, exist_ok=True)
-        for a, b in ((src.config, out.config), (src.metrics, out.metrics), (src.summary, out.summary)):
+        for a, b in ((src.config, out.config), (src.record, out.record), (src.metrics, out.metrics),
+                     (src.summary, out.summary)):
             if a.is_file():
                 shutil.copyfile(a, b)
         copied.append(out.root)
@@ -329,7 +316,7 @@ def tuned_keys(roots: Iterable[Union[str, Path]]) -> list[str]:
 def read_step_costs(path: Union[str, Path]) -> StepCosts:
     """A step-cost file (see :class:`StepCosts`) whose ratios are against the report's baseline
     method; ValueError, one line, when it is not one."""
-    reference = methods.BASELINE
+    reference = BASELINE
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""Each method's own signals (``Method.report_signals``), per run, before any accuracy.
+"""Each method's own signals (its description's ``report_signals``), per run, before any accuracy.
 
 A method is shown doing what its source says it does by values it logs itself: DReg by how
 far apart its branches are and how often its paths disagree, extragradient by the loss at w
@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from dreg_dist.methods import Signal
-from dreg_dist.report.aggregate import Analysis, Group, Setup, pairs_label
+from dreg_dist.records import Catalog, Signal
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.mdtable import table
-from dreg_dist.report.runs import Run, method_of
+from dreg_dist.report.runs import Run
 from dreg_dist.sweep.grid import name_value
 
 
@@ -26,9 +27,9 @@ def signal_id(signal: Signal) -> str:
     return signal.tag + (f"_minus_{signal.minus}" if signal.minus else "") + (f"_over_{signal.over}" if signal.over else "")
 
 
-def signals_of(method: str) -> tuple[Signal, ...]:
-    cls = method_of(method)
-    return tuple(getattr(cls, "report_signals", ()) or ()) if cls is not None else ()
+def signals_of(catalog: Catalog, method: str) -> tuple[Signal, ...]:
+    d = catalog.get(method)
+    return d.report_signals if d is not None else ()
 
 
 def series(run: Run, signal: Signal) -> list[tuple[float, float]]:
@@ -95,7 +96,7 @@ class SignalRow:
 
 def signal_rows(setup: Setup, method: str, batch: int) -> list[SignalRow]:
     """One row per run of ``method`` at ``batch`` in ``setup``, in table order."""
-    sigs = signals_of(method)
+    sigs = signals_of(setup.catalog, method)
     rows = []
     for g in sorted((g for g in setup.groups if g.method == method and g.batch_size == batch),
                     key=lambda g: (g.label, tuple(sorted(g.layout)), g.lr or 0.0)):
@@ -115,8 +116,8 @@ def column_title(signal: Signal) -> str:
     return f"{signal.title} ({short})" if short else signal.title
 
 
-def methods_with_signals(groups: Sequence[Group]) -> list[str]:
-    return sorted({g.method for g in groups if signals_of(g.method)})
+def methods_with_signals(groups: Sequence[Group], catalog: Catalog) -> list[str]:
+    return sorted({g.method for g in groups if signals_of(catalog, g.method)})
 
 
 def fmt(value: Optional[float]) -> str:
@@ -149,8 +150,8 @@ def signals_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
     curves (``figures`` keys ``("signal", setup key, (method, tag), batch)``)."""
     out: list[str] = []
     for setup in analysis.setups:
-        for method in methods_with_signals(setup.groups):
-            sigs = signals_of(method)
+        for method in methods_with_signals(setup.groups, setup.catalog):
+            sigs = signals_of(setup.catalog, method)
             for batch in setup.batch_sizes:
                 rows = signal_rows(setup, method, batch)
                 if not rows:
@@ -165,8 +166,8 @@ def signals_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
                 layouts = len({r.group.layout for r in rows}) > 1
                 header = ["run", "variant", "lr", "seed"] + (["batch setup"] if layouts else []) + \
                          [column_title(s) for s in sigs] + ["flags"]
-                body = [[f"`{r.run.name}`", pairs_label(r.group.variant) or "—", name_value(r.group.lr), r.run.seed]
-                        + ([pairs_label(r.group.layout)] if layouts else [])
+                body = [[f"`{r.run.name}`", r.group.pairs_label(r.group.variant) or "—", name_value(r.group.lr), r.run.seed]
+                        + ([r.group.pairs_label(r.group.layout)] if layouts else [])
                         + [fmt(v) for v in r.values] + [flag_text(r)] for r in rows]
                 out += [table(header, body), ""]
                 for s in sigs:

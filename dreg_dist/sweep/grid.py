@@ -27,7 +27,11 @@ vanilla cell) is dropped from that cell, and cells that become identical are mer
 ``method: [vanilla, dreg]`` x ``dreg.lam: [0.1, 0.01]`` gives 3 cells, not 4. A key no
 component owns, or an axis that applies to no cell at all, is an error. Each cell gets a
 stable, filesystem-safe name built from its values (``dreg_bs512_seed0_lam0.1``); a
-method's keys are named by the labels the method gives them.
+method's keys are named by the labels its description gives them.
+
+This module imports neither torch nor method code: the cells' configs are resolved, all at
+once, by one ``python -m dreg_dist.config.resolve`` subprocess
+(:func:`dreg_dist.sweep.resolve.resolve_cells`), which also describes every registered method.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from dreg_dist import methods
-from dreg_dist.config import Config, ConfigError, config_to_dict, flatten, load_config, parse_overrides
+from dreg_dist.dotted import parse_overrides
+from dreg_dist.records import Catalog
+from dreg_dist.records.compat import upgrade_legacy
+from dreg_dist.sweep.resolve import GridError, registered, resolve_cells
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,33 +70,16 @@ ALIASES: dict[str, str] = {
     "train.accumulation_steps": "acc",
     "model.num_classes": "nc",
 }
-"""Keys of the run; a method's own keys are named by ``Method.labels``."""
+"""Keys of the run; a method's own keys are named by its description's ``labels``."""
 
 
-def key_alias(key: str) -> Optional[str]:
+def key_alias(key: str, catalog: Catalog) -> Optional[str]:
     """The short name of ``key`` in cell names, or None when it has none."""
     if key in ALIASES:
         return ALIASES[key]
-    owner = methods.owner_of(key)
-    if owner is not None:
-        return owner.labels.get(key[len(owner.config_section()) + 1:])
-    return None
+    return catalog.label(key)
 
 MAX_NAME_LEN = 150
-
-
-class GridError(ValueError):
-    """A problem with a grid file, described in one line."""
-
-
-def cell_config(config: str, overrides: Sequence[str]) -> Config:
-    """A cell's config as ``launch/train.py`` resolves it (ConfigError when it does not load)."""
-    return load_config(config, overrides, warn=None)
-
-
-def resolved_keys(cfg: Config) -> set[str]:
-    """The dotted keys a run of ``cfg`` has: the run's own and its method's, no other method's."""
-    return set(flatten(config_to_dict(cfg)))
 
 
 def override_value(value: Any) -> str:
@@ -131,11 +120,11 @@ def _short_hash(values: Mapping[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
-def _aliases(keys: Sequence[str]) -> dict[str, str]:
+def _aliases(keys: Sequence[str], catalog: Catalog) -> dict[str, str]:
     out: dict[str, str] = {}
     last = [k.rsplit(".", 1)[-1] for k in keys]
     for key, tail in zip(keys, last):
-        alias = key_alias(key)
+        alias = key_alias(key, catalog)
         if alias is not None:
             out[key] = alias
         elif last.count(tail) == 1 and tail not in ALIASES.values():
@@ -145,9 +134,11 @@ def _aliases(keys: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def cell_names(cells_values: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
-    """Stable, unique, filesystem-safe names, ``dreg_bs512_seed0_lam0.1`` style, in axis order."""
-    aliases = _aliases(keys)
+def cell_names(cells_values: Sequence[Mapping[str, Any]], keys: Sequence[str],
+               catalog: Catalog = Catalog()) -> list[str]:
+    """Stable, unique, filesystem-safe names, ``dreg_bs512_seed0_lam0.1`` style, in axis order
+    (a method's keys by the labels in its description, from ``catalog``)."""
+    aliases = _aliases(keys, catalog)
     names = []
     for values in cells_values:
         parts = [safe_name(aliases[k] + name_value(values[k])) for k in keys if k in values]
@@ -172,6 +163,8 @@ class Cell:
     """The axis values of this cell (keys that do not apply to its method dropped), axis order."""
     overrides: list[str]
     """Everything passed to launch/train.py after the config: fixed overrides, then the values."""
+    epochs: Optional[int] = field(default=None, compare=False)
+    """``train.epochs`` of its resolved config (what a finished run of it has)."""
 
     def run_dir(self, sweep_dir: Union[str, Path]) -> Path:
         return Path(sweep_dir) / self.name
@@ -221,11 +214,12 @@ class Grid:
         known = set(axes) | ({LR_KEY} if lr_grid is not None else set())
         exclude = _exclude(data.get("exclude"), known)
         only = _exclude(data.get("only"), known, "only")
-        tune = _tune(data.get("tune"), axes)
-        try:
-            cell_config(config, overrides)
-        except ConfigError as err:
-            raise GridError(f"base config with the grid's overrides: {err}") from None
+        combos = [[*overrides, *(f"{k}={override_value(v)}" for k, v in zip(axes, combo))]
+                  for combo in itertools.product(*axes.values())]
+        base, *_ = resolve_cells(config, [overrides, *combos])  # all at once: expand_grid finds them resolved
+        if isinstance(base, str):
+            raise GridError(f"base config with the grid's overrides: {base}")
+        tune = _tune(data.get("tune"), axes, registered(config))
         return cls(name=name, config=config, overrides=overrides, axes=axes, lr_grid=lr_grid, exclude=exclude, only=only,
                    description=str(data.get("description") or ""), source=str(source) if source else None, tune=tune)
 
@@ -299,7 +293,7 @@ def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
     raise GridError("grid 'lr_grid' must be a list of learning rates or map methods to lists")
 
 
-def _tune(raw: Any, axes: Mapping[str, list[Any]]) -> list[str]:
+def _tune(raw: Any, axes: Mapping[str, list[Any]], catalog: Catalog) -> list[str]:
     """The grid's ``tune`` list: axes of a method's own section."""
     if raw is None:
         return []
@@ -308,7 +302,7 @@ def _tune(raw: Any, axes: Mapping[str, list[Any]]) -> list[str]:
     for key in raw:
         if key not in axes:
             raise GridError(f"tune names '{key}', which is not an axis: add it under 'axes' with the values to try")
-        if methods.owner_of(key) is None:
+        if catalog.owner_of(key) is None:
             raise GridError(f"tune names '{key}', which no method owns: only a method's own keys are tuned with "
                             "the learning rate (run keys such as the optimizer are compared as variants)")
     return list(raw)
@@ -339,20 +333,20 @@ def expand_grid(grid: Grid) -> list[Cell]:
     """All cells of ``grid`` in a stable order, keys of other methods dropped, duplicates merged."""
     keys = list(grid.axes)
     for key in keys:  # a deprecated key would be upgraded per cell and then match no cell's keys
-        _, notes = methods.upgrade_legacy(parse_overrides([f"{key}={override_value(grid.axes[key][0])}"]))
+        _, notes = upgrade_legacy(parse_overrides([f"{key}={override_value(grid.axes[key][0])}"]))
         if notes:
             raise GridError(f"axis '{key}': {notes[0]}")
     kept: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     used: set[str] = set()
-    for combo in itertools.product(*grid.axes.values()):
-        values = dict(zip(keys, combo))
-        try:
-            cfg = cell_config(grid.config, grid.cell_overrides(values))
-        except ConfigError as err:
-            raise GridError(f"cell {describe(values)}: {err}") from None
+    combos = [dict(zip(keys, combo)) for combo in itertools.product(*grid.axes.values())]
+    resolved = resolve_cells(grid.config, [grid.cell_overrides(values) for values in combos])
+    epochs: dict[str, Optional[int]] = {}
+    for values, cfg in zip(combos, resolved):
+        if isinstance(cfg, str):
+            raise GridError(f"cell {describe(values)}: {cfg}")
         method = cfg.method
-        applies = resolved_keys(cfg) | {"method"}
+        applies = cfg.keys | {"method"}
         for lr in grid.learning_rates(method):
             full = dict(values)
             if lr is not None:
@@ -366,14 +360,16 @@ def expand_grid(grid: Grid) -> list[Cell]:
                 continue
             seen.add(ident)
             kept.append((method, cell))
+            epochs[ident] = cfg.config.get("train", {}).get("epochs")
     unused = [k for k in keys if k not in used]
     if kept and unused:
         raise GridError(f"axis '{unused[0]}' applies to no cell: no cell's method has that key "
                         "(add the method that owns it to the 'method' axis, or drop the axis)")
     name_keys = keys + ([LR_KEY] if grid.lr_grid is not None else [])
-    names = cell_names([c for _, c in kept], name_keys)
+    names = cell_names([c for _, c in kept], name_keys, registered(grid.config))
     return [
-        Cell(index=i, name=name, method=method, values=cell, overrides=grid.cell_overrides(cell))
+        Cell(index=i, name=name, method=method, values=cell, overrides=grid.cell_overrides(cell),
+             epochs=epochs[json.dumps([[k, name_value(v)] for k, v in cell.items()])])
         for i, (name, (method, cell)) in enumerate(zip(names, kept))
     ]
 
@@ -384,11 +380,10 @@ def describe(values: Mapping[str, Any]) -> str:
 
 def check_cells(grid: Grid, cells: Iterable[Cell]) -> None:
     """Load every cell's config (no data, no model): unknown keys and wrong types fail here."""
-    for cell in cells:
-        try:
-            cell_config(grid.config, cell.overrides)
-        except ConfigError as err:
-            raise GridError(f"cell {cell.index} ({cell.name}): {err}") from None
+    cells = list(cells)
+    for cell, got in zip(cells, resolve_cells(grid.config, [c.overrides for c in cells])):
+        if isinstance(got, str):
+            raise GridError(f"cell {cell.index} ({cell.name}): {got}")
 
 
 def load_grid(path: Union[str, Path]) -> Grid:

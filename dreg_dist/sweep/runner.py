@@ -36,8 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from dreg_dist.io import atomic_write_text
 from dreg_dist.run_layout import RunLayout
-from dreg_dist.sweep.grid import REPO, Cell, Grid, cell_config
-from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from dreg_dist.stop_signals import REQUEUE_EXIT_CODE, PreemptionFlag
+from dreg_dist.sweep.grid import REPO, Cell, Grid
 
 SWEEP_FILE = "sweep.json"
 TRAIN_SCRIPT = REPO / "launch" / "train.py"
@@ -175,10 +175,7 @@ class SweepRunner:
         sys.stdout.flush()
 
     def _epochs(self, cell: Cell) -> Optional[int]:
-        try:
-            return cell_config(self.grid.config, cell.overrides).train.epochs
-        except Exception:  # checked before; never block a status read on it
-            return None
+        return cell.epochs
 
     # ------------------------------------------------------------ status
     def refresh(self, keep: Optional[CellState] = None) -> None:

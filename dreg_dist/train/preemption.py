@@ -32,54 +32,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from pathlib import Path
-from types import FrameType
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from dreg_dist.io import atomic_write_text
 from dreg_dist.run_layout import RunLayout
-
-REQUEUE_EXIT_CODE = 75
-"""EX_TEMPFAIL: 'try again later'. The sbatch script requeues the job on it."""
-
-
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class PreemptionFlag:
-    def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
-        self._signals = signals
-        self._signum: Optional[int] = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in self._signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        self._signum = signum
-
-    def is_set(self) -> bool:
-        return self._signum is not None
-
-    @property
-    def signum(self) -> Optional[int]:
-        return self._signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self._signum).name if self._signum is not None else ""
-
+from dreg_dist.stop_signals import REQUEUE_EXIT_CODE, SIGNALS, PreemptionFlag
 
 def write_requeue_marker(run_dir: Union[str, "os.PathLike[str]"], summary: dict[str, Any]) -> Path:
     """Record in ``run_dir`` that the run stopped for a signal and wants to be requeued.
@@ -96,3 +55,6 @@ def write_requeue_marker(run_dir: Union[str, "os.PathLike[str]"], summary: dict[
     }
     atomic_write_text(path, json.dumps(record) + "\n")
     return path
+
+
+__all__ = ["REQUEUE_EXIT_CODE", "SIGNALS", "PreemptionFlag", "write_requeue_marker"]

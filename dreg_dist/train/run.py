@@ -30,10 +30,12 @@ from dreg_dist.config import (
     config_to_dict,
     flatten,
     load_config,
+    run_record,
     save_config,
 )
 from dreg_dist.distributed import init_distributed, launch_world, shutdown
 from dreg_dist.io import DiskFullError, remove_stale_temp_files
+from dreg_dist.records import write_record
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
 from dreg_dist.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
@@ -42,8 +44,12 @@ from dreg_dist.train.preflight import preflight
 CONFIG_ERROR_EXIT_CODE = 2
 
 
-def _resolved(saved: dict) -> dict:
-    """A saved config as today's loader resolves it (configs of earlier releases upgraded)."""
+def _resolved(saved: dict, layout: RunLayout) -> dict:
+    """A run folder's saved config, every key spelled out: as saved when the folder has a
+    ``record.json`` (this release wrote it complete), else upgraded from its release by
+    ``config_from_record`` (a checkpoint of an earlier release still resumes)."""
+    if layout.record.is_file():
+        return flatten(saved)
     try:
         return flatten(config_to_dict(config_from_record(saved)))
     except ConfigError:
@@ -60,7 +66,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
         raise ConfigError(
             f"run dir '{run_dir}' already holds checkpoints; pass a new --run-dir or set train.resume=auto"
         )
-    before = _resolved(yaml.safe_load(layout.config.read_text()) or {})
+    before = _resolved(yaml.safe_load(layout.config.read_text()) or {}, layout)
     now = flatten(config_to_dict(cfg))
     # The schedule's length may grow on resume; keys that change no result may differ freely.
     changed = [k for k in sorted(set(before) | set(now))
@@ -157,6 +163,7 @@ def _main(argv: Optional[Sequence[str]], preempt: PreemptionFlag, started: float
             layout.checkpoints.mkdir(parents=True, exist_ok=True)
             _remove_stale_temp_files(layout, started)
             save_config(cfg, layout.config)
+            write_record(layout.root, run_record(cfg))  # what sweeps and reports read: no method code
         trainer = Trainer(cfg, run_dir, env, preempt=preempt)
         summary = trainer.fit()
     except DataError as err:  # found only once the data is read (e.g. batch > training split)

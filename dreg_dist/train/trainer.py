@@ -85,6 +85,7 @@ class Trainer:
         self.data = build_data(cfg.data, seed=t.seed, device=self.device, num_classes=cfg.model.num_classes)
         self.steps_per_epoch = self.data.steps_per_epoch(t.global_batch_size)  # DataError if < 1
         self.method = build_method(cfg)
+        self.console_keys = self.method.describe().console_keys
         model = build_model(cfg.model.arch, cfg.model.num_classes, zero_init_residual=cfg.model.zero_init_residual)
         model = self.method.prepare_model(model)
         # Random ops keyed by sample, ghost BN with train.bn_group_size: the same training on any K.
@@ -271,7 +272,7 @@ class Trainer:
             self.recorder.scalars("train", values, step=s.global_step, epoch=s.global_step / self.steps_per_epoch)
             remaining = (self.cfg.train.epochs - s.epoch) * self.steps_per_epoch - s.step_in_epoch
             eta = remaining * self.cfg.train.global_batch_size / max(ips, 1e-9)
-            shown = {**{k: values[k] for k in self.method.console_keys if k in values}, "img/s": ips}
+            shown = {**{k: values[k] for k in self.console_keys if k in values}, "img/s": ips}
             self.recorder.console.update(s.epoch, self.cfg.train.epochs, s.step_in_epoch, self.steps_per_epoch,
                                          shown, eta)
         self.window.reset()

@@ -39,8 +39,8 @@ class Toy(Method):
 
     name = "toy"
     Config = ToyConfig
-    labels = {"scale": "scale"}
-    report_columns = {"weight_norm": "weight norm"}
+    # Its description (what a description.yaml beside it would hold), copied into each run record.
+    description = {"labels": {"scale": "scale"}, "report_columns": {"weight_norm": "weight norm"}}
 
     def check(self) -> None:
         from dreg_dist.errors import ConfigError
@@ -91,6 +91,9 @@ def test_a_method_in_one_file_trains_exports_sweeps_and_reports(tmp_path: Path, 
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["method"] == "toy" and config["methods"] == {"toy": {"scale": 0.5}} and "dreg" not in config
+    record = json.loads((run / "record.json").read_text())
+    assert record["method"] == "toy" and record["description"]["report_columns"] == {"weight_norm": "weight norm"}
+    assert record["description"]["section"] == "methods.toy" and record["description"]["defaults"] == {"scale": 1.0}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "toy" and summary["world_size"] == 2 and summary["best"]["path"] is None
     assert summary["final_values"]["weight_norm"] > 0

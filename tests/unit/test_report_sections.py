@@ -12,7 +12,9 @@ from types import ModuleType
 
 import pytest
 
-from dreg_dist.report.aggregate import analyse, compute_cost, gap_closed, mean_ci, transfers
+from dreg_dist.report.analysis import analyse
+from dreg_dist.report.compare import compute_cost, gap_closed, transfers
+from dreg_dist.report.stats import mean_ci
 from dreg_dist.report.markdown import write_report
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import load_runs, read_step_costs

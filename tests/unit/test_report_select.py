@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from dreg_dist.config import config_to_dict, load_config
-from dreg_dist.report.aggregate import analyse, make_row
+from dreg_dist.report.analysis import analyse
+from dreg_dist.report.compare import make_row
 from dreg_dist.report.runs import load_runs
 from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
 from dreg_dist.sweep.grid import MAX_NAME_LEN, Grid, GridError, cell_names, expand_grid, load_grid, safe_name
@@ -515,7 +516,8 @@ def test_copy_records_takes_only_finished_runs_small_files(tmp_path: Path) -> No
 
 
 def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
-    from dreg_dist.report.aggregate import analyse, gap_closed
+    from dreg_dist.report.analysis import analyse
+    from dreg_dist.report.compare import gap_closed
     from dreg_dist.report.markdown import write_report
     from dreg_dist.report.runs import load_runs
 

@@ -35,7 +35,7 @@ from dreg_dist.dreg import (
     write_export,
 )
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import Method, RunSettings, Signal
+from dreg_dist.methods.base import Method, RunSettings
 
 
 @dataclass
@@ -75,31 +75,7 @@ class DReg(Method):
     name = "dreg"
     Config = DRegConfig
     section = "dreg"
-    labels = {"lam": "lam", "layer": "layer", "form": "", "contrast_reduction": "contrast",
-              "ce_reduction": "ce", "norm": "norm", "init_scale": "init", "tau": "tau", "radius": "r"}
-    applies_when = {"radius": ("form", "projected"), "tau": ("form", "saturating")}
     outputs = ("R", "L")
-    study_keys = {"layer": "DReg layer (reverse topological level)", "lam": "DReg lambda"}
-    console_keys = ("loss_R", "loss_L", "contrast")  # the total goes negative as the contrast grows
-    train_ce_keys = ("loss_R", "loss_L")
-    report_signals = (
-        Signal("branch_distance_rel", "relative distance", reduce="max", log_scale=True,
-               flag_below=(0.05, "branches not distinct"), flag_above=(1.9, "branches mirrored (W^L = -W^R)")),
-        Signal("disagreement", "val disagreement", source="val"),
-        Signal("acc_R", "val acc R", source="val", reduce="max"),
-        Signal("acc_L", "val acc L", source="val", reduce="max"),
-        Signal("contrast", "contrast", log_scale=True),
-    )
-    report_columns = {"branch_distance": "branch distance", "branch_distance_rel": "branch distance (rel.)"}
-    report_notes = (
-        "**DReg**: validation accuracy is the better of the two paths at each epoch (`max(acc_R, acc_L)`), "
-        "the quantity the exported (epoch, path) is chosen on; the training loss is the mean of the two paths' "
-        "cross-entropies (its total loss also holds the contrast term); **branch distance** is "
-        "`||W^R - W^L||_F` of the final weights, (rel.) divided by `sqrt((||W^R||_F^2 + ||W^L||_F^2) / 2)` "
-        "(records written before the projected form divided by `||W^R||_F`; the two agree while the branch norms "
-        "do); 2 means mirror images (`W^L = -W^R`), the end point of the unbounded literal contrast. **Val "
-        "disagreement**: the fraction of validation images on which the two paths' top-1 classes differ.",
-    )
 
     def __init__(self, hp: Optional[DRegConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)

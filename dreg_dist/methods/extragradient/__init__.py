@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
-from dreg_dist.methods.base import Signal, StepContext
+from dreg_dist.methods.base import StepContext
 
 GammaRule = Literal["micro_batch", "lr"]
 
@@ -40,29 +40,20 @@ class ExtragradientConfig:
 class Extragradient(LocalPerturbationMethod):
     name = "extragradient"
     Config = ExtragradientConfig
-    labels = {"gamma": "gamma", "gamma_rule": "", "gamma_scale": "gs", "micro_batch_size": "m"}
-    legacy_keys = {"methods.extragradient_gamma": "gamma"}
-    record_defaults = {"micro_batch_size": None, "gamma_rule": "lr"}  # earlier releases: gamma = lr, local batch
     perturbed_key = "loss_extrapolated"
-    applies_when = {"gamma_rule": ("gamma", None), "gamma_scale": ("gamma", None)}
-    report_signals = (
-        Signal("loss", "loss at w", reduce="rise",
-               flag_above=(1.0, "collapsed: loss at w rose above its start after warmup")),
-        Signal("loss", "loss(w) / loss(extrapolated)", over="loss_extrapolated", reduce="max"),
-    )
 
     def check(self) -> None:
-        self.gamma = self.hp.gamma
-        if self.gamma is not None and not self.gamma >= 0:
-            raise ConfigError(f"config key '{self.key('gamma')}' must be >= 0 or null, got {self.gamma}")
+        gamma = self.hp.gamma
+        if gamma is not None and not gamma >= 0:
+            raise ConfigError(f"config key '{self.key('gamma')}' must be >= 0 or null, got {gamma}")
         if not self.hp.gamma_scale >= 0:
             raise ConfigError(f"config key '{self.key('gamma_scale')}' must be >= 0, got {self.hp.gamma_scale}")
         self.check_micro_batch_size()
 
     def step_size(self, ctx: StepContext, samples: int, global_batch: int) -> float:
         """gamma for a chunk of ``samples`` samples of a global batch of ``global_batch``."""
-        if self.gamma is not None:
-            return self.gamma
+        if self.hp.gamma is not None:
+            return self.hp.gamma
         if ctx.lr is None:
             raise RuntimeError(
                 "extragradient extrapolates by the current learning rate, but the trainer did not pass it: "

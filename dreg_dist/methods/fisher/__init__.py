@@ -35,7 +35,6 @@ class FisherConfig(GradNormConfig):
 class Fisher(GradNorm):
     name = "fisher"
     Config = FisherConfig
-    legacy_keys = {"methods.fisher_lam": "lam", "methods.penalty_micro_batch_size": "micro_batch_size"}
 
     def penalty_target(self, logits: Tensor, target: Tensor, seed: int) -> Optional[Tensor]:
         return sample_labels(logits, seed)

@@ -65,32 +65,26 @@ class GradientMixConfig:
 class GradientMix(Method):
     name = "gradientmix"
     Config = GradientMixConfig
-    labels = {"strength": "mix", "alpha": "alpha", "seed": "mixseed"}
-    legacy_keys = {"methods.gradientmix_strength": "strength", "methods.gradientmix_alpha": "alpha",
-                   "methods.gradientmix_seed": "seed"}
 
     def check(self) -> None:
-        hp = self.hp
-        self.strength = hp.strength
-        self.alpha = hp.alpha
-        self.seed = hp.seed if hp.seed is not None else self.settings.seed
-        if not 0.0 <= self.strength <= 1.0:
-            raise ConfigError(f"config key '{self.key('strength')}' must be in [0, 1], got {self.strength}")
-        if not self.alpha > 0:
-            raise ConfigError(f"config key '{self.key('alpha')}' must be > 0, got {self.alpha}")
+        if not 0.0 <= self.hp.strength <= 1.0:
+            raise ConfigError(f"config key '{self.key('strength')}' must be in [0, 1], got {self.hp.strength}")
+        if not self.hp.alpha > 0:
+            raise ConfigError(f"config key '{self.key('alpha')}' must be > 0, got {self.hp.alpha}")
 
     def __init__(self, hp: Optional[GradientMixConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
+        self.seed = self.hp.seed if self.hp.seed is not None else settings.seed
         self.current_weights: Optional[np.ndarray] = None
         self.hooked = False
         self._calls = 0
 
     @property
     def replaces_allreduce(self) -> bool:
-        return self.strength > 0
+        return self.hp.strength > 0
 
     def configure_ddp(self, ddp_model: DDP) -> None:
-        if self.strength > 0:
+        if self.hp.strength > 0:
             ddp_model.register_comm_hook(state=self, hook=mix_hook)
             self.hooked = True
 
@@ -98,12 +92,12 @@ class GradientMix(Method):
         step = ctx.step if ctx.step is not None else self._calls
         self._calls += 1
         _, world_size = rank_and_world()
-        if world_size > 1 and self.strength > 0 and not self.hooked:
+        if world_size > 1 and self.hp.strength > 0 and not self.hooked:
             raise RuntimeError(
                 "gradientmix needs its DDP communication hook: the trainer must call "
                 "method.configure_ddp(ddp_model) right after wrapping the model in DDP"
             )
-        self.current_weights = mix_weights(self.seed, step, world_size, self.alpha, self.strength)
+        self.current_weights = mix_weights(self.seed, step, world_size, self.hp.alpha, self.hp.strength)
         parts = super().compute_gradients(ctx, batches)
         device = parts["loss"].device
         parts["mix_weight_max"] = torch.tensor(float(self.current_weights.max()), device=device)

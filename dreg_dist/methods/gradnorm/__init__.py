@@ -40,17 +40,14 @@ class GradNormConfig:
 class GradNorm(Method):
     name = "gradnorm"
     Config = GradNormConfig
-    labels = {"lam": "lam", "micro_batch_size": "m"}
-    legacy_keys = {"methods.gradnorm_lam": "lam", "methods.penalty_micro_batch_size": "micro_batch_size"}
     supports_compile = False  # double backprop
 
     def check(self) -> None:
-        self.lam = self.hp.lam
-        self.micro_batch_size = self.hp.micro_batch_size
-        if not self.lam >= 0:
-            raise ConfigError(f"config key '{self.key('lam')}' must be >= 0, got {self.lam}")
-        if self.micro_batch_size < 1:
-            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1, got {self.micro_batch_size}")
+        if not self.hp.lam >= 0:
+            raise ConfigError(f"config key '{self.key('lam')}' must be >= 0, got {self.hp.lam}")
+        if self.hp.micro_batch_size < 1:
+            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1, "
+                              f"got {self.hp.micro_batch_size}")
 
     def __init__(self, hp: Optional[GradNormConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
@@ -65,8 +62,8 @@ class GradNorm(Method):
         step = ctx.step if ctx.step is not None else self._calls
         self._calls += 1
         params = trainable_params(ctx.module)
-        self._cut.check(self.micro_batch_size, batches)
-        chunks = micro_chunks(batches, self.micro_batch_size)
+        self._cut.check(self.hp.micro_batch_size, batches)
+        chunks = micro_chunks(batches, self.hp.micro_batch_size)
         loss_total: Tensor = torch.zeros((), device=batches[0][1].device)
         penalty_total = loss_total
         for i, chunk in enumerate(chunks):
@@ -82,7 +79,7 @@ class GradNorm(Method):
                 r = ce if sampled is None else F.cross_entropy(logits, sampled)
                 grads = local_grads(ctx, r, params, create_graph=True)
                 penalty = torch.stack([g.pow(2).sum() for g in grads]).sum()
-                ctx.scaler.scale((ce + self.lam * penalty) * chunk.weight).backward()
+                ctx.scaler.scale((ce + self.hp.lam * penalty) * chunk.weight).backward()
             loss_total = loss_total + ce.detach().float() * chunk.weight
             penalty_total = penalty_total + penalty.detach().float() * chunk.weight
         return {"loss": loss_total, "penalty": penalty_total}

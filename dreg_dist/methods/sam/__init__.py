@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
-from dreg_dist.methods.base import Signal, StepContext
+from dreg_dist.methods.base import StepContext
 
 EPS = 1e-12
 
@@ -33,23 +33,18 @@ class SAMConfig:
 class SAM(LocalPerturbationMethod):
     name = "sam"
     Config = SAMConfig
-    labels = {"rho": "rho", "micro_batch_size": "m"}
-    legacy_keys = {"methods.sam_rho": "rho"}
-    record_defaults = {"micro_batch_size": None}  # earlier releases ascended on the whole local batch
     perturbed_key = "loss_perturbed"
-    report_signals = (Signal("loss_perturbed", "loss(w + e) - loss(w)", minus="loss"),)
 
     def check(self) -> None:
-        self.rho = self.hp.rho
-        if not self.rho >= 0:
-            raise ConfigError(f"config key '{self.key('rho')}' must be >= 0, got {self.rho}; try 0.05")
+        if not self.hp.rho >= 0:
+            raise ConfigError(f"config key '{self.key('rho')}' must be >= 0, got {self.hp.rho}; try 0.05")
         self.check_micro_batch_size()
 
     def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
                      global_batch: int) -> Optional[list[Tensor]]:
-        if self.rho == 0:
+        if self.hp.rho == 0:
             return None
-        scale = self.rho / (float(norm) + EPS)
+        scale = self.hp.rho / (float(norm) + EPS)
         return [g * scale for g in grads]
 
 

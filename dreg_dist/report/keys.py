@@ -1,0 +1,46 @@
+"""The config keys a report gives roles to, and how keys and their values are labelled.
+
+A run key's label is fixed here (:data:`LABELS`); a method's key is labelled as its
+description says (:class:`dreg_dist.records.Catalog`, built from the run records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dreg_dist.records import Catalog
+from dreg_dist.sweep.grid import key_alias, name_value
+
+SEED_KEY = "train.seed"
+BATCH_KEY = "train.global_batch_size"
+LR_KEY = "optim.lr"
+METHOD_KEY = "method"
+WORKERS_KEY = "world_size"
+"""Not a config key: the number of worker processes a run trained on (:attr:`Run.workers`)."""
+LAYOUT_KEYS = ("train.accumulation_steps", "train.micro_batch_size", WORKERS_KEY)
+"""How a global batch is split over workers and micro-steps: when one varies it is part of the
+batch setup, never a separate setup (the smallest batch size stays every table's reference)."""
+VARIANT_DEFAULTS: dict[str, Any] = {"optim.name": "sgd"}
+"""Run keys compared as variants of a method (LARS or LAMB is a way to train vanilla), with the
+value that is not named in labels."""
+LABELS = {
+    "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
+    "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",
+    "train.accumulation_steps": "accumulation", "train.micro_batch_size": "micro-batch", WORKERS_KEY: "workers",
+}
+"""Short names of the run's keys in tables; a method's keys use its description's ``labels``."""
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+def label_of(key: str, catalog: Catalog) -> str:
+    if key in LABELS:
+        return LABELS[key]
+    owner = catalog.owner_of(key)
+    if owner is not None:
+        return key_alias(key, catalog) or owner.field_of(key)
+    return key
+
+
+def pairs_label(pairs: Pairs, catalog: Catalog) -> str:
+    return ", ".join(f"{label_of(k, catalog)}={name_value(v)}" for k, v in pairs)
