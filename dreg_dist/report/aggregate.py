@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from dreg_dist.records import BASELINE, Catalog
-from dreg_dist.report.compare import Row, group_order, make_row
 from dreg_dist.report.keys import Pairs, pairs_label
 from dreg_dist.report.runs import Run, iter_finite
 from dreg_dist.report.stats import hashable, sort_key
@@ -180,12 +179,11 @@ class Setup:
         layouts = sorted(self.layouts(small), key=lambda layout: layout != group.layout)
         return next((b for b in (self.baseline(small, layout) for layout in layouts) if b is not None), None)
 
-    def rows(self, batch_size: int, layout: Optional[Pairs] = None) -> list[Row]:
+    def at(self, batch_size: int, layout: Optional[Pairs] = None) -> tuple[Optional[Group], list[Group]]:
+        """The baseline and the selected groups of one batch setup (``layout`` None: the first)."""
         layout = self._layout(batch_size, layout)
-        base = self.baseline(batch_size, layout)
-        groups = sorted((g for g in self.selected if g.batch_size == batch_size and g.layout == layout),
-                        key=group_order)
-        return [make_row(g, base) for g in groups]
+        return (self.baseline(batch_size, layout),
+                [g for g in self.selected if g.batch_size == batch_size and g.layout == layout])
 
     def unvalidated(self, batch_size: int, layout: Pairs) -> list[Group]:
         """Groups of this batch setup whose method variant has no selected learning rate: every

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from dreg_dist.records import BASELINE, Catalog
+from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.keys import WORKERS_KEY, Pairs
 from dreg_dist.report.select import epochs_to_reach
 from dreg_dist.report.stats import Difference, mean_ci, mean_of, mean_std, ratio, same_lr, sort_key
-
-if TYPE_CHECKING:  # the groups are built in .aggregate, which builds its rows with this module
-    from dreg_dist.report.aggregate import Group, Setup
 
 
 THRESHOLDS = (0.95, 0.99, 1.0)
@@ -102,6 +100,12 @@ def make_row(group: Group, baseline: Optional[Group]) -> Row:
         vs_baseline=difference_on_test(group, baseline) if baseline is not None and group is not baseline else None,
         extras={key: mean_of(r.final_value(key) for r in group.runs) for key in report_columns(group.catalog, [group.method])},
     )
+
+
+def rows(setup: Setup, batch_size: int, layout: Optional[Pairs] = None) -> list[Row]:
+    """One table row per selected group of a batch setup, against its baseline, in table order."""
+    base, groups = setup.at(batch_size, layout)
+    return [make_row(g, base) for g in sorted(groups, key=group_order)]
 
 
 def _compute_to(entry: tuple[Optional[float], int, int], cost: Optional[float]

@@ -12,6 +12,7 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.aggregate import Setup, batch_groups
 from dreg_dist.report.cells import definitions, fmt_ci, fmt_lr, fmt_points, pct, row_cells, row_header
 from dreg_dist.report.compare import Transfer, gap_closed, report_columns, transfers
+from dreg_dist.report.compare import rows as rows_of
 from dreg_dist.report.mdtable import table
 from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
@@ -130,7 +131,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
     if heading:
         out += [f"{h2} {setup.label or 'all runs'}", ""]
     for batch, layout in setup.batch_keys:
-        rows = setup.rows(batch, layout)
+        rows = rows_of(setup, batch, layout)
         missing = setup.unvalidated(batch, layout)
         if not rows and not missing:
             continue

@@ -18,6 +18,7 @@ from dreg_dist.report.stats import mean_ci
 from dreg_dist.report.markdown import write_report
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import load_runs, read_step_costs
+from dreg_dist.report.compare import rows as rows_of
 
 from ..conftest import REPO, launch_script
 from .test_report_select import plant_run
@@ -104,7 +105,7 @@ def test_step_cost_column_and_compute_budget(tmp_path: Path, capsys: pytest.Capt
     assert read_step_costs(cost_file).apply(runs) == 1  # other_sweep/x is not in this report
     assert {r.name: r.step_cost for r in runs} == {"d0": 2.0, "d1": 2.0, "s0": None, "v0": None, "v1": None}
     (setup,) = analyse(runs).setups
-    rows = {r.group.method: r for r in setup.rows(4096)}
+    rows = {r.group.method: r for r in rows_of(setup, 4096)}
     assert rows["dreg"].cost == pytest.approx(3.0) and rows["dreg"].step_cost == pytest.approx(2.0)
     # Vanilla's budget is 4 epochs: at 2x per step DReg has done 2 of its epochs (best 0.6), where
     # the wall-clock ratio (3x) would have allowed 1.33 (best 0.5). SAM is not benchmarked: wall-clock, 2x.
@@ -163,7 +164,7 @@ def test_differences_against_the_baseline_are_paired_by_seed(tmp_path: Path) -> 
             plant_run(root, f"{method}_{batch}_{seed}", method=method, batch=batch, seed=seed, curve=[acc / 2, acc],
                       test_acc=acc)
     (setup,) = analyse(load_runs(root)).setups
-    rows = {r.group.method: r for r in setup.rows(4096)}
+    rows = {r.group.method: r for r in rows_of(setup, 4096)}
     dreg = rows["dreg"].vs_baseline
     assert dreg is not None and dreg.paired and dreg.seeds == 3
     assert dreg.mean == pytest.approx(0.01) and dreg.half_width == pytest.approx(4.303 * 0.01 / 3 ** 0.5)
@@ -278,8 +279,8 @@ def test_accumulation_and_worker_setups_at_one_batch_size(tmp_path: Path) -> Non
     acc8 = (("train.accumulation_steps", 8), ("world_size", 1))
     assert setup.batch_keys == [(512, (("train.accumulation_steps", 1), ("world_size", 1))), (4096, acc1),
                                 (4096, acc8)]
-    rows1 = {r.group.method: r for r in setup.rows(4096, acc1)}
-    rows8 = {r.group.method: r for r in setup.rows(4096, acc8)}
+    rows1 = {r.group.method: r for r in rows_of(setup, 4096, acc1)}
+    rows8 = {r.group.method: r for r in rows_of(setup, 4096, acc8)}
     assert set(rows1) == {"vanilla", "gradientmix"} and set(rows8) == {"vanilla", "dreg"}
     assert rows1["gradientmix"].group.lr == 0.05 and rows1["gradientmix"].cost == pytest.approx(1.5)
     gap = gap_closed(setup, rows1["gradientmix"].group)  # against 512 and vanilla on the same 8 workers
@@ -287,7 +288,7 @@ def test_accumulation_and_worker_setups_at_one_batch_size(tmp_path: Path) -> Non
     assert gap.value == pytest.approx((0.72 - 0.64) / (0.80 - 0.64))
     assert gap_closed(setup, rows8["dreg"].group).value == pytest.approx((0.66 - 0.62) / (0.80 - 0.62))
     with pytest.raises(ValueError):  # which of the two 4096 tables is meant must be said
-        setup.rows(4096)
+        rows_of(setup, 4096)
 
     text = write_report([root, gm], tmp_path / "rep", say=lambda _: None, figures=False).read_text()
     for heading, method, gap_text in (

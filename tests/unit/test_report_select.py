@@ -19,6 +19,7 @@ from dreg_dist.report.runs import load_runs
 from dreg_dist.report.select import LrResult, epochs_to_reach, select_lr
 from dreg_dist.sweep.grid import MAX_NAME_LEN, Grid, GridError, cell_names, expand_grid, load_grid, safe_name
 from dreg_dist.sweep.runner import disk_status
+from dreg_dist.report.compare import rows as rows_of
 
 from ..conftest import launch_script
 
@@ -98,7 +99,7 @@ def test_report_selects_each_methods_lr_on_validation_only(tmp_path: Path) -> No
     (setup,) = analysis.setups
     chosen = {g.method: g.lr for g in setup.selected}
     assert chosen == {"vanilla": 0.1, "dreg": 0.05}
-    rows = {r.group.method: r for r in setup.rows(512)}
+    rows = {r.group.method: r for r in rows_of(setup, 512)}
     assert rows["vanilla"].best_val[0] == pytest.approx(0.81)
     assert rows["dreg"].test[0] == pytest.approx(0.505)  # reported at the val-selected lr, however low
 
@@ -213,7 +214,7 @@ def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
     (setup,) = analysis.setups
     chosen = {g.method: (g.lr, dict(g.tuned).get("dreg.lam")) for g in setup.selected}
     assert chosen == {"vanilla": (0.1, None), "dreg": (0.1, 0.01)}
-    assert [r.group.label for r in setup.rows(512)] == ["vanilla", "dreg (lam=0.01)"]
+    assert [r.group.label for r in rows_of(setup, 512)] == ["vanilla", "dreg (lam=0.01)"]
     separate = analyse(load_runs(root))  # no tune: two variants, each at its own lr
     assert sorted(g.label for g in separate.setups[0].selected) == ["dreg (lam=0.01)", "dreg (lam=0.1)", "vanilla"]
 
@@ -316,7 +317,7 @@ def test_batch_bound_key_and_several_sweeps_in_one_report(tmp_path: Path) -> Non
     assert analysis.roles["batch"] == ["train.accumulation_steps", "train.global_batch_size"]
     assert analysis.roles["setup"] == []
     (setup,) = analysis.setups
-    assert [len(r.group.runs) for b_ in (512, 1024) for r in setup.rows(b_)] == [2, 2]
+    assert [len(r.group.runs) for b_ in (512, 1024) for r in rows_of(setup, b_)] == [2, 2]
     pytest.importorskip("matplotlib")
     from dreg_dist.report.markdown import write_report
 
@@ -343,7 +344,7 @@ def test_table_epochs_to_target_and_speedup(tmp_path: Path) -> None:
     plant_run(root, "d0", method="dreg", seed=0, curve=[0.60, 0.77, 0.80, 0.81, 0.81, 0.81], test_acc=0.5)
     plant_run(root, "d1", method="dreg", seed=1, curve=[0.58, 0.595, 0.61, 0.62, 0.62, 0.62], test_acc=0.5)
     (setup,) = analyse(load_runs(root)).setups
-    rows = {r.group.method: r for r in setup.rows(512)}
+    rows = {r.group.method: r for r in rows_of(setup, 512)}
     van, dreg = rows["vanilla"], rows["dreg"]
     assert van.epochs_to[0.95] == (pytest.approx((3 + 3) / 2), 2, 2)
     assert van.epochs_to[0.99] == (pytest.approx((4 + 5) / 2), 2, 2)   # v1: 0.59 < 0.594 at epoch 4
@@ -532,7 +533,7 @@ def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
     analysis = analyse(load_runs(root))
     assert analysis.roles["variant"] == ["optim.name"] and analysis.roles["setup"] == []
     (setup,) = analysis.setups
-    rows = {r.group.label: r for r in setup.rows(4096)}
+    rows = {r.group.label: r for r in rows_of(setup, 4096)}
     assert set(rows) == {"vanilla", "vanilla (optimizer=lars)", "dreg"}  # SGD is not named
     assert rows["vanilla"].cost == pytest.approx(1.0) and rows["dreg"].cost == pytest.approx(2.0)
     assert rows["vanilla (optimizer=lars)"].cost == pytest.approx(1.1)
@@ -546,7 +547,7 @@ def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
     # Paired with vanilla's seed 0 (0.60), no longer against vanilla's mean over seeds 0-1 (0.61).
     assert lars is not None and lars.value == pytest.approx(0.25) and lars.half_width is None
     assert gap_closed(setup, rows["vanilla"].group).value == pytest.approx(0.0)
-    assert gap_closed(setup, setup.rows(512)[0].group) is None  # the reference itself
+    assert gap_closed(setup, rows_of(setup, 512)[0].group) is None  # the reference itself
     text = write_report(root, tmp_path / "report", say=lambda _: None).read_text()
     assert "| gap to vanilla at 512 closed (test, 95% CI) |" in text
     assert "+55% ± 64" in text and "+25% (1 seed)" in text and "| 2.00x |" in text
