@@ -99,6 +99,9 @@ class TrainConfig:
     grad_compression: Literal["none", "fp16", "bf16"] = "none"
     """DDP gradient all-reduce in fp16/bf16 (PyTorch's compress hooks; half the bytes, update stays fp32); multi-worker only."""
     eval_every_epochs: int = 1
+    eval_every_steps: Optional[int] = None
+    """Also validate every N optimizer steps inside an epoch (steps-to-accuracy studies at small
+    batches; a best checkpoint may then be mid-epoch, its epoch the epochs completed)."""
     eval_batch_size: int = 1024
     """Validation/test images per worker per forward."""
     resume: str = "auto"
@@ -152,6 +155,11 @@ class LogConfig:
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """Console progress: auto = a live bar on a TTY, plain lines otherwise; off = no progress
     lines (epoch results and warnings still print)."""
+    noise_scale: bool = True
+    """Measure the gradient noise scale B_simple every step (McCandlish et al. 2018;
+    ``dreg_dist/train/noise.py``): ``train/noise_scale`` and the batch-size advice."""
+    noise_scale_ema: float = 0.95
+    """Per-step decay of the moving averages of |G|^2 and tr(Sigma) (bias-corrected)."""
 
 
 @dataclass
@@ -182,7 +190,8 @@ class Config:
 
 NON_RESULT_KEYS: tuple[str, ...] = (
     "run_dir", "log.", "checkpoint.", "train.resume", "train.stop_after_steps", "train.device", "train.step_guard",
-    "train.eval_batch_size", "train.eval_every_epochs", "data.root", "data.num_workers", "data.download",
+    "train.eval_batch_size", "train.eval_every_epochs", "train.eval_every_steps",
+    "data.root", "data.num_workers", "data.download",
     "data.on_device",
 )
 """Dotted keys (a trailing dot: whole sections) that never change what a run computes: where

@@ -122,10 +122,15 @@ def validate_config(cfg: Config, world_size: int) -> None:
     _positive(cfg.model.num_classes, "model.num_classes")
     if cfg.checkpoint.every_steps is not None:
         _positive(cfg.checkpoint.every_steps, "checkpoint.every_steps")
+    if t.eval_every_steps is not None:
+        _positive(t.eval_every_steps, "train.eval_every_steps")
     if t.stop_after_steps is not None:
         _positive(t.stop_after_steps, "train.stop_after_steps")
     if not 0 <= o.momentum < 1:
         raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {o.momentum}")
+    if not 0 < cfg.log.noise_scale_ema < 1:
+        raise ConfigError(f"config key 'log.noise_scale_ema' must be in (0, 1), got {cfg.log.noise_scale_ema}; "
+                          "try 0.95 (closer to 1 = smoother)")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {t.label_smoothing}")
     if len(o.betas) != 2:

@@ -287,7 +287,7 @@ class LocalPerturbationMethod(Method):
         for j, batch in enumerate(group):
             x, y = batch
             share = int(y.shape[0]) / n
-            with ctx.no_sync(last=last and j == len(group) - 1):
+            with ctx.no_sync(last=last and j == len(group) - 1, samples=int(y.shape[0])):
                 with ctx.autocast(), keyed(batch):
                     outputs = ctx.model(x)
                 loss, _ = self.loss(outputs, y, ctx.module)

@@ -32,10 +32,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Optional, Union
 
 import torch
 import yaml
@@ -94,11 +94,21 @@ class StepContext:
     before it is incremented); None when unknown. Seeds per-step randomness (Fisher label
     sampling, GradientMix weights) so that it is identical on all ranks and across resumes."""
 
-    def no_sync(self, last: bool) -> ContextManager[Any]:
-        """Skip DDP's all-reduce on all but the last micro-batch of a step."""
-        if isinstance(self.model, DDP) and not last:
-            return self.model.no_sync()
-        return nullcontext()
+    first_block: Optional[Callable[[int], None]] = None
+    """Run once, after the step's first :meth:`no_sync` block when that block is not the last,
+    with its ``samples`` (the trainer's noise-scale meter reads the small-batch gradient there)."""
+
+    @contextmanager
+    def no_sync(self, last: bool, samples: Optional[int] = None) -> Iterator[None]:
+        """One accumulation block: skip DDP's all-reduce unless ``last``. A block backwards the
+        mean loss of its ``samples`` samples times their share of this worker's step (what
+        plain accumulation does); methods pass ``samples`` so that the gradient after the
+        first block measures the gradient noise (None: not measured from this block)."""
+        with self.model.no_sync() if isinstance(self.model, DDP) and not last else nullcontext():
+            yield
+        after, self.first_block = self.first_block, None
+        if after is not None and not last and samples is not None:
+            after(samples)
 
 
 class Method:
@@ -188,7 +198,7 @@ class Method:
         n = len(batches)
         for i, batch in enumerate(batches):
             x, y = batch
-            with ctx.no_sync(last=i == n - 1):
+            with ctx.no_sync(last=i == n - 1, samples=int(y.shape[0])):
                 with ctx.autocast(), keyed(batch):  # the forward is keyed by the batch's sample positions
                     outputs = ctx.model(x)
                 loss, parts = self.loss(outputs, y, ctx.module)

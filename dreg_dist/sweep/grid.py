@@ -68,6 +68,7 @@ ALIASES: dict[str, str] = {
     "optim.lr": "lr",
     "optim.momentum": "mom",
     "train.accumulation_steps": "acc",
+    "train.eval_every_steps": "eval",
     "model.num_classes": "nc",
 }
 """Keys of the run; a method's own keys are named by its description's ``labels``."""

@@ -9,7 +9,7 @@ in the summary is the one a user of the export gets.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from dreg_dist.config import Config
 from dreg_dist.distributed import DistEnv, barrier
 from dreg_dist.io import atomic_write_text
 from dreg_dist.methods import Method
+from dreg_dist.noise_scale import advice
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.records import RunRecorder
@@ -48,6 +49,8 @@ class FinishedRun:
     images_per_sec: Optional[float]
     """Mean over the logged windows."""
     resumed_from: Optional[str]
+    noise_scale: dict[str, Any] = field(default_factory=dict)
+    """The noise-scale meter's summary (:meth:`NoiseScaleMeter.summary`)."""
 
 
 def finish_run(run: FinishedRun) -> dict[str, Any]:
@@ -85,6 +88,8 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         "wall_time_s": run.wall_time_s,
         "skipped_steps": run.state.skipped_steps,
         "resumed_from": run.resumed_from,
+        "noise_scale": {**run.noise_scale, "advice": advice(
+            run.noise_scale.get("final", {}).get("noise_scale"), t.global_batch_size, assumptions=False)},
     }
     if final_values:
         summary["final_values"] = final_values
@@ -99,4 +104,5 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         run.recorder.console.message(f"done: best val {run.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
                                      f"{f', path {output}' if output is not None else ''}); "
                                      f"test {test['acc'] * 100:.2f}%; export in {layout.export}")
+        run.recorder.console.message(summary["noise_scale"]["advice"])
     return summary

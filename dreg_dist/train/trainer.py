@@ -26,8 +26,6 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
@@ -39,31 +37,16 @@ from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import any_k
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.control import NonFiniteLossError, RunControl
+from dreg_dist.train.ddp import sync_buffers, wrap_ddp
 from dreg_dist.train.evaluate import evaluate
 from dreg_dist.train.finish import FinishedRun, finish_run
+from dreg_dist.train.noise import NoiseScaleMeter
 from dreg_dist.train.preemption import PreemptionFlag
-from dreg_dist.train.preflight import check_method_options
 from dreg_dist.train.records import RunRecorder
 from dreg_dist.train.state import TrainState
 from dreg_dist.train.step_guard import make_guard, nonfinite_flag, skipped
 from dreg_dist.train.window import LossWindow
 from dreg_dist.train.writer import CheckpointWriter
-
-_COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
-"""train.grad_compression -> DDP communication hook (cast, all-reduce, cast back to fp32)."""
-
-
-def sync_buffers(module: nn.Module) -> None:
-    """Give every rank rank 0's buffers (BN running statistics).
-
-    DDP broadcasts buffers at the *start* of each forward, so after the last step each
-    rank's statistics include its own last batch; evaluation and export must all use
-    the same ones.
-    """
-    if dist.is_available() and dist.is_initialized():
-        for buf in module.buffers():
-            dist.broadcast(buf, src=0)
-
 
 class Trainer:
     """Public interface: :meth:`fit` (the whole run), :meth:`train_step` and :meth:`settle`
@@ -110,17 +93,13 @@ class Trainer:
             if amp_dtype is not None
             else contextlib.nullcontext
         )
+        self.noise = NoiseScaleMeter(self.module, self.device, t.global_batch_size, env.world_size,
+                                     decay=cfg.log.noise_scale_ema, enabled=cfg.log.noise_scale,
+                                     hookable=not self.method.replaces_allreduce,
+                                     scale=lambda: self.scaler._scale if self.scaler.is_enabled() else None)
         model_for_step: nn.Module = self.module
         if env.distributed:
-            model_for_step = DDP(
-                self.module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-            )
-            check_method_options(cfg, self.method)  # as in pre-flight: one comm hook at most
-            if t.grad_compression != "none":
-                model_for_step.register_comm_hook(None, _COMPRESSION_HOOKS[t.grad_compression])
-            self.method.configure_ddp(model_for_step)
+            model_for_step = wrap_ddp(self.module, self.device, cfg, self.method, self.noise)
         if t.compile:
             model_for_step = torch.compile(model_for_step)
         self.model = model_for_step
@@ -168,6 +147,7 @@ class Trainer:
         out = {key: part.state_dict() for key, part in self.stateful().items()}
         out.update(self.state.state_dict())
         out["method"] = self.method.name
+        out["noise_scale"] = self.noise.state_dict()
         out["config"] = config_to_dict(self.cfg)
         return out
 
@@ -175,6 +155,7 @@ class Trainer:
         for key, part in self.stateful().items():
             part.load_state_dict(state[key])
         self.state.load_state_dict(state)
+        self.noise.load_state_dict(state.get("noise_scale", {}))
         rngs = self.state.rng
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank], self.device)
@@ -229,7 +210,7 @@ class Trainer:
             batches = [b.with_x(b.x.contiguous(memory_format=torch.channels_last)) for b in map(as_batch, batches)]
         step = self.state.global_step
         ctx = StepContext(self.model, self.module, self.autocast, self.scaler,
-                          lr=self.optimizer.param_groups[0]["lr"], step=step)
+                          lr=self.optimizer.param_groups[0]["lr"], step=step, first_block=self.noise.first_block())
         self.guard.begin_step()  # a skipped step must leave the state as it was
         parts = self.method.compute_gradients(ctx, batches)
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
@@ -241,6 +222,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.window.add(parts, skipped(flags))
+        self.noise.step(grads, skipped(flags))
         self.state.step_in_epoch += 1
         self.state.global_step += 1
 
@@ -260,10 +242,14 @@ class Trainer:
 
     def _log_train(self) -> None:
         """Average the window's loss parts over steps and ranks (a collective), then log."""
-        means = self.window.means(self.env.world_size, self.cfg.train.global_batch_size)
+        means = self.window.means(self.env.world_size, self.cfg.train.global_batch_size,
+                                  also=self.noise.rank_values())
         if means is None:
             return
         values, ips = means
+        values.update(self.noise.logged(values))
+        if (note := self.noise.why_off()) is not None:
+            self._say(note)
         values.update(self.method.log_values(self.module))
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_sec"] = ips
@@ -306,12 +292,17 @@ class Trainer:
             values["disagreement"] = disagreement[0]  # of the first output with the others
         values["best_acc"] = best.acc
         if self.env.is_main:
-            self.recorder.scalars("val", values, step=self.state.global_step, epoch=self.state.epoch)
+            s = self.state
+            epoch = s.epoch + s.step_in_epoch / self.steps_per_epoch if s.step_in_epoch else s.epoch
+            self.recorder.scalars("val", values, step=s.global_step, epoch=epoch)
             shown = ", ".join(f"{p} {r['acc'] * 100:.2f}%" for p, r in results.items())
             if disagreement:
                 shown += f", disagreeing on {disagreement[0] * 100:.1f}%"
             self._say(f"epoch {self.state.epoch}/{self.cfg.train.epochs} val acc: {shown} (best {best.acc * 100:.2f}% "
                       f"path {best.path} epoch {best.epoch})")
+        line = self.noise.record(self.state.global_step, self.state.global_step / self.steps_per_epoch)
+        if line is not None:
+            self._say(line)
         if improved:
             self._save_best()
 
@@ -353,6 +344,8 @@ class Trainer:
                 if s.global_step % self.cfg.log.every_steps == 0:
                     self._log_train()
                 end_of_epoch = s.step_in_epoch == self.steps_per_epoch
+                if t.eval_every_steps and s.global_step % t.eval_every_steps == 0 and not end_of_epoch:
+                    self._validate()
                 if self.cfg.checkpoint.every_steps and s.global_step % self.cfg.checkpoint.every_steps == 0 \
                         and not end_of_epoch:
                     self.save("step")
@@ -382,6 +375,7 @@ class Trainer:
             device=self.device, mean=self.data.mean, std=self.data.std, input_shape=self.data.input_shape,
             state=s, recorder=self.recorder, evaluate=self.evaluate, wall_time_s=wall,
             images_per_sec=self.window.mean_throughput(), resumed_from=self.resumed_from,
+            noise_scale=self.noise.summary(),
         ))
 
     def close(self) -> None:

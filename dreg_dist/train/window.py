@@ -8,7 +8,7 @@ on the GPU). The one host read is at the logging cadence, in :meth:`LossWindow.m
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -36,18 +36,25 @@ class LossWindow:
             self._sums[key] = self._sums.get(key, 0.0) + masked
         self._steps = self._steps + (1.0 - skipped.float())
 
-    def means(self, world_size: int, global_batch_size: int) -> Optional[tuple[dict[str, float], float]]:
+    def means(self, world_size: int, global_batch_size: int, also: Optional[Mapping[str, Tensor]] = None
+              ) -> Optional[tuple[dict[str, float], float]]:
         """Each part's mean over the window's applied steps and all ranks (a collective, at
-        the same point on every rank), and the images/s; None for a window with no applied step."""
+        the same point on every rank), and the images/s; None for a window with no applied step.
+        ``also``: more 0-d values (the same keys on every rank) averaged over ranks only, in
+        the same all-reduce."""
         keys = sorted(self._sums)
         if not keys:
             return None
         steps = float(self._steps)
         if steps == 0:
             return None
-        vec = torch.stack([torch.as_tensor(self._sums[k], device=self.device).float() for k in keys])
+        extra = sorted(also or {})
+        vec = torch.stack([torch.as_tensor(self._sums[k], device=self.device).float() for k in keys]
+                          + [also[k].to(self.device).float() for k in extra])  # type: ignore[index]
         all_reduce_sum(vec)
-        vec /= steps * world_size
+        vec /= world_size
+        vec[:len(keys)] /= steps
+        keys = keys + extra
         ips = steps * global_batch_size / max(time.perf_counter() - self._start, 1e-9)
         self.throughput.append(ips)
         return dict(zip(keys, vec.tolist())), ips

@@ -70,7 +70,7 @@ class GradNorm(Method):
             x, y = chunk.batch
             # The penalty is per micro-batch by definition: with train.sync_bn its forward uses
             # local statistics, so the inner gradient's double backward does not communicate.
-            with ctx.no_sync(last=i == len(chunks) - 1), local_norm_statistics(ctx.module):
+            with ctx.no_sync(last=i == len(chunks) - 1, samples=chunk.batch.size), local_norm_statistics(ctx.module):
                 with ctx.autocast(), keyed(chunk.batch):
                     outputs = ctx.model(x)
                 logits = logits_for_loss(outputs)

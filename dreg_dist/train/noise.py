@@ -1,0 +1,178 @@
+"""The live gradient noise scale of a run (formulas and advice: ``dreg_dist/noise_scale.py``).
+
+Every step holds the gradient at two batch sizes. The small one is read where it exists
+anyway, on the device, without a host sync:
+
+- **several workers** (``hook`` mode): a DDP communication hook sums the squares of each
+  gradient bucket before handing it to the all-reduce (or to the gradient compression hook),
+  so the small batch is one worker's B / K;
+- **one worker, or a method that does its own all-reduce** (``block`` mode): the squared
+  norm of ``.grad`` right after the step's first accumulation block (an accumulation
+  micro-batch, or a SAM/extragradient/penalty chunk), when that block is not the step's
+  last; each block adds its mean-loss gradient times its share of the worker's samples.
+
+The global gradient is the all-reduced ``.grad`` the optimizer steps on. Each step's
+unbiased |G|^2 and tr(Sigma) go into an exponential moving average each (bias-corrected,
+skipped steps left out); at logging steps the ranks' averages are averaged in the loss
+window's own all-reduce, and B_simple is their ratio. Cost: one squared norm over the
+gradients per step plus one per bucket or block (``bench/noise_scale_cost.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from dreg_dist.noise_scale import estimates, simple_noise_scale
+
+Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[Tensor]]
+
+KEYS = ("grad_sq_norm", "grad_trace_cov")
+"""The per-rank averages the loss window all-reduces (``train/`` scalars); ``noise_scale`` is their ratio."""
+
+
+def _sq_norm(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([t.detach().float().pow(2).sum() for t in tensors]).sum()
+
+
+class NoiseScaleMeter:
+    """Per-step estimates of |G|^2 and tr(Sigma), their moving averages, and their history.
+
+    ``mode`` is ``hook``, ``block`` or ``off`` (:meth:`why_off` says why, once).
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, global_batch: int, world_size: int,
+                 *, decay: float, enabled: bool, hookable: bool,
+                 scale: Callable[[], Optional[Tensor]]) -> None:
+        self.module, self.device = module, device
+        self.global_batch, self.world_size = global_batch, world_size
+        self.decay = decay
+        self._scale = scale  # the grad scaler's scale (fp16), or None: gradients are in true units
+        self.local_batch = global_batch // world_size
+        self.small_batch: Optional[int] = None
+        """The small batch of the last measured step (B / K in hook mode, a block's samples in block mode)."""
+        self._said = False
+        if not enabled:
+            self.mode = "off"
+        elif world_size > 1 and hookable:
+            self.mode = "hook"
+        else:
+            self.mode = "block"
+        self._zero = torch.zeros((), device=device)
+        self._ema = {k: self._zero.clone() for k in KEYS}
+        self._weight = self._zero.clone()  # the EMA's bias correction: sum of the weights given
+        self._small: Optional[Tensor] = None
+        self.measured = False
+        """Whether any step gave a small-batch norm (``block`` mode needs a block that is not last)."""
+        self.latest: dict[str, float] = {}
+        """The last logged values (``noise_scale`` included when defined)."""
+        self.history: list[dict[str, float]] = []
+        """One entry per evaluation: step, epoch and the values then."""
+
+    # ------------------------------------------------------------ small batch
+    def wrap(self, inner: Hook) -> Hook:
+        """A DDP communication hook: the bucket's squared norm, then ``inner`` (the all-reduce)."""
+        # No annotations: DDP refuses a hook whose annotations are strings (postponed evaluation).
+        def hook(state, bucket):  # type: ignore[no-untyped-def]
+            part = bucket.buffer().detach().float().pow(2).sum()
+            self._small = part if self._small is None else self._small + part
+            self.small_batch = self.local_batch
+            return inner(state, bucket)
+        return hook
+
+    def first_block(self) -> Optional[Callable[[int], None]]:
+        """The callback a step context runs after the step's first accumulation block (block mode)."""
+        return self._after_block if self.mode == "block" else None
+
+    def _after_block(self, samples: int) -> None:
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads or samples >= self.global_batch:
+            return
+        share = samples / self.local_batch  # the block's gradient is its mean-loss gradient times this
+        self._small = _sq_norm(grads) / share ** 2
+        self.small_batch = samples
+
+    # ------------------------------------------------------------ per step
+    def step(self, grads: list[Tensor], skipped: Tensor) -> None:
+        """After the method's gradients (``grads``: the all-reduced ``.grad``); ``skipped``: the
+        step's agreed 0-d flag (tensor ops only, no host read)."""
+        small, self._small = self._small, None
+        if self.mode == "off" or small is None or not grads:
+            return
+        self.measured = True
+        big = _sq_norm(grads)
+        scale = self._scale()
+        if scale is not None:
+            small, big = small / scale.float() ** 2, big / scale.float() ** 2
+        g_sq, trace = estimates(small, big, self.small_batch, self.global_batch)
+        keep = torch.logical_not(skipped) & torch.isfinite(g_sq) & torch.isfinite(trace)
+        d = self.decay
+        for key, value in zip(KEYS, (g_sq, trace)):
+            self._ema[key] = torch.where(keep, d * self._ema[key] + (1 - d) * value, self._ema[key])
+        self._weight = torch.where(keep, d * self._weight + (1 - d), self._weight)
+
+    # ------------------------------------------------------------ logging
+    def rank_values(self) -> dict[str, Tensor]:
+        """This rank's bias-corrected averages, for the loss window to average over ranks."""
+        if not self.measured:
+            return {}
+        w = torch.clamp(self._weight, min=1e-12)
+        return {k: self._ema[k] / w for k in KEYS}
+
+    def logged(self, means: dict[str, float]) -> dict[str, float]:
+        """The ``train/`` scalars from the ranks' means of :meth:`rank_values`."""
+        if not all(k in means for k in KEYS):
+            return {}
+        out = {k: means[k] for k in KEYS}
+        b = simple_noise_scale(out["grad_sq_norm"], out["grad_trace_cov"])
+        if b is not None:
+            out["noise_scale"] = b
+        self.latest = out
+        return out
+
+    def record(self, step: int, epoch: float) -> Optional[str]:
+        """Keep the latest values in the history (at an evaluation); the console line, if any."""
+        if not self.latest:
+            return None
+        self.history.append({"step": step, "epoch": epoch, **self.latest})
+        b = self.latest.get("noise_scale")
+        shown = f"{b:.4g}" if b is not None else "undefined (|G|^2 estimate <= 0)"
+        return (f"noise scale B_simple {shown} (|G|^2 {self.latest['grad_sq_norm']:.3g}, tr(Sigma) "
+                f"{self.latest['grad_trace_cov']:.3g}; global batch {self.global_batch})")
+
+    def why_off(self) -> Optional[str]:
+        """Once, at the first logging step that has no estimate: why the run has none."""
+        if self.mode == "off" or self.measured or self._said:
+            return None
+        self._said = True
+        return ("note: the gradient noise scale is not measured: this step has one batch size only (one "
+                "worker, one accumulation micro-batch, no chunks); set train.accumulation_steps >= 2 or run "
+                "two or more workers to measure it")
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The averages (this rank's) and the history: a resumed run continues both."""
+        return {"ema": {k: float(v) for k, v in self._ema.items()}, "weight": float(self._weight),
+                "history": list(self.history), "measured": self.measured}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:  # a checkpoint of an earlier release
+            return
+        self._ema = {k: torch.tensor(float(state["ema"][k]), device=self.device) for k in KEYS}
+        self._weight = torch.tensor(float(state["weight"]), device=self.device)
+        self.history = list(state.get("history", []))
+        self.measured = bool(state.get("measured", False))
+
+    def summary(self) -> dict[str, Any]:
+        """For ``summary.json``: the final values, their history, and how they were measured."""
+        if not self.latest:
+            return {"measured": False}
+        return {"measured": True, "final": dict(self.latest), "history": list(self.history),
+                "small_batch": self.small_batch, "global_batch": self.global_batch, "mode": self.mode,
+                "ema_decay": self.decay}
+
+
+__all__ = ["KEYS", "NoiseScaleMeter"]
