@@ -23,6 +23,7 @@ REPO = Path(os.path.abspath(__file__)).parents[1]
 sys.path.insert(0, str(REPO))
 
 from dreg_dist.errors import ConfigError  # noqa: E402
+from dreg_dist.report.critical import TargetError, parse_targets  # noqa: E402
 from dreg_dist.report.markdown import write_report  # noqa: E402
 from dreg_dist.report.plots import ReportError  # noqa: E402
 from dreg_dist.report.runs import read_sweep  # noqa: E402
@@ -98,6 +99,8 @@ def reproduce_line(args: argparse.Namespace, out: Path) -> str:
     for flag, path in (("--preface", args.preface), ("--step-cost", args.step_cost)):
         if path:
             argv += [flag, repo_path(Path(path))]
+    if args.targets:
+        argv += ["--targets", args.targets]
     return "python launch/report.py " + " ".join(shlex.quote(a) for a in argv)
 
 
@@ -110,7 +113,8 @@ def report(args: argparse.Namespace, out_dir: Optional[Path] = None, figures: bo
     commands = [line for root in roots for line in sweep_command(root)] + [reproduce_line(args, out)]
     return write_report(roots, out_dir if out_dir is not None else out, bs_spec=args.bs_groups, commands=commands,
                         title=args.title, preface=Path(args.preface) if args.preface else None,
-                        step_cost=Path(args.step_cost) if args.step_cost else None, figures=figures)
+                        step_cost=Path(args.step_cost) if args.step_cost else None, figures=figures,
+                        targets=parse_targets(args.targets) if args.targets else ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-cost", default=None, metavar="FILE",
                         help="a benchmark's JSON of per-step cost ratios against the baseline, by '<sweep>/<run>' "
                              "(bench/method_cost.py): a 'step cost' column, and the compute columns and figure use it")
+    parser.add_argument("--targets", default=None, metavar="SPEC",
+                        help="the steps-against-examples study: steps each batch size's best learning rate needs to "
+                             "reach each target, the fitted critical batch size against the live noise scale; "
+                             "e.g. 'val=0.6,loss=1.2' (validation accuracy as a fraction, training loss)")
     return parser
 
 
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
                            None if args.edge_grid else args.seeds, args.batch if args.transfer_grid else None)
             return 0
         report(args)
-    except (ReportError, ConfigError) as err:  # ConfigError: a run record this release cannot read
+    except (ReportError, ConfigError, TargetError) as err:  # ConfigError: a run record this release cannot read
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ from dreg_dist.report.aggregate import Setup, batch_groups
 from dreg_dist.report.cells import definitions, fmt_ci, fmt_lr, fmt_points, pct, row_cells, row_header
 from dreg_dist.report.compare import Transfer, gap_closed, report_columns, transfers
 from dreg_dist.report.compare import rows as rows_of
+from dreg_dist.report.critical import Target, noise_section, trade_off_section
 from dreg_dist.report.mdtable import table
 from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
@@ -85,9 +86,10 @@ def _newest_record(runs: Sequence[Any]) -> str:
 def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, str],
            bs_spec: Optional[str] = None, sweep: Optional[dict[str, Any]] = None,
            commands: Sequence[str] = (), preface: Optional[str] = None,
-           step_costs: Optional[StepCosts] = None) -> str:
+           step_costs: Optional[StepCosts] = None, targets: Sequence[Target] = ()) -> str:
     """The whole report.md. ``figures`` maps (kind, setup key[, batch group / study key]) -> path;
-    ``preface`` (Markdown) goes verbatim under the title; ``step_costs``: the benchmark's, when given."""
+    ``preface`` (Markdown) goes verbatim under the title; ``step_costs``: the benchmark's, when given;
+    ``targets``: the steps-to-target trade-off section (:mod:`dreg_dist.report.critical`)."""
     runs = analysis.runs
     finished = sum(r.finished for r in runs)
     out = [f"# {title}", ""]
@@ -114,6 +116,9 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
              for note in getattr(analysis.catalog.get(name), "report_notes", ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     out += signals_section(analysis, figures)
+    out += noise_section(analysis.runs, figures)
+    if targets:
+        out += trade_off_section(analysis.runs, targets, figures)
     if analysis.lr_varies:
         out += _lr_section(analysis, figures)
     for setup in analysis.setups:
@@ -247,7 +252,8 @@ def setup_prefix(setup: Setup) -> str:
 
 def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: Optional[str] = None,
                  commands: Sequence[str] = (), say: Callable[[str], None] = print, title: Optional[str] = None,
-                 preface: Optional[Path] = None, step_cost: Optional[Path] = None, figures: bool = True) -> Path:
+                 preface: Optional[Path] = None, step_cost: Optional[Path] = None, figures: bool = True,
+                 targets: Sequence[Target] = ()) -> Path:
     """Read the runs under ``roots`` (one sweep folder, or several reported as one: a
     learning-rate sweep and its seed rerun), draw the figures and write ``out_dir/report.md``.
 
@@ -255,6 +261,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     title; ``step_cost``: a benchmark's step-cost file (:func:`dreg_dist.report.runs.read_step_costs`).
     ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
     from dreg_dist.report.analysis import analyse
+    from dreg_dist.report.critical_plots import batch_size_figures
     from dreg_dist.report.plots import Plotter, ReportError
     from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep, tuned_keys
 
@@ -316,13 +323,14 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
                     f = plotter.signal_curve(setup, batch, name, signal, prefix)
                     if f:
                         figures_at[("signal", setup.key, (name, signal_id(signal)), batch)] = f
+    figures_at.update(batch_size_figures(plotter, analysis.runs, targets))
     sweeps = [read_sweep(root) for root in roots]
     sweep = sweeps[0]
     if title is None:
         title = "Results: " + " + ".join((sw or {}).get("name") or root.name for sw, root in zip(sweeps, roots))
     source = "`, `".join(_shown_path(root) for root in roots)
     text = render(analysis, title=title, source=source, figures=figures_at, bs_spec=bs_spec, sweep=sweep,
-                  commands=commands, preface=preface_text, step_costs=costs)
+                  commands=commands, preface=preface_text, step_costs=costs, targets=targets)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.md"
     path.write_text(text)

@@ -58,17 +58,9 @@ LR_KEY = "optim.lr"
 
 # Short names used in cell names; "" means the value alone ("vanilla", "vgg16").
 ALIASES: dict[str, str] = {
-    "method": "",
-    "model.arch": "",
-    "data.name": "",
-    "optim.name": "",
-    "train.global_batch_size": "bs",
-    "train.seed": "seed",
-    "train.epochs": "ep",
-    "optim.lr": "lr",
-    "optim.momentum": "mom",
-    "train.accumulation_steps": "acc",
-    "train.eval_every_steps": "eval",
+    "method": "", "model.arch": "", "data.name": "", "optim.name": "",
+    "train.global_batch_size": "bs", "train.seed": "seed", "train.epochs": "ep", "optim.lr": "lr",
+    "optim.momentum": "mom", "train.accumulation_steps": "acc", "train.eval_every_steps": "eval",
     "model.num_classes": "nc",
 }
 """Keys of the run; a method's own keys are named by its description's ``labels``."""

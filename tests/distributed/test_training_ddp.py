@@ -98,7 +98,8 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     expected = {"train/loss_R", "train/loss_L", "train/contrast", "train/branch_distance", "train/lr",
-                "train/images_per_sec", "val/acc_R", "val/acc_L", "val/best_acc"}
+                "train/images_per_sec", "val/acc_R", "val/acc_L", "val/best_acc",
+                "train/noise_scale", "train/grad_sq_norm", "train/grad_trace_cov"}
     assert expected <= tags, expected - tags
 
 
