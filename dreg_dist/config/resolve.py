@@ -49,13 +49,16 @@ def resolve_many(requests: Sequence[tuple[Optional[str], Sequence[Sequence[str]]
     return {"methods": _described(), "replies": [{"cells": _cells(config, cells)} for config, cells in requests]}
 
 
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """The reply to one request, either form (ConfigError, ValueError, ... when it is malformed)."""
+    if "requests" in request:
+        return resolve_many([(r.get("config"), [list(c) for c in r.get("cells", [])]) for r in request["requests"]])
+    return resolve(request.get("config"), [list(c) for c in request.get("cells", [])])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        request = json.load(sys.stdin)
-        if "requests" in request:
-            reply = resolve_many([(r.get("config"), [list(c) for c in r.get("cells", [])]) for r in request["requests"]])
-        else:
-            reply = resolve(request.get("config"), [list(c) for c in request.get("cells", [])])
+        reply = answer(json.load(sys.stdin))
     except (ConfigError, ValueError, TypeError, AttributeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
