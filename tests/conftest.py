@@ -74,3 +74,25 @@ def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture
+def resolver_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's config resolver answered in this process (which has torch already) instead of
+    one ``python -m dreg_dist.config.resolve`` per grid: the same code, the same JSON both ways,
+    a resolver failure the same GridError; the subprocess door itself is tested elsewhere
+    (tests/unit/test_docs_and_configs.py, tests/unit/test_config.py, the sweep CLI runs)."""
+    import json
+
+    from dreg_dist.config import resolve as resolver
+    from dreg_dist.errors import ConfigError
+    from dreg_dist.sweep import resolve
+
+    def ask(request: dict) -> dict:
+        try:
+            reply = resolver.answer(json.loads(json.dumps(request)))
+        except (ConfigError, ValueError, TypeError, AttributeError) as err:
+            raise resolve.GridError(f"resolving the cells' configs failed: error: {err}") from None
+        return json.loads(json.dumps(reply))
+
+    monkeypatch.setattr(resolve, "_ask", ask)

@@ -55,23 +55,45 @@ def _config_text(config: str) -> str:
 def resolve_cells(config: str, cells: Sequence[Sequence[str]]) -> list[Union[Resolved, str]]:
     """Each cell's :class:`Resolved` config, or its one-line error, from one resolver process
     for all cells not resolved before in this process (same file content, same overrides)."""
-    text = _config_text(config)
-    keys = [(config, text, tuple(c)) for c in cells]
-    todo = list(dict.fromkeys(k for k in keys if k not in _resolved))
+    (got,) = resolve_many([(config, cells)])
+    return got
+
+
+def resolve_many(requests: Sequence[tuple[str, Sequence[Sequence[str]]]]) -> list[list[Union[Resolved, str]]]:
+    """:func:`resolve_cells` for several (config, cells) at once: one resolver process (one
+    torch import) for all their cells not resolved before, e.g. every grid of a set."""
+    if not requests:
+        return []
+    keyed = [[(config, _config_text(config), tuple(c)) for c in cells] for config, cells in requests]
+    todo = list(dict.fromkeys(k for keys in keyed for k in keys if k not in _resolved))
     if todo or not _registered:
-        env = dict(os.environ)
-        root = str(Path(dreg_dist.__file__).resolve().parents[1])  # the resolver is this same package
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        request = json.dumps({"config": config, "cells": [list(k[2]) for k in todo]})
-        done = subprocess.run([sys.executable, *RESOLVER], input=request, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise GridError(f"resolving the cells' configs failed: {tail}")
-        reply = json.loads(done.stdout)
+        by_config: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+        for key in todo:
+            by_config.setdefault(key[0], []).append(key)
+        if not by_config:  # nothing to resolve, but the methods are not known yet
+            by_config = {config: [] for config, _ in requests[:1]}
+        asked = [{"config": config, "cells": [list(k[2]) for k in keys]} for config, keys in by_config.items()]
+        # one config: the original request form, which every resolver version reads
+        request = asked[0] if len(asked) == 1 else {"requests": asked}
+        reply = _ask(request)
         _registered[:] = [Catalog(Description.from_dict(d, name=n) for n, d in reply["methods"].items())]
-        for key, cell in zip(todo, reply["cells"]):
-            _resolved[key] = cell["error"] if "error" in cell else Resolved(cell["method"], cell["config"])
-    return [_resolved[k] for k in keys]
+        replies = [reply] if len(asked) == 1 else reply["replies"]
+        for keys, got in zip(by_config.values(), replies):
+            for key, cell in zip(keys, got["cells"]):
+                _resolved[key] = cell["error"] if "error" in cell else Resolved(cell["method"], cell["config"])
+    return [[_resolved[k] for k in keys] for keys in keyed]
+
+
+def _ask(request: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    root = str(Path(dreg_dist.__file__).resolve().parents[1])  # the resolver is this same package
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, *RESOLVER], input=json.dumps(request), capture_output=True, text=True,
+                          env=env)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GridError(f"resolving the cells' configs failed: {tail}")
+    return json.loads(done.stdout)
 
 
 def cell_config(config: str, overrides: Sequence[str]) -> Resolved:
@@ -89,4 +111,4 @@ def registered(config: str) -> Catalog:
     return _registered[0]
 
 
-__all__ = ["GridError", "RESOLVER", "Resolved", "cell_config", "registered", "resolve_cells"]
+__all__ = ["GridError", "RESOLVER", "Resolved", "cell_config", "registered", "resolve_cells", "resolve_many"]

@@ -12,6 +12,7 @@ from dreg_dist.train.run import main
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+CIFAR_TINY = str(REPO / "configs" / "cifar10_cnn_tiny.yaml")
 
 
 def _write(tmp_path: Path, text: str) -> str:
@@ -170,3 +171,24 @@ def test_resolved_config_holds_only_the_selected_methods_section(tmp_path: Path)
     flat = flatten(config_to_dict(load_config(QUICKSTART)))
     assert flat["dreg.lam"] == 0.1 and not any(k.startswith("methods.") for k in flat)
     assert not any(k.startswith("dreg.") for k in flatten(config_to_dict(load_config(QUICKSTART, ["method=vanilla"]))))
+
+
+def test_the_resolver_answers_one_config_or_several(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import json
+
+    from dreg_dist.config import resolve
+
+    def ask(request: dict) -> dict:
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(request)))
+        assert resolve.main([]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    cells = [["train.epochs=3"], ["train.no_such_key=1"]]
+    one = ask({"config": QUICKSTART, "cells": cells})
+    assert one["cells"][0]["config"]["train"]["epochs"] == 3 and "error" in one["cells"][1]
+    many = ask({"requests": [{"config": QUICKSTART, "cells": cells}, {"config": CIFAR_TINY, "cells": [[]]}]})
+    assert many["methods"] == one["methods"] and many["replies"][0]["cells"] == one["cells"]
+    assert many["replies"][1]["cells"] == [{"method": load_config(CIFAR_TINY).method,
+                                            "config": resolve.config_to_dict(load_config(CIFAR_TINY))}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -41,14 +42,40 @@ def test_shipped_configs_validate(name: str) -> None:
         assert twin == cfg, "a vanilla config must differ from its DReg twin only by 'method'"
 
 
-@pytest.mark.parametrize("grid", sorted(p.name for p in (REPO / "configs" / "grids").glob("*.yaml")))
-def test_shipped_grids_expand_to_valid_cells(grid: str) -> None:
+GRIDS = sorted(p.name for p in (REPO / "configs" / "grids").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def resolver_calls() -> Iterator[list[dict]]:
+    """Every shipped grid's cells resolved up front (two resolver processes for all grids);
+    yields the list of resolver requests made since, which the tests keep watching."""
+    from dreg_dist.sweep import resolve
+    from dreg_dist.sweep.prefetch import prefetch_grids
+
+    calls: list[dict] = []
+    ask = resolve._ask
+
+    def counted(request: dict) -> dict:
+        calls.append(request)
+        return ask(request)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resolve, "_ask", counted)
+        prefetch_grids(REPO / "configs" / "grids" / g for g in GRIDS)
+        assert len(calls) <= 2  # none when an earlier test resolved them all in this process
+        calls.clear()
+        yield calls
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_shipped_grids_expand_to_valid_cells(grid: str, resolver_calls: list[dict]) -> None:
     from dreg_dist.sweep.grid import check_cells, expand_grid, load_grid
 
     loaded = load_grid(REPO / "configs" / "grids" / grid)
     cells = expand_grid(loaded)
     assert cells and len({c.name for c in cells}) == len(cells)
     check_cells(loaded, cells)  # every cell's config loads: no typo in a key or value
+    assert not resolver_calls, "prefetch_grids left cells for the resolver to ask about again"
 
 
 # ------------------------------------------------------------------ links in the docs

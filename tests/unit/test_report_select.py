@@ -25,6 +25,7 @@ from ..conftest import launch_script
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "configs/cifar10_cnn_small.yaml"
+pytestmark = pytest.mark.usefixtures("resolver_in_process")  # one resolver subprocess per grid cost 5-40 s a test
 
 
 def plant_run(root: Path, name: str, *, method: str, batch: int = 512, seed: int = 0, lr: float = 0.1,

@@ -7,8 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from dreg_dist.sweep.grid import Grid, expand_grid
 from dreg_dist.sweep.runner import SweepRunner
+
+pytestmark = pytest.mark.usefixtures("resolver_in_process")  # the cells' configs, without a resolver subprocess
 
 FAKE_TRAIN = r'''
 import json, os, sys
