@@ -22,6 +22,7 @@ from dreg_dist.config import ConfigError, load_config
 from dreg_dist.methods.base import StepContext
 from dreg_dist.noise_scale import advice, estimates, examples_over_min, simple_noise_scale, steps_over_min
 from dreg_dist.train.noise import NoiseScaleMeter
+from dreg_dist.train.preflight import preflight
 
 from ..conftest import REPO, assert_ok, launch
 
@@ -161,4 +162,4 @@ def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, t
 
 def test_a_bad_moving_average_decay_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"log.noise_scale_ema' must be in \(0, 1\), got 1.5; try 0.95"):
-        load_config(REPO / "configs/quickstart.yaml", ["log.noise_scale_ema=1.5"])
+        preflight(load_config(REPO / "configs/quickstart.yaml", ["log.noise_scale_ema=1.5"]), 1)
