@@ -28,7 +28,7 @@ def resolve(config: Optional[str], cells: Sequence[Sequence[str]]) -> dict[str, 
             out_cells.append({"error": str(err)})
             continue
         out_cells.append({"method": cfg.method, "config": config_to_dict(cfg)})
-    described = {name: methods.method_class(name).describe().to_dict() for name in methods.registry()}
+    described = {name: methods.describe(methods.method_class(name)).to_dict() for name in methods.registry()}
     return {"methods": described, "cells": out_cells}
 
 
