@@ -18,7 +18,8 @@ from torch import nn
 from dreg_dist.config import Config
 from dreg_dist.distributed import DistEnv, barrier
 from dreg_dist.io import atomic_write_text
-from dreg_dist.methods import Method, choose_output, export_output, hparams
+from dreg_dist.methods import Method, choose_output, export_output
+from dreg_dist.methods import hparams as method_hparams
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.records import RunRecorder
@@ -94,7 +95,7 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         run.recorder.scalars("test", {"acc": test["acc"], "acc5": test["acc5"]},
                              step=run.state.global_step, epoch=run.state.epoch)
         hparams = {"method": method.name, "arch": cfg.model.arch, "global_batch_size": t.global_batch_size,
-                   "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **hparams(method)}
+                   "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **method_hparams(method)}
         run.recorder.hparams(hparams, {"best_val_acc": run.state.best.acc, "test_acc": test["acc"]})
         run.recorder.console.message(f"done: best val {run.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
                                      f"{f', path {output}' if output is not None else ''}); "
