@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
 from dreg_dist.distributed import DistEnv, any_rank
-from dreg_dist.methods import StepContext
+from dreg_dist.methods import StepContext, describe
 from dreg_dist.models import ForwardKeys, as_batch, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
 from dreg_dist.run_layout import RunLayout
@@ -85,7 +85,7 @@ class Trainer:
         self.data = build_data(cfg.data, seed=t.seed, device=self.device, num_classes=cfg.model.num_classes)
         self.steps_per_epoch = self.data.steps_per_epoch(t.global_batch_size)  # DataError if < 1
         self.method = build_method(cfg)
-        self.console_keys = self.method.describe().console_keys
+        self.console_keys = describe(self.method).console_keys
         model = build_model(cfg.model.arch, cfg.model.num_classes, zero_init_residual=cfg.model.zero_init_residual)
         model = self.method.prepare_model(model)
         # Random ops keyed by sample, ghost BN with train.bn_group_size: the same training on any K.
@@ -130,7 +130,7 @@ class Trainer:
         )
         if t.bn_group_size is not None and not self.k_independent["ghost"]:
             self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
-        for note in self.method.startup_notes(self.module):
+        for note in self.method.check(self.module):
             self._say(note)
         self.state = TrainState(world_size=env.world_size)
         self.control = RunControl(self.state, self.steps_per_epoch, t.on_nonfinite, t.stop_after_steps,
@@ -264,7 +264,7 @@ class Trainer:
         if means is None:
             return
         values, ips = means
-        values.update(self.method.log_values(self.module))
+        values.update(self.method.values(self.module, final=False))
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_sec"] = ips
         if self.env.is_main:
@@ -290,7 +290,7 @@ class Trainer:
         if single:
             return evaluate(module if module is not None else self.module, batches, self.device, self.autocast())
         return evaluate(module if module is not None else self.module, batches, self.device, self.autocast(),
-                        outputs=self.method.eval_outputs, names=self.method.outputs)
+                        outputs=self.method.eval_outputs, names=self.method.traits.outputs)
 
     def _validate(self) -> None:
         sync_buffers(self.module)
