@@ -184,7 +184,7 @@ def config_from_dict(data: dict[str, Any], warn: Optional[Callable[[str], None]]
     selected = methods.method_class(cfg.method)
     built = {section: _build(owners[section].Config, raw if raw is not None else {}, f"{section}.")
              for section, raw in given.items() if raw is not None}
-    cfg.method_config = built.get(selected.config_section()) or selected.Config()
+    cfg.method_config = built.get(methods.config_section(selected)) or selected.Config()
     return cfg
 
 
@@ -215,12 +215,12 @@ def changes_results(key: str) -> bool:
     if key.startswith(NON_RESULT_KEYS):
         return False
     owner = methods.owner_of(key)
-    return owner is None or key[len(owner.config_section()) + 1:] not in owner.describe().non_result_keys
+    return owner is None or key[len(methods.config_section(owner)) + 1:] not in methods.describe(owner).non_result_keys
 
 
 def describe_method(cfg: Config) -> Description:
     """The description of the configured method (see :meth:`dreg_dist.methods.Method.describe`)."""
-    return methods.method_class(cfg.method).describe()
+    return methods.describe(methods.method_class(cfg.method))
 
 
 def run_record(cfg: Config) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             continue
         hp = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {}
         if hp:
-            *parents, leaf = methods.method_class(cfg.method).config_section().split(".")
+            *parents, leaf = methods.config_section(methods.method_class(cfg.method)).split(".")
             node = out
             for part in parents:
                 node = node.setdefault(part, {})

@@ -24,7 +24,7 @@ from dreg_dist.errors import ConfigError
 
 
 def _described() -> dict[str, Any]:
-    return {name: methods.method_class(name).describe().to_dict() for name in methods.registry()}
+    return {name: methods.describe(methods.method_class(name)).to_dict() for name in methods.registry()}
 
 
 def _cells(config: Optional[str], cells: Sequence[Sequence[str]]) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ The registry is data: a method name -> ``"module:Class"`` of a :class:`Method` s
 Built-in methods are listed in :data:`BUILTIN`; a method from another package registers
 through the ``dreg_dist.methods`` entry-point group (``toy = my_pkg.toy:Toy`` in its
 ``pyproject.toml``), or in-process with :func:`register_method`. Everything else the
-service knows of a method comes from the class (config section and keys, outputs, logging,
-export) and its description (``description.yaml`` beside it: names, report), so adding a
+service knows of a method comes from the class (its protocol, :class:`Method`, with its
+:class:`Traits`) and its description (``description.yaml`` beside it: names, report), so adding a
 method is one folder and one registry line. Configs and records of earlier releases are
 upgraded by :mod:`dreg_dist.records.compat`, not here.
 """
@@ -18,7 +18,10 @@ from importlib import metadata
 from typing import Any, Optional
 
 from dreg_dist.errors import ConfigError
-from dreg_dist.methods.base import DESCRIPTION_FILE, Method, NoConfig, RunSettings, Signal, StepContext
+from dreg_dist.methods.base import DESCRIPTION_FILE, Method, NoConfig, RunSettings, Signal, StepContext, retired_member
+from dreg_dist.methods.naming import config_key, config_section, describe, hparams
+from dreg_dist.methods.outputs import choose_output, export_output, with_export_meta
+from dreg_dist.methods.traits import Traits
 from dreg_dist.records import BASELINE, Description
 
 BUILTIN: dict[str, str] = {
@@ -74,13 +77,16 @@ def method_class(name: str) -> type[Method]:
         raise ConfigError(f"method '{name}' ({known[name]}) sets '{moved[0]}' on its class: that is part of its "
                           f"description now, data in {DESCRIPTION_FILE} beside it (or the class attribute "
                           f"'description = {{\"{moved[0]}\": ...}}')")
+    retired = retired_member(cls)
+    if retired:  # a method written for the protocol before Traits: one line with what replaces the member
+        raise ConfigError(retired)
     _classes[name] = cls
     return cls
 
 
 def sections() -> dict[str, type[Method]]:
     """Config section (dotted) -> the method that owns it, for every registered method."""
-    return {method_class(name).config_section(): method_class(name) for name in registry()}
+    return {config_section(method_class(name)): method_class(name) for name in registry()}
 
 
 def owner_of(key: str) -> Optional[type[Method]]:
@@ -104,10 +110,18 @@ __all__ = [
     "RunSettings",
     "Signal",
     "StepContext",
+    "Traits",
     "build_method",
+    "choose_output",
+    "config_key",
+    "config_section",
+    "describe",
+    "export_output",
+    "hparams",
     "method_class",
     "owner_of",
     "register_method",
     "registry",
     "sections",
+    "with_export_meta",
 ]

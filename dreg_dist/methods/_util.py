@@ -22,6 +22,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext
+from dreg_dist.methods.naming import config_key
+from dreg_dist.methods.traits import Traits
 from dreg_dist.models.batch import with_positions
 from dreg_dist.models.forward_keys import keyed
 
@@ -206,12 +208,15 @@ class LocalPerturbationMethod(Method):
     rank's whole local batch (m = B / K, so the result depends on K).
     """
 
+    # Chunks keep their samples' positions (micro_chunks); the step reads the local gradient's norm
+    # on the host (bool(isfinite(norm)), SAM's float(norm)) and, under fp16, the loss scale.
+    traits = Traits(needs_sample_index=True, syncs_with_host=True)
     perturbed_key = "loss_perturbed"
     """Name under which the loss at w + delta is logged."""
 
     def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
-        self._cut = CutWarning(self.key("micro_batch_size"), "perturbation")
+        self._cut = CutWarning(config_key(self, "micro_batch_size"), "perturbation")
 
     @property
     def micro_batch_size(self) -> Optional[int]:
@@ -220,7 +225,7 @@ class LocalPerturbationMethod(Method):
     def check_micro_batch_size(self) -> None:
         m = self.hp.micro_batch_size
         if m is not None and not (isinstance(m, int) and m >= 1):
-            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1 or null, got {m}; try 128")
+            raise ConfigError(f"config key '{config_key(self, 'micro_batch_size')}' must be >= 1 or null, got {m}; try 128")
 
     def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
                      global_batch: int) -> Optional[list[Tensor]]:

@@ -2,26 +2,27 @@
 
 The trainer owns everything around a step (data, learning rate, gradient scaling and
 clipping, the optimizer step, logging, checkpoints). A method owns everything that is
-particular to it, so that no code outside ``dreg_dist/methods/`` names a method:
+particular to it, so that no code outside ``dreg_dist/methods/`` names a method. The whole
+protocol is the public members of :class:`Method` (a test keeps the list from growing):
 
-* its hyperparameters: a dataclass (:attr:`Method.Config`) under a config section
-  (:attr:`Method.section`, ``methods.<name>`` unless the method says otherwise);
-* model surgery, once at start-up (:meth:`Method.prepare_model`);
-* the gradient of its objective: given this rank's micro-batches, leave the *all-reduced*
-  gradient in ``.grad`` and return detached loss parts for logging. Two-pass methods (SAM,
-  extragradient) and double-backprop penalties override :meth:`Method.compute_gradients`;
-  the others only define :meth:`Method.loss`;
-* what evaluation scores (:meth:`Method.eval_outputs`: one model, or several paths), what
-  the export keeps and writes (:meth:`Method.choose_output`, :meth:`Method.export`);
-* what is logged (:meth:`Method.log_values`) and what the summary holds about the trained
-  model (:meth:`Method.summary_values`);
-* declared properties the trainer checks: :attr:`Method.outputs`, :attr:`Method.supports_compile`,
-  :attr:`Method.replaces_allreduce`.
+* declared: :attr:`~Method.name`, :attr:`~Method.Config` (its hyperparameters, a dataclass),
+  :attr:`~Method.description` (optional data; else ``description.yaml`` beside the class) and
+  :attr:`~Method.traits` (:class:`~dreg_dist.methods.traits.Traits`: config section, outputs,
+  whether it compiles, reads sample positions, syncs with the host, replaces the all-reduce);
+* hooks: :meth:`~Method.check` (refuse bad values; start-up warnings), :meth:`~Method.prepare_model`,
+  :meth:`~Method.configure_ddp`, :meth:`~Method.compute_gradients` (the base implements it through
+  :meth:`~Method.loss`), :meth:`~Method.after_step`, :meth:`~Method.values` (logged / final
+  values), :meth:`~Method.eval_outputs`, :meth:`~Method.export_model`.
+
+What is generic lives beside it as functions, not members: the config section and keys, the
+description and the hyperparameters by key (:mod:`dreg_dist.methods.naming`), and which output
+the export keeps and how it is written (:mod:`dreg_dist.methods.outputs`).
 
 How the method is named, read and reported (labels, study keys, report columns, signals and
 notes, console keys) is not training code: it is the method's *description*, data in
-``description.yaml`` beside it (:class:`dreg_dist.records.Description`, :meth:`Method.describe`),
-which the trainer copies into every run record, so that sweeps and reports never import this.
+``description.yaml`` beside it (:class:`dreg_dist.records.Description`,
+:func:`dreg_dist.methods.naming.describe`), which the trainer copies into every run record, so
+that sweeps and reports never import this.
 
 A method never imports the config of the whole run: it gets its own hyperparameters and
 the few run settings it may use (:class:`RunSettings`).
@@ -29,26 +30,50 @@ the few run settings it may use (:class:`RunSettings`).
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Optional
 
 import torch
-import yaml
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dreg_dist.errors import ConfigError
+from dreg_dist.methods.traits import Traits
 from dreg_dist.models.batch import Batch  # (x, y) with each sample's position in the global batch
 from dreg_dist.models.forward_keys import keyed
-from dreg_dist.records.description import Description, Signal
+from dreg_dist.records.description import Signal
 
 DESCRIPTION_FILE = "description.yaml"
-"""A method's description, beside the module that defines its class (see :meth:`Method.describe`)."""
+"""A method's description, beside the module that defines its class (see
+:func:`dreg_dist.methods.naming.describe`)."""
+
+RETIRED: dict[str, str] = {
+    "section": "the trait 'traits = Traits(section=...)'",
+    "outputs": "the trait 'traits = Traits(outputs=(...))'",
+    "supports_compile": "the trait 'traits = Traits(compiles=...)'",
+    "replaces_allreduce": "the trait 'traits = Traits(replaces_allreduce=...)' (refined in __init__ with "
+                          "dataclasses.replace when the hyperparameters decide it)",
+    "startup_notes": "check(module), which returns the start-up warnings",
+    "log_values": "values(module, final=False)",
+    "summary_values": "values(module, final=True)",
+    "choose_output": "the generic choice (the best of traits.outputs by validation accuracy, "
+                     "dreg_dist.methods.choose_output)",
+    "exported_model": "export_model(module, output)",
+    "export": "export_model(module, output) (writing the export is generic: dreg_dist.methods.export_output)",
+}
+"""Members of the protocol before :class:`Traits` -> what replaces each (a class that still
+defines one is refused in one line rather than have it silently ignored)."""
+
+
+def retired_member(cls: type) -> Optional[str]:
+    """The one-line refusal of a method class that defines a retired member; None if it has none."""
+    old = next((a for a in RETIRED if hasattr(cls, a)), None)
+    if old is None:
+        return None
+    return (f"method '{getattr(cls, 'name', cls.__name__)}' ({cls.__module__}:{cls.__qualname__}) defines "
+            f"'{old}', which is no longer part of the method protocol: use {RETIRED[old]}")
 
 
 def logits_for_loss(outputs: Tensor) -> Tensor:
@@ -112,65 +137,41 @@ class StepContext:
 
 
 class Method:
-    """Base class: plain accumulation of ``loss`` over micro-batches, one all-reduce.
+    """Base class: plain accumulation of :meth:`loss` over micro-batches, one all-reduce.
 
-    The protocol a method implements: *declared* -- :attr:`name`, :attr:`Config` (and its
-    :attr:`section`), :attr:`outputs`, :attr:`supports_compile`, :attr:`replaces_allreduce`;
-    *hooks* -- :meth:`check`, :meth:`prepare_model`, :meth:`compute_gradients` (or just
-    :meth:`loss`), :meth:`eval_outputs`, :meth:`choose_output` with :meth:`exported_model` /
-    :meth:`export`; *optional hooks* with do-nothing defaults -- :meth:`configure_ddp`,
-    :meth:`after_step`, :meth:`log_values`, :meth:`startup_notes`, :meth:`summary_values`.
-    Everything for people and tools is its description (:meth:`describe`), not code.
+    The protocol a method implements (its public members, nothing else): *declared* --
+    :attr:`name`, :attr:`Config`, :attr:`description`, :attr:`traits`; *hooks*, each with a
+    default that does the plain thing -- :meth:`check`, :meth:`prepare_model`,
+    :meth:`configure_ddp`, :meth:`compute_gradients` (or just :meth:`loss`), :meth:`after_step`,
+    :meth:`values`, :meth:`eval_outputs`, :meth:`export_model`.
     """
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoConfig
     """The dataclass of this method's hyperparameters (one field per config key)."""
-    section: ClassVar[Optional[str]] = None
-    """Dotted config section of :attr:`Config`; None means ``methods.<name>``."""
-    outputs: ClassVar[tuple[str, ...]] = ("model",)
-    """Names of what :meth:`eval_outputs` returns, in order of preference on ties."""
-    supports_compile: ClassVar[bool] = True
-    """False when the method needs something torch.compile cannot do (double backprop)."""
     description: ClassVar[Optional[Mapping[str, Any]]] = None
     """The method's description as data (the keys of a ``description.yaml``); None: the
     ``description.yaml`` in the folder of the module that defines the class (none: empty)."""
+    traits: ClassVar[Traits] = Traits()
+    """What the method declares (config section, outputs, compile, sample positions, host syncs,
+    all-reduce); an instance may refine it from its hyperparameters in ``__init__``."""
 
     def __init__(self, hp: Any = None, settings: RunSettings = RunSettings()) -> None:
+        problem = retired_member(type(self))
+        if problem:
+            raise ConfigError(problem)
         self.hp = hp if hp is not None else self.Config()
         self.settings = settings
         self.label_smoothing = settings.label_smoothing
         self.check()
 
-    # ------------------------------------------------------------ config
-    @classmethod
-    def config_section(cls) -> str:
-        return cls.section or f"methods.{cls.name}"
-
-    @classmethod
-    def describe(cls) -> Description:
-        """The description, completed with what the class declares (section, outputs, defaults)."""
-        data = cls.description
-        where = f"description of method {cls.name}"
-        if data is None:
-            path = Path(inspect.getfile(cls)).parent / DESCRIPTION_FILE
-            where = str(path)
-            data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-        written = Description.from_dict(data, name=cls.name, where=where)
-        return dataclasses.replace(written, section=cls.config_section(), outputs=tuple(cls.outputs),
-                                   defaults=dataclasses.asdict(cls.Config()))
-
-    def check(self) -> None:
-        """Raise ConfigError (one line, naming the key) for a bad hyperparameter. Only checks:
-        what the method derives from its hyperparameters it derives in ``__init__``."""
-
-    def key(self, field: str) -> str:
-        """The dotted config key of one of this method's fields (for error messages)."""
-        return f"{self.config_section()}.{field}"
-
-    def hparams(self) -> dict[str, Any]:
-        """This method's hyperparameters by dotted key (TensorBoard's hparams view)."""
-        return {self.key(f.name): getattr(self.hp, f.name) for f in dataclasses.fields(self.hp)}
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
+        """Raise ConfigError (one line, naming the key) for a bad hyperparameter; return one-line
+        warnings about this run's settings. ``__init__`` calls it without a model (to refuse bad
+        values at once); the trainer calls it with the model :meth:`prepare_model` built and prints
+        the warnings once (rank 0). Only checks: what the method derives from its hyperparameters
+        it derives in ``__init__``."""
+        return []
 
     # ------------------------------------------------------------ model
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -179,21 +180,19 @@ class Method:
 
     def configure_ddp(self, ddp_model: DDP) -> None:
         """Called once right after DDP wrapping, before the first forward (e.g. to register
-        a communication hook). Not called for a single process."""
-
-    @property
-    def replaces_allreduce(self) -> bool:
-        """Whether :meth:`configure_ddp` installs its own DDP communication hook (so no other
-        hook, such as gradient compression, can be combined with it)."""
-        return False
+        a communication hook: then declare ``traits.replaces_allreduce``). Not called for a
+        single process."""
 
     # ------------------------------------------------------------ step
     def loss(self, outputs: Any, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one micro-batch and its detached parts for logging (what the base
+        :meth:`compute_gradients` accumulates)."""
         loss = F.cross_entropy(logits_for_loss(outputs), target, label_smoothing=self.label_smoothing)
         return loss, {}
 
     def compute_gradients(self, ctx: StepContext, batches: list[Batch]) -> dict[str, Tensor]:
-        """Backward the mean loss over ``batches``; returns the mean of each logged part."""
+        """Leave the *all-reduced* gradient of the step in ``.grad``; return the mean of each
+        logged part. The base: backward the mean :meth:`loss` over ``batches``."""
         totals: dict[str, Tensor] = {}
         n = len(batches)
         for i, batch in enumerate(batches):
@@ -211,51 +210,24 @@ class Method:
         """Called after every optimizer step (e.g. a projection of the weights); on every rank,
         on identical weights, with tensor operations only (no host sync)."""
 
-    def log_values(self, module: nn.Module) -> dict[str, float]:
-        """Extra scalars for ``train/`` at logging steps (e.g. branch distance)."""
+    def values(self, module: nn.Module, final: bool) -> dict[str, float]:
+        """Scalars about the model: for ``train/`` at logging steps (``final=False``, e.g. branch
+        distance), or about the trained model for ``summary.json`` (``final=True``: its
+        description's ``report_columns``)."""
         return {}
-
-    def startup_notes(self, module: nn.Module) -> list[str]:
-        """One-line warnings about this run's settings, printed once at start-up (rank 0)."""
-        return []
 
     # ------------------------------------------------------------ evaluation and export
     def eval_outputs(self, module: nn.Module, x: Tensor) -> dict[str, Tensor]:
-        """Output name -> logits for evaluation. The best output by validation accuracy is
-        the one exported; ties go to the first name."""
+        """Output name (one of ``traits.outputs``) -> logits for evaluation."""
         return {"model": module(x)}
 
-    def choose_output(self, val_acc: Mapping[str, float], requested: str = "auto") -> Optional[str]:
-        """Which output the export keeps: ``requested``, or for ``auto`` the best by ``val_acc``
-        (output -> validation accuracy). None for a method with a single output."""
-        if requested not in ("auto", "model"):
-            raise ValueError(f"method {self.name} has one output ('model'); got path {requested!r}")
-        return None
-
-    def exported_model(self, module: nn.Module, output: Optional[str]) -> nn.Module:
-        """The ordinary model the export holds (what the test split scores)."""
+    def export_model(self, module: nn.Module, output: Optional[str]) -> nn.Module:
+        """The ordinary model the export holds for ``output`` (None for a method with one output):
+        what the test split scores and :func:`dreg_dist.methods.outputs.export_output` writes. Values to record in
+        the export's meta go in a dict attribute ``export_meta`` of the returned model
+        (:func:`dreg_dist.methods.outputs.with_export_meta`)."""
         return module
 
-    def export(
-        self,
-        module: nn.Module,
-        out_dir: Union[str, os.PathLike[str]],
-        *,
-        val_acc: Mapping[str, float],
-        output: Optional[str],
-        **meta: Any,
-    ) -> dict[str, Any]:
-        """Write the inference export of ``output`` (from :meth:`choose_output`) and return its
-        meta. ``meta`` holds arch, num_classes, normalization, input shape and extra_meta for
-        :func:`dreg_dist.dreg.write_plain_export`."""
-        from dreg_dist.dreg.export import write_plain_export
 
-        return write_plain_export(self.exported_model(module, output), out_dir, val_acc=val_acc, path=output,
-                                  dreg_layer=None, **meta)
-
-    def summary_values(self, module: nn.Module) -> dict[str, float]:
-        """Values about the trained model for ``summary.json`` (its description's ``report_columns``)."""
-        return {}
-
-
-__all__ = ["DESCRIPTION_FILE", "Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext", "logits_for_loss"]
+__all__ = ["DESCRIPTION_FILE", "RETIRED", "Batch", "Method", "NoConfig", "RunSettings", "Signal", "StepContext",
+           "Traits", "logits_for_loss", "retired_member"]

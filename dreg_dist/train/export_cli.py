@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from dreg_dist.config import ConfigError, build_method, config_from_record
+from dreg_dist.methods import choose_output, export_output
 from dreg_dist.models import build_model
 from dreg_dist.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -64,14 +65,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = None
     if evaluate_now and data is not None:
         val = evaluate(model, data.eval_batches("val", 0, 1, cfg.train.eval_batch_size), torch.device("cpu"),
-                       outputs=method.eval_outputs, names=method.outputs)
+                       outputs=method.eval_outputs, names=method.traits.outputs)
     val_acc = {p: r["acc"] for p, r in val.items()}
     norm = {"mean": data.mean, "std": data.std, "input_shape": data.input_shape} if data else {}
     extra = {"checkpoint": str(ckpt_path), "epoch": state["epoch"], "global_step": state["global_step"]}
     common = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, extra_meta=extra, **norm)
     try:
-        output = method.choose_output(val_acc, args.path)
-        meta = method.export(model, out, val_acc=val_acc, output=output, **common)
+        output = choose_output(method, val_acc, args.path)
+        meta = export_output(method, model, out, val_acc=val_acc, output=output, **common)
     except ValueError as err:  # e.g. 'auto' without validation accuracies
         print(f"error: {err}", file=sys.stderr)
         return 2

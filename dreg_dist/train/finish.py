@@ -1,6 +1,6 @@
 """The end of a finished run: export the best (epoch, output), score it on test, summarize.
 
-Rank 0 writes the export (what it holds is the method's business: :meth:`Method.export`),
+Rank 0 writes the export (what it holds is the method's business: :meth:`Method.export_model`),
 ``summary.json`` and the TensorBoard hparams; every rank takes part in the test evaluation.
 The test score is of the exported model, at the precision validation used, so the number
 in the summary is the one a user of the export gets.
@@ -18,7 +18,8 @@ from torch import nn
 from dreg_dist.config import Config
 from dreg_dist.distributed import DistEnv, barrier
 from dreg_dist.io import atomic_write_text
-from dreg_dist.methods import Method
+from dreg_dist.methods import Method, choose_output, export_output
+from dreg_dist.methods import hparams as method_hparams
 from dreg_dist.noise_scale import advice
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import checkpoint as ckpt
@@ -57,7 +58,7 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
     """Export the best checkpoint's best output, score it on test, write ``summary.json``."""
     cfg, env, layout, method = run.cfg, run.env, run.layout, run.method
     t = cfg.train
-    final_values = method.summary_values(run.module)  # before best.pt replaces the final weights
+    final_values = method.values(run.module, final=True)  # before best.pt replaces the final weights
     barrier()
     best_state = ckpt.load_checkpoint(layout.best, map_location=run.device)
     run.module.load_state_dict(best_state["model"])
@@ -67,10 +68,10 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
     meta = dict(arch=cfg.model.arch, num_classes=cfg.model.num_classes, mean=run.mean,
                 std=run.std, input_shape=run.input_shape,
                 extra_meta={"best_epoch": best["epoch"], "method": method.name, "run_dir": str(layout.root)})
-    output = method.choose_output(val_acc)
+    output = choose_output(method, val_acc)
     if env.is_main:
-        method.export(run.module, layout.export, val_acc=val_acc, output=output, **meta)
-    eval_model = method.exported_model(run.module, output)
+        export_output(method, run.module, layout.export, val_acc=val_acc, output=output, **meta)
+    eval_model = method.export_model(run.module, output)
     test = next(iter(run.evaluate("test", eval_model, single=True).values()))
     summary = {
         "status": "finished",
@@ -99,7 +100,7 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         run.recorder.scalars("test", {"acc": test["acc"], "acc5": test["acc5"]},
                              step=run.state.global_step, epoch=run.state.epoch)
         hparams = {"method": method.name, "arch": cfg.model.arch, "global_batch_size": t.global_batch_size,
-                   "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **method.hparams()}
+                   "lr": cfg.optim.lr, "epochs": t.epochs, "world_size": env.world_size, **method_hparams(method)}
         run.recorder.hparams(hparams, {"best_val_acc": run.state.best.acc, "test_acc": test["acc"]})
         run.recorder.console.message(f"done: best val {run.state.best.acc * 100:.2f}% (epoch {best['epoch']}"
                                      f"{f', path {output}' if output is not None else ''}); "

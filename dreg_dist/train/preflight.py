@@ -18,15 +18,15 @@ from dreg_dist.models import UnknownModelError, build_model
 
 def check_method_options(cfg: Config, method: Method) -> None:
     """Training options a method cannot be combined with."""
-    if cfg.train.grad_compression != "none" and method.replaces_allreduce:
+    if cfg.train.grad_compression != "none" and method.traits.replaces_allreduce:
         raise ConfigError(
             f"train.grad_compression={cfg.train.grad_compression} and method {method.name} can't be combined: "
             "both replace DDP's gradient all-reduce with a communication hook; set train.grad_compression=none "
             "or change the method's settings so that it keeps the plain all-reduce"
         )
-    if cfg.train.compile and not method.supports_compile:
-        raise ConfigError(f"method={method.name} needs double backprop, which torch.compile does not support: "
-                          "set train.compile=false")
+    if cfg.train.compile and not method.traits.compiles:
+        raise ConfigError(f"method={method.name} needs something torch.compile does not support (such as double "
+                          "backprop): set train.compile=false")
 
 
 def preflight(cfg: Config, world_size: int) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from dreg_dist.config import Config, build_method, config_to_dict
 from dreg_dist.data import build_data
 from dreg_dist.distributed import DistEnv, any_rank
-from dreg_dist.methods import StepContext
+from dreg_dist.methods import StepContext, describe
 from dreg_dist.models import ForwardKeys, as_batch, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
 from dreg_dist.run_layout import RunLayout
@@ -68,7 +68,7 @@ class Trainer:
         self.data = build_data(cfg.data, seed=t.seed, device=self.device, num_classes=cfg.model.num_classes)
         self.steps_per_epoch = self.data.steps_per_epoch(t.global_batch_size)  # DataError if < 1
         self.method = build_method(cfg)
-        self.console_keys = self.method.describe().console_keys
+        self.console_keys = describe(self.method).console_keys
         model = build_model(cfg.model.arch, cfg.model.num_classes, zero_init_residual=cfg.model.zero_init_residual)
         model = self.method.prepare_model(model)
         # Random ops keyed by sample, ghost BN with train.bn_group_size: the same training on any K.
@@ -95,7 +95,7 @@ class Trainer:
         )
         self.noise = NoiseScaleMeter(self.module, self.device, t.global_batch_size, env.world_size,
                                      decay=cfg.log.noise_scale_ema, enabled=cfg.log.noise_scale,
-                                     hookable=not self.method.replaces_allreduce,
+                                     hookable=not self.method.traits.replaces_allreduce,
                                      scale=lambda: self.scaler._scale if self.scaler.is_enabled() else None)
         model_for_step: nn.Module = self.module
         if env.distributed:
@@ -109,7 +109,7 @@ class Trainer:
         )
         if t.bn_group_size is not None and not self.k_independent["ghost"]:
             self._say(f"note: train.bn_group_size={t.bn_group_size} has no effect: {cfg.model.arch} has no BatchNorm")
-        for note in self.method.startup_notes(self.module):
+        for note in self.method.check(self.module):
             self._say(note)
         self.state = TrainState(world_size=env.world_size)
         self.control = RunControl(self.state, self.steps_per_epoch, t.on_nonfinite, t.stop_after_steps,
@@ -250,7 +250,7 @@ class Trainer:
         values.update(self.noise.logged(values))
         if (note := self.noise.why_off()) is not None:
             self._say(note)
-        values.update(self.method.log_values(self.module))
+        values.update(self.method.values(self.module, final=False))
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_sec"] = ips
         if self.env.is_main:
@@ -276,7 +276,7 @@ class Trainer:
         if single:
             return evaluate(module if module is not None else self.module, batches, self.device, self.autocast())
         return evaluate(module if module is not None else self.module, batches, self.device, self.autocast(),
-                        outputs=self.method.eval_outputs, names=self.method.outputs)
+                        outputs=self.method.eval_outputs, names=self.method.traits.outputs)
 
     def _validate(self) -> None:
         sync_buffers(self.module)

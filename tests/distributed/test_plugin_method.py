@@ -16,13 +16,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 import yaml
 from torch import Tensor, nn
 
-from dreg_dist.methods import Method
+from dreg_dist.methods import Method, config_key
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -42,17 +43,20 @@ class Toy(Method):
     # Its description (what a description.yaml beside it would hold), copied into each run record.
     description = {"labels": {"scale": "scale"}, "report_columns": {"weight_norm": "weight norm"}}
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         from dreg_dist.errors import ConfigError
 
         if not self.hp.scale > 0:
-            raise ConfigError(f"config key '{self.key('scale')}' must be > 0, got {self.hp.scale}")
+            raise ConfigError(f"config key '{config_key(self, 'scale')}' must be > 0, got {self.hp.scale}")
+        return []
 
     def loss(self, outputs: Tensor, target: Tensor, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
         ce, _ = super().loss(outputs, target, module)
         return ce * self.hp.scale, {"toy_ce": ce.detach()}
 
-    def summary_values(self, module: nn.Module) -> dict[str, float]:
+    def values(self, module: nn.Module, final: bool) -> dict[str, float]:
+        if not final:  # only about the trained model, for summary.json
+            return {}
         return {"weight_norm": float(torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in module.parameters()])))}
 
 

@@ -208,7 +208,7 @@ def test_export_of_a_mid_epoch_checkpoint_re_evaluates_its_own_weights(tmp_path:
     model.load_state_dict(state["model"])
     data = build_data(cfg.data, seed=cfg.train.seed, device=torch.device("cpu"), num_classes=cfg.model.num_classes)
     fresh = evaluate(model, data.eval_batches("val", 0, 1, 64), torch.device("cpu"),
-                     outputs=method.eval_outputs, names=method.outputs)
+                     outputs=method.eval_outputs, names=method.traits.outputs)
     for flag, expected in (([], fresh), (["--no-evaluate"], state["last_val"])):
         out = tmp_path / f"export{len(flag)}"
         done = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(run / "checkpoints" / "last.pt"),

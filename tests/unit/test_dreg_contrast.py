@@ -358,7 +358,8 @@ def test_literal_form_says_at_start_up_when_the_difference_grows_without_bound(f
     cfg = load_config(None, ["method=dreg", f"dreg.form={form}", f"dreg.lam={lam}", f"optim.weight_decay={wd}",
                              "optim.lr=0.1", "train.global_batch_size=1024", "model.arch=cnn_tiny"], warn=None)
     method = build_method(cfg)
-    notes = method.startup_notes(method.prepare_model(build_model("cnn_tiny", 10)))
+    assert method.check() == []  # without the model: the hyperparameters only
+    notes = method.check(method.prepare_model(build_model("cnn_tiny", 10)))
     if not says:
         assert notes == []
         return

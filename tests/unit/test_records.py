@@ -100,7 +100,7 @@ def test_the_trainers_record_round_trips(tmp_path: Path) -> None:
     write_record(tmp_path, run_record(cfg))
     record = read_record(tmp_path)
     assert record is not None and record.schema == SCHEMA_VERSION and record.method == "extragradient"
-    assert record.description == methods.method_class("extragradient").describe()
+    assert record.description == methods.describe(methods.method_class("extragradient"))
     assert record.description.defaults["gamma_rule"] == "micro_batch"
     assert record.config["methods"]["extragradient"] == {"micro_batch_size": 128, "gamma_rule": "micro_batch",
                                                          "gamma_scale": 1.0, "gamma": 0.5}
@@ -136,7 +136,7 @@ def test_descriptions_are_data_with_checked_keys(tmp_path: Path) -> None:
 
 
 def test_check_only_checks_and_descriptions_are_not_class_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """check() leaves the method as __init__ built it (what replaces_allreduce reads is the
+    """check() leaves the method as __init__ built it (what traits.replaces_allreduce reads is the
     config), and a class written with the pre-description attributes is refused in one line."""
     import types
 
@@ -146,14 +146,14 @@ def test_check_only_checks_and_descriptions_are_not_class_attributes(monkeypatch
         cls = methods.method_class(name)
         check = cls.check
         with monkeypatch.context() as patch:
-            patch.setattr(cls, "check", lambda self: None)
+            patch.setattr(cls, "check", lambda self, module=None: [])
             method = cls()  # built without its check
         before = dict(vars(method))
         check(method)
         assert vars(method) == before, f"{name}.check() set {set(vars(method)) - set(before)}"
     mix = methods.method_class("gradientmix")
-    assert mix(mix.Config(strength=0.0)).replaces_allreduce is False
-    assert mix(mix.Config(strength=0.5)).replaces_allreduce is True
+    assert mix(mix.Config(strength=0.0)).traits.replaces_allreduce is False
+    assert mix(mix.Config(strength=0.5)).traits.replaces_allreduce is True
 
     class Old(methods.Method):
         name = "old"

@@ -12,9 +12,8 @@ included, by the number of micro-batches, so the contrast also counts once per s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,13 +28,13 @@ from dreg_dist.dreg import (
     Reduction,
     UnsupportedModelError,
     branch_stats,
-    choose_path,
     defaults,
     plain_model,
-    write_export,
 )
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods.base import Method, RunSettings
+from dreg_dist.methods.outputs import with_export_meta
+from dreg_dist.methods.traits import Traits
 
 
 @dataclass
@@ -74,8 +73,8 @@ class DRegConfig:
 class DReg(Method):
     name = "dreg"
     Config = DRegConfig
-    section = "dreg"
-    outputs = ("R", "L")
+    # The objective's contrast and projection are tensor operations (branch_stats' .item() is logging).
+    traits = Traits(section="dreg", outputs=("R", "L"))
 
     def __init__(self, hp: Optional[DRegConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
@@ -85,7 +84,7 @@ class DReg(Method):
                                        radius=h.radius,
                                        label_smoothing=settings.label_smoothing)
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         h = self.hp
         if not h.lam >= 0:
             raise ConfigError(f"config key 'dreg.lam' must be >= 0, got {h.lam} (the loss subtracts lambda * contrast)")
@@ -96,6 +95,16 @@ class DReg(Method):
         if h.form == "projected" and not 0 < h.radius < 2:
             raise ConfigError(f"config key 'dreg.radius' must be in (0, 2) for the projected form (2 = mirror "
                               f"images), got {h.radius}; try 0.5")
+        if module is None:
+            return []
+        s, lam = self.settings, h.lam
+        growth = self.objective.unbounded_growth(_dual(module), s.peak_lr, s.weight_decay)
+        if growth is None:
+            return []
+        return [f"warning: dreg.form=literal with 4 x dreg.lam ({4 * lam:g}) > weight decay ({s.weight_decay:g}): "
+                f"W^R - W^L grows without bound, by about x{growth:.4g} per step at the peak learning rate "
+                f"{s.peak_lr:g} (1 + lr (4 lambda - wd); momentum makes it faster); dreg.form=projected holds "
+                "it at dreg.radius"]
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         h = self.hp
@@ -112,21 +121,10 @@ class DReg(Method):
     def after_step(self, module: nn.Module) -> None:
         self.objective.after_step(_dual(module))
 
-    def startup_notes(self, module: nn.Module) -> list[str]:
-        s, lam = self.settings, self.hp.lam
-        growth = self.objective.unbounded_growth(_dual(module), s.peak_lr, s.weight_decay)
-        if growth is None:
-            return []
-        return [f"warning: dreg.form=literal with 4 x dreg.lam ({4 * lam:g}) > weight decay ({s.weight_decay:g}): "
-                f"W^R - W^L grows without bound, by about x{growth:.4g} per step at the peak learning rate "
-                f"{s.peak_lr:g} (1 + lr (4 lambda - wd); momentum makes it faster); dreg.form=projected holds "
-                "it at dreg.radius"]
-
-    def log_values(self, module: nn.Module) -> dict[str, float]:
-        return branch_stats(_dual(module))
-
-    def summary_values(self, module: nn.Module) -> dict[str, float]:
+    def values(self, module: nn.Module, final: bool) -> dict[str, float]:
         dual = _dual(module)
+        if not final:
+            return branch_stats(dual)
         with torch.no_grad():
             contrast = float(self.objective.contrast(dual))
         return {**branch_stats(dual), "contrast": contrast}
@@ -135,22 +133,11 @@ class DReg(Method):
         logits_r, logits_l = module(x)
         return {"R": logits_r, "L": logits_l}
 
-    def choose_output(self, val_acc: Mapping[str, float], requested: str = "auto") -> Optional[str]:
-        return choose_path(val_acc, requested)  # type: ignore[arg-type]
-
-    def exported_model(self, module: nn.Module, output: Optional[str]) -> nn.Module:
-        return plain_model(_dual(module), output or "R")  # type: ignore[arg-type]
-
-    def export(
-        self,
-        module: nn.Module,
-        out_dir: Union[str, os.PathLike[str]],
-        *,
-        val_acc: Mapping[str, float],
-        output: Optional[str],
-        **meta: Any,
-    ) -> dict[str, Any]:
-        return write_export(_dual(module), out_dir, val_acc=val_acc, path=output or "R", **meta)
+    def export_model(self, module: nn.Module, output: Optional[str]) -> nn.Module:
+        dual, path = _dual(module), output or "R"
+        # meta.json as dreg_dist.dreg.write_export writes it: the layer, the path asked for, the norm layout
+        return with_export_meta(plain_model(dual, path), dreg_layer=dual.layer_path,  # type: ignore[arg-type]
+                                path_requested=path, dreg_norm=dual.norm_mode)
 
 
 def _dual(module: nn.Module) -> DualPathModel:

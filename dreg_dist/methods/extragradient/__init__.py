@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
 from dreg_dist.methods.base import StepContext
+from dreg_dist.methods.naming import config_key
 
 GammaRule = Literal["micro_batch", "lr"]
 
@@ -42,13 +43,14 @@ class Extragradient(LocalPerturbationMethod):
     Config = ExtragradientConfig
     perturbed_key = "loss_extrapolated"
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         gamma = self.hp.gamma
         if gamma is not None and not gamma >= 0:
-            raise ConfigError(f"config key '{self.key('gamma')}' must be >= 0 or null, got {gamma}")
+            raise ConfigError(f"config key '{config_key(self, 'gamma')}' must be >= 0 or null, got {gamma}")
         if not self.hp.gamma_scale >= 0:
-            raise ConfigError(f"config key '{self.key('gamma_scale')}' must be >= 0, got {self.hp.gamma_scale}")
+            raise ConfigError(f"config key '{config_key(self, 'gamma_scale')}' must be >= 0, got {self.hp.gamma_scale}")
         self.check_micro_batch_size()
+        return []
 
     def step_size(self, ctx: StepContext, samples: int, global_batch: int) -> float:
         """gamma for a chunk of ``samples`` samples of a global batch of ``global_batch``."""

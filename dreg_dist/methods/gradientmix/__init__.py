@@ -11,18 +11,21 @@ averaging (no hook is registered); K = 1 is the plain gradient.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import rank_and_world, seed_from
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext
+from dreg_dist.methods.naming import config_key
+from dreg_dist.methods.traits import Traits
 
 
 def mix_weights(seed: int, step: int, world_size: int, alpha: float, strength: float) -> np.ndarray:
@@ -65,23 +68,24 @@ class GradientMixConfig:
 class GradientMix(Method):
     name = "gradientmix"
     Config = GradientMixConfig
+    # Its hook replaces DDP's all-reduce when strength > 0 (refined per instance). The weights are
+    # drawn on the host (numpy) and only sent to the device: the step reads nothing back.
+    traits = Traits(replaces_allreduce=True)
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         if not 0.0 <= self.hp.strength <= 1.0:
-            raise ConfigError(f"config key '{self.key('strength')}' must be in [0, 1], got {self.hp.strength}")
+            raise ConfigError(f"config key '{config_key(self, 'strength')}' must be in [0, 1], got {self.hp.strength}")
         if not self.hp.alpha > 0:
-            raise ConfigError(f"config key '{self.key('alpha')}' must be > 0, got {self.hp.alpha}")
+            raise ConfigError(f"config key '{config_key(self, 'alpha')}' must be > 0, got {self.hp.alpha}")
+        return []
 
     def __init__(self, hp: Optional[GradientMixConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
+        self.traits = dataclasses.replace(type(self).traits, replaces_allreduce=self.hp.strength > 0)
         self.seed = self.hp.seed if self.hp.seed is not None else settings.seed
         self.current_weights: Optional[np.ndarray] = None
         self.hooked = False
         self._calls = 0
-
-    @property
-    def replaces_allreduce(self) -> bool:
-        return self.hp.strength > 0
 
     def configure_ddp(self, ddp_model: DDP) -> None:
         if self.hp.strength > 0:

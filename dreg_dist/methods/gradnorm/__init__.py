@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import (
@@ -26,6 +26,8 @@ from dreg_dist.methods._util import (
     trainable_params,
 )
 from dreg_dist.methods.base import Batch, Method, RunSettings, StepContext, logits_for_loss
+from dreg_dist.methods.naming import config_key
+from dreg_dist.methods.traits import Traits
 from dreg_dist.models.forward_keys import keyed
 
 
@@ -40,19 +42,22 @@ class GradNormConfig:
 class GradNorm(Method):
     name = "gradnorm"
     Config = GradNormConfig
-    supports_compile = False  # double backprop
+    # Double backprop (no torch.compile); chunks seeded by their first sample's position (fisher's
+    # labels); local_grads reads the loss scale on the host (GradScaler.get_scale) under fp16.
+    traits = Traits(compiles=False, needs_sample_index=True, syncs_with_host=True)
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         if not self.hp.lam >= 0:
-            raise ConfigError(f"config key '{self.key('lam')}' must be >= 0, got {self.hp.lam}")
+            raise ConfigError(f"config key '{config_key(self, 'lam')}' must be >= 0, got {self.hp.lam}")
         if self.hp.micro_batch_size < 1:
-            raise ConfigError(f"config key '{self.key('micro_batch_size')}' must be >= 1, "
+            raise ConfigError(f"config key '{config_key(self, 'micro_batch_size')}' must be >= 1, "
                               f"got {self.hp.micro_batch_size}")
+        return []
 
     def __init__(self, hp: Optional[GradNormConfig] = None, settings: RunSettings = RunSettings()) -> None:
         super().__init__(hp, settings)
         self._calls = 0
-        self._cut = CutWarning(self.key("micro_batch_size"), "penalty")
+        self._cut = CutWarning(config_key(self, "micro_batch_size"), "penalty")
 
     def penalty_target(self, logits: Tensor, target: Tensor, seed: int) -> Optional[Tensor]:
         """Labels of the penalty's cross-entropy; None = the training loss itself (gradnorm)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreg_dist.errors import ConfigError
 from dreg_dist.methods._util import LocalPerturbationMethod
 from dreg_dist.methods.base import StepContext
+from dreg_dist.methods.naming import config_key
 
 EPS = 1e-12
 
@@ -35,10 +36,11 @@ class SAM(LocalPerturbationMethod):
     Config = SAMConfig
     perturbed_key = "loss_perturbed"
 
-    def check(self) -> None:
+    def check(self, module: Optional[nn.Module] = None) -> list[str]:
         if not self.hp.rho >= 0:
-            raise ConfigError(f"config key '{self.key('rho')}' must be >= 0, got {self.hp.rho}; try 0.05")
+            raise ConfigError(f"config key '{config_key(self, 'rho')}' must be >= 0, got {self.hp.rho}; try 0.05")
         self.check_micro_batch_size()
+        return []
 
     def perturbation(self, ctx: StepContext, grads: list[Tensor], norm: Tensor, samples: int,
                      global_batch: int) -> Optional[list[Tensor]]:
