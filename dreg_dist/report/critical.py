@@ -224,6 +224,17 @@ def trade_off_section(runs: Sequence[Run], targets: Sequence[Target], figures: d
     if by is not None:
         out += [f"Each batch size's learning rate is the one that reaches {by.label} in the fewest steps "
                 "(validation only); the other targets are read from the same runs.", ""]
+    summary = ["| target | fitted B_crit (leave one batch size out) | live B_simple then: median (range) | "
+               "B_crit / live |", "|---|---:|---:|---:|"]
+    for target in targets:
+        best = tuned(runs, target, by)
+        f = fit([(b, x.steps) for b, x in best.items() if x is not None])
+        live = [x.noise_scale for x in best.values() if x is not None and x.noise_scale is not None]
+        med = statistics.median(live) if live else None
+        summary.append(f"| {target.label} | " + (f"{f.b_crit:.0f} ({f.loo[0]:.0f}-{f.loo[1]:.0f})" if f else "-")
+                       + " | " + (f"{med:.0f} ({min(live):.0f}-{max(live):.0f})" if med else "-") + " | "
+                       + (f"{f.b_crit / med:.1f}x" if f and med else "-") + " |")
+    out += summary + [""]
     for target in targets:
         best = tuned(runs, target, by)
         points = [(b, x.steps) for b, x in best.items() if x is not None]
@@ -250,7 +261,7 @@ def trade_off_section(runs: Sequence[Run], targets: Sequence[Target], figures: d
                 f"**B_crit = E_min / S_min = {f.b_crit:.0f}** (leaving one batch size out: "
                 f"{f.loo[0]:.0f}-{f.loo[1]:.0f})."
                 + (f" The live B_simple at the step each tuned run reached the target: median {med:.0f} "
-                   f"(range {min(live):.0f}-{max(live):.0f}); the fitted B_crit is **{f.b_crit / med:.2g}x** "
+                   f"(range {min(live):.0f}-{max(live):.0f}); the fitted B_crit is **{f.b_crit / med:.1f}x** "
                    "that median." if med else ""), ""]
         if ("tradeoff", target.short) in figures:
             out += [f"![steps against examples, {target.label}]({figures[('tradeoff', target.short)]})", ""]
