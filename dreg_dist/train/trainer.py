@@ -44,7 +44,7 @@ from dreg_dist.train.noise import NoiseScaleMeter
 from dreg_dist.train.preemption import PreemptionFlag
 from dreg_dist.train.records import RunRecorder
 from dreg_dist.train.state import TrainState
-from dreg_dist.train.step_guard import make_guard, nonfinite_flag, skipped
+from dreg_dist.train.step_guard import DeviceGuard, make_guard, nonfinite_flag, skipped
 from dreg_dist.train.window import LossWindow
 from dreg_dist.train.writer import CheckpointWriter
 
@@ -116,6 +116,10 @@ class Trainer:
                                   self._say, preempt)
         self.guard = make_guard(t.step_guard, self.device, self.optimizer, self.module,
                                 restore_buffers=t.on_nonfinite == "skip")
+        if isinstance(self.guard, DeviceGuard) and self.method.traits.syncs_with_host:
+            self._say(f"note: train.step_guard=device keeps the trainer's step free of host syncs, but "
+                      f"method {self.method.name} reads device values on the host in every step, so each step "
+                      "still waits for the device")
         self.window = LossWindow(self.device)
         self.writer = CheckpointWriter(self.layout, self.device, env.is_main, self.recorder, cfg.checkpoint.keep_last)
         self.resumed_from: Optional[str] = None

@@ -195,3 +195,17 @@ def test_values_and_check_are_the_one_hook_each() -> None:
     assert "branch_distance" in logged and set(final) == set(logged) | {"contrast"}
     assert build_method("sam").values(nn.Linear(2, 2), final=True) == {}
     assert dreg.check() == [] and dreg.check(dual) == []  # the projected form: nothing to warn about
+
+
+def test_a_host_syncing_method_under_the_device_guard_is_said_once(tmp_path: Path) -> None:
+    from ..conftest import TINY, assert_ok, launch
+
+    said = "reads device values on the host in every step"
+    sam = launch(1, "configs/quickstart.yaml", tmp_path / "sam",
+                 [*TINY, "method=sam", "train.epochs=1", "train.step_guard=device", "train.stop_after_steps=1"])
+    assert_ok(sam)
+    assert sam.stdout.count(said) == 1
+    vanilla = launch(1, "configs/quickstart.yaml", tmp_path / "vanilla",
+                     [*TINY, "method=vanilla", "train.epochs=1", "train.step_guard=device", "train.stop_after_steps=1"])
+    assert_ok(vanilla)
+    assert said not in vanilla.stdout
