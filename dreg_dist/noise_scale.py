@@ -47,7 +47,7 @@ def estimates(small_sq: T, big_sq: T, b_small: float, b_big: float) -> tuple[T, 
 
 def simple_noise_scale(g_sq: float, trace: float) -> Optional[float]:
     """B_simple = tr(Sigma) / |G|^2, or None while the estimate of |G|^2 is not positive."""
-    if not (math.isfinite(g_sq) and math.isfinite(trace)) or g_sq <= 0 or trace < 0:
+    if not (math.isfinite(g_sq) and math.isfinite(trace)) or g_sq <= 0 or trace <= 0:
         return None
     return trace / g_sq
 
@@ -73,9 +73,9 @@ def _pow2_near(x: float) -> int:
 def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True) -> str:
     """One paragraph: the measured noise scale, the batch used, and what the empirical model
     predicts for it and for the power of two nearest the noise scale."""
-    if noise_scale is None:
+    if noise_scale is None or not noise_scale > 0:
         return ("The gradient noise scale was not measured in this run (it needs a second batch size: "
-                "two or more workers, or train.accumulation_steps >= 2), so there is no batch-size advice.")
+                "two or more workers, or two or more accumulation micro-batches), so there is no batch-size advice.")
     b = noise_scale
     ratio = batch / b
     s, e = steps_over_min(batch, b), examples_over_min(batch, b)

@@ -129,7 +129,8 @@ class StepContext:
         mean loss of its ``samples`` samples times their share of this worker's step (what
         plain accumulation does); methods pass ``samples`` so that the gradient after the
         first block measures the gradient noise (None: not measured from this block)."""
-        with self.model.no_sync() if isinstance(self.model, DDP) and not last else nullcontext():
+        ddp = getattr(self.model, "_orig_mod", self.model)  # torch.compile wraps the DDP model
+        with ddp.no_sync() if isinstance(ddp, DDP) and not last else nullcontext():
             yield
         after, self.first_block = self.first_block, None
         if after is not None and not last and samples is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from dreg_dist.noise_scale import ASSUMPTIONS, advice
+from dreg_dist.records import BASELINE
 from dreg_dist.report.runs import Run, val_accuracy
 
 LOSS_WINDOW = 5
@@ -191,34 +192,55 @@ def _n(x: Optional[float], spec: str = ".0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _best_by_val(runs: Sequence[Run]) -> Run:
+    return max(runs, key=lambda r: r.best_val_acc or 0.0)
+
+
 def noise_section(runs: Sequence[Run], figures: dict[tuple, str]) -> list[str]:
-    """Each batch size's live noise scale at the end of its runs, and the advice for it."""
+    """Per method and batch size, the live noise scale at the end of its best-validation run
+    (and the range over its other runs), and the advice for it."""
     if not has_noise_scale(runs):
         return []
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        if final_noise_scale(r) is not None and r.best_val_acc is not None:
+            groups.setdefault((r.method, r.batch_size), []).append(r)
     out = ["## Batch size and the gradient noise scale", "",
            "B_simple = tr(Sigma) / |G|^2 measured live in every run (moving averages of both, "
            "McCandlish et al. 2018); its final value estimates the critical batch size the run ended "
-           "near. Per batch size: the median over its runs.", ""]
-    out += ["| global batch | runs | final B_simple (median) | range |", "|---:|---:|---:|---:|"]
-    per_batch: dict[int, list[float]] = {}
-    for r in runs:
-        if (b := final_noise_scale(r)) is not None:
-            per_batch.setdefault(r.batch_size, []).append(b)
-    for batch, values in sorted(per_batch.items()):
-        out.append(f"| {batch} | {len(values)} | {statistics.median(values):.0f} | "
+           "near. Per method and batch size: its run with the best validation accuracy, and the range "
+           "over all its runs (other learning rates, seeds).", ""]
+    out += ["| method | global batch | runs | final B_simple (best-validation run) | range |",
+            "|---|---:|---:|---:|---:|"]
+    chosen: dict[tuple[str, int], float] = {}
+    for (method, batch), group in sorted(groups.items()):
+        values = [final_noise_scale(r) or 0.0 for r in group]
+        chosen[(method, batch)] = final_noise_scale(_best_by_val(group)) or 0.0
+        out.append(f"| {method} | {batch} | {len(group)} | {chosen[(method, batch)]:.0f} | "
                    f"{min(values):.0f}-{max(values):.0f} |")
     out.append("")
     if ("noise", "over_training") in figures:
         out += [f"![noise scale over training]({figures[('noise', 'over_training')]})", ""]
-    for batch, values in sorted(per_batch.items()):
-        out += [f"- {advice(statistics.median(values), batch, assumptions=False)}"]
+    several = len({m for m, _ in chosen}) > 1
+    for (method, batch), b in chosen.items():
+        out += [f"- {f'{method}: ' if several else ''}{advice(b, batch, assumptions=False)}"]
     out += ["", ASSUMPTIONS, ""]
     return out
 
 
+def baseline_runs(runs: Sequence[Run]) -> list[Run]:
+    """The runs the trade-off is measured on: one method's (vanilla where there are several)."""
+    methods = sorted({r.method for r in runs})
+    if len(methods) <= 1:
+        return list(runs)
+    keep = BASELINE if BASELINE in methods else methods[0]
+    return [r for r in runs if r.method == keep]
+
+
 def trade_off_section(runs: Sequence[Run], targets: Sequence[Target], figures: dict[tuple, str]) -> list[str]:
     """Steps and examples to each target per batch size, the fitted trade-off, and B_crit
-    against the live B_simple."""
+    against the live B_simple (one method's runs: :func:`baseline_runs`)."""
+    runs = baseline_runs(runs)
     out = ["## Steps against examples: the measured critical batch size", ""]
     by = chooser(targets)
     if by is not None:
@@ -279,10 +301,10 @@ def over_training(runs: Sequence[Run]) -> dict[int, list[tuple[float, float]]]:
     accuracy: the noise scale against training progress, which batch sizes share."""
     out: dict[int, list[tuple[float, float]]] = {}
     for batch in sorted({r.batch_size for r in runs}):
-        group = [r for r in runs if r.batch_size == batch and r.best_val_acc is not None]
+        group = [r for r in baseline_runs(runs) if r.batch_size == batch and r.best_val_acc is not None]
         if not group:
             continue
-        best = max(group, key=lambda r: r.best_val_acc or 0.0)
+        best = _best_by_val(group)
         loss = dict(curve(best, "loss"))
         pts = [(loss[float(r["step"])], float(r["noise_scale"])) for r in best.train
                if r.get("noise_scale") is not None and float(r.get("step", -1)) in loss]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from dreg_dist.report.critical import Fit, Reach, Target, chooser, fit, has_noise_scale, over_training, tuned
+from dreg_dist.report.critical import Fit, Reach, Target, baseline_runs, chooser, fit, has_noise_scale, over_training, tuned
 from dreg_dist.report.plots import OUTSIDE, Plotter
 from dreg_dist.report.runs import Run
 
@@ -70,6 +70,7 @@ def batch_size_figures(plotter: Plotter, runs: Sequence[Run], targets: Sequence[
     out: dict[tuple, str] = {}
     fits = []
     by = chooser(targets)
+    runs = baseline_runs(runs)
     for target in targets:
         reached = [x for x in tuned(runs, target, by).values() if x is not None]
         f = fit([(x.batch, x.steps) for x in reached])

@@ -35,7 +35,9 @@ KEYS = ("grad_sq_norm", "grad_trace_cov")
 
 
 def _sq_norm(tensors: list[Tensor]) -> Tensor:
-    return torch.stack([t.detach().float().pow(2).sum() for t in tensors]).sum()
+    """Sum of squares of all entries, in a few fused kernels (fp32 accumulation)."""
+    norms = torch._foreach_norm([t.detach() for t in tensors], 2, dtype=torch.float32)
+    return torch.stack(norms).square().sum()
 
 
 class NoiseScaleMeter:
@@ -55,10 +57,16 @@ class NoiseScaleMeter:
         self.small_batch: Optional[int] = None
         """The small batch of the last measured step (B / K in hook mode, a block's samples in block mode)."""
         self._said = False
+        self.off_reason: Optional[str] = None
         if not enabled:
             self.mode = "off"
         elif world_size > 1 and hookable:
             self.mode = "hook"
+        elif world_size > 1:
+            # The method's own all-reduce (GradientMix mixes workers with random weights) makes the
+            # "global" gradient something other than the mean over B examples: the estimators assume it.
+            self.mode, self.off_reason = "off", ("the method replaces the gradient all-reduce, so the global "
+                                                 "gradient is not the mean over the global batch")
         else:
             self.mode = "block"
         self._zero = torch.zeros((), device=device)
@@ -77,8 +85,10 @@ class NoiseScaleMeter:
         """A DDP communication hook: the bucket's squared norm, then ``inner`` (the all-reduce)."""
         # No annotations: DDP refuses a hook whose annotations are strings (postponed evaluation).
         def hook(state, bucket):  # type: ignore[no-untyped-def]
-            part = bucket.buffer().detach().float().pow(2).sum()
-            self._small = part if self._small is None else self._small + part
+            part = torch.linalg.vector_norm(bucket.buffer().detach(), dtype=torch.float32).square()
+            # Bucket 0 comes first in every synced backward: only the step's last one counts (a
+            # compiled DDP model may all-reduce every micro-batch).
+            self._small = part if self._small is None or bucket.index() == 0 else self._small + part
             self.small_batch = self.local_batch
             return inner(state, bucket)
         return hook
@@ -145,26 +155,34 @@ class NoiseScaleMeter:
 
     def why_off(self) -> Optional[str]:
         """Once, at the first logging step that has no estimate: why the run has none."""
-        if self.mode == "off" or self.measured or self._said:
+        if self._said or self.measured or (self.mode == "off" and self.off_reason is None):
             return None
         self._said = True
+        if self.off_reason is not None:
+            return f"note: the gradient noise scale is not measured: {self.off_reason}"
         return ("note: the gradient noise scale is not measured: this step has one batch size only (one "
-                "worker, one accumulation micro-batch, no chunks); set train.accumulation_steps >= 2 or run "
-                "two or more workers to measure it")
+                "worker, one accumulation micro-batch, no chunks); run two or more workers, or split the "
+                "batch (train.accumulation_steps >= 2, or a train.micro_batch_size below the batch)")
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The averages (this rank's) and the history: a resumed run continues both."""
-        return {"ema": {k: float(v) for k, v in self._ema.items()}, "weight": float(self._weight),
-                "history": list(self.history), "measured": self.measured}
+        """The averages, as the mean over ranks (a collective, like the checkpoint it is part of:
+        the mean is all the logged value uses), and the history: a resumed run continues both."""
+        vec = torch.stack([self._ema[k] for k in KEYS] + [self._weight]).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(vec)
+            vec /= self.world_size
+        values = vec.tolist()
+        return {"ema": dict(zip(KEYS, values[:len(KEYS)])), "weight": values[-1], "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the averages and the history; whether this run measures is its own (a resume
+        on another layout may not)."""
         if not state:  # a checkpoint of an earlier release
             return
         self._ema = {k: torch.tensor(float(state["ema"][k]), device=self.device) for k in KEYS}
         self._weight = torch.tensor(float(state["weight"]), device=self.device)
         self.history = list(state.get("history", []))
-        self.measured = bool(state.get("measured", False))
 
     def summary(self) -> dict[str, Any]:
         """For ``summary.json``: the final values, their history, and how they were measured."""

@@ -221,12 +221,12 @@ class Trainer:
         # With fp16 the scaler skips inf gradients itself; the loss is still checked.
         bad = nonfinite_flag(parts["loss"], grads, check_grads=not self.scaler.is_enabled())
         flags = self.guard.exchange(step, bad, self.control.signalled())
+        self.noise.step(grads, skipped(flags))  # before the update unscales, clips and rescales .grad
         self.control.observe(self.guard.settled(step))
         self.guard.apply(flags, self._update)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.window.add(parts, skipped(flags))
-        self.noise.step(grads, skipped(flags))
         self.state.step_in_epoch += 1
         self.state.global_step += 1
 

@@ -65,7 +65,7 @@ def test_sections_tune_on_validation_and_set_the_fit_against_the_live_estimate(t
     text = "\n".join(trade_off_section(runs, targets, {}))
     assert "**B_crit = E_min / S_min = 799**" in text and "median 700" in text  # 800 up to rounded steps
     noise = "\n".join(noise_section(runs, {}))
-    assert "| 256 | 2 | 400 | 100-700 |" in noise and "Batch 256" in noise
+    assert "| vanilla | 256 | 2 | 700 | 100-700 |" in noise and "Batch 256" in noise  # the best-validation run
 
 
 def test_runs_without_a_noise_scale_get_no_section(tmp_path: Path) -> None:

@@ -163,3 +163,17 @@ def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, t
 def test_a_bad_moving_average_decay_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"log.noise_scale_ema' must be in \(0, 1\), got 1.5; try 0.95"):
         preflight(load_config(REPO / "configs/quickstart.yaml", ["log.noise_scale_ema=1.5"]), 1)
+
+
+def test_the_trainer_measures_before_the_update_touches_the_gradient(tmp_path: Path, tiny: list[str]) -> None:
+    # Clipping (and on CUDA the fp16 grad scaler's unscale and update) rewrite .grad in place
+    # during the update: the first step's estimate (same weights in both runs) must not see it.
+    first = {}
+    for name, extra in {"plain": [], "clipped": ["train.grad_clip_norm=0.001"]}.items():
+        run = tmp_path / name
+        assert_ok(launch(1, "configs/quickstart.yaml", run, tiny + ["method=vanilla", "train.epochs=1",
+                                                                      "train.accumulation_steps=2", *extra]))
+        train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        first[name] = next(r for r in train if r.get("kind") == "train")
+    for key in ("grad_sq_norm", "grad_trace_cov"):
+        assert first["clipped"][key] == pytest.approx(first["plain"][key], rel=1e-5), key
