@@ -90,7 +90,7 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         "skipped_steps": run.state.skipped_steps,
         "resumed_from": run.resumed_from,
         "noise_scale": {**run.noise_scale, "advice": advice(
-            run.noise_scale.get("final", {}).get("noise_scale"), t.global_batch_size, assumptions=False)},
+            run.noise_scale.get("final", {}).get("noise_scale"), t.global_batch_size)},
     }
     if final_values:
         summary["final_values"] = final_values

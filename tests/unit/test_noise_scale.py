@@ -149,7 +149,7 @@ def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, t
     summary = json.loads((run / "summary.json").read_text())["noise_scale"]
     assert summary["measured"] and summary["mode"] == "block" and summary["small_batch"] == 32
     assert summary["final"]["noise_scale"] > 0 and len(summary["history"]) == 1
-    assert summary["advice"].startswith("Batch 64 is")
+    assert summary["advice"].startswith("Batch 64 is") and "well-tuned learning rate" in summary["advice"]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all({"grad_sq_norm", "grad_trace_cov"} <= set(r) for r in logged if r.get("kind") == "train")
 
