@@ -134,6 +134,32 @@ def tuned(runs: Sequence[Run], target: Target, by: Optional[Target] = None) -> d
     return out
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One target's tuned runs per batch size, their fitted trade-off and the live estimates."""
+
+    target: Target
+    best: dict[int, Optional[Reach]]
+    fit: Optional["Fit"]
+    live: list[float]
+    """The live B_simple of each tuned run when it reached the target."""
+
+    @property
+    def reached(self) -> list[Reach]:
+        return [x for x in self.best.values() if x is not None]
+
+    @property
+    def median(self) -> Optional[float]:
+        return statistics.median(self.live) if self.live else None
+
+
+def measure(runs: Sequence[Run], target: Target, by: Optional[Target] = None) -> Measured:
+    best = tuned(runs, target, by)
+    reached = [x for x in best.values() if x is not None]
+    live = [x.noise_scale for x in reached if x.noise_scale is not None]
+    return Measured(target, best, fit([(x.batch, x.steps) for x in reached]), live)  # type: ignore[arg-type]
+
+
 def chooser(targets: Sequence[Target]) -> Optional[Target]:
     """The target the learning rate is chosen on: the first validation target (None: each its own)."""
     return next((t for t in targets if t.metric == "val"), None)
@@ -248,19 +274,15 @@ def trade_off_section(runs: Sequence[Run], targets: Sequence[Target], figures: d
                 "(validation only); the other targets are read from the same runs.", ""]
     summary = ["| target | fitted B_crit (leave one batch size out) | live B_simple then: median (range) | "
                "B_crit / live |", "|---|---:|---:|---:|"]
-    for target in targets:
-        best = tuned(runs, target, by)
-        f = fit([(b, x.steps) for b, x in best.items() if x is not None])
-        live = [x.noise_scale for x in best.values() if x is not None and x.noise_scale is not None]
-        med = statistics.median(live) if live else None
+    measured = [measure(runs, target, by) for target in targets]
+    for m in measured:
+        target, f, live, med = m.target, m.fit, m.live, m.median
         summary.append(f"| {target.label} | " + (f"{f.b_crit:.0f} ({f.loo[0]:.0f}-{f.loo[1]:.0f})" if f else "-")
                        + " | " + (f"{med:.0f} ({min(live):.0f}-{max(live):.0f})" if med else "-") + " | "
                        + (f"{f.b_crit / med:.1f}x" if f and med else "-") + " |")
     out += summary + [""]
-    for target in targets:
-        best = tuned(runs, target, by)
-        points = [(b, x.steps) for b, x in best.items() if x is not None]
-        f = fit(points)
+    for m in measured:
+        target, best, f, live, med = m.target, m.best, m.fit, m.live, m.median
         out += [f"### To {target.label}", ""]
         out += ["| global batch | learning rate (tuned) | steps S | examples E (epochs) | S / S_min (fit) | "
                 "live B_simple then |", "|---:|---:|---:|---:|---:|---:|"]
@@ -273,12 +295,10 @@ def trade_off_section(runs: Sequence[Run], targets: Sequence[Target], figures: d
             out.append(f"| {batch} | {_n(x.run.lr, 'g')} | {x.steps:.0f} | {x.examples:,.0f} ({epochs:.1f}) | "
                        f"{_n(ratio, '.2f')} | {_n(x.noise_scale)} |")
         out.append("")
-        live = [x.noise_scale for x in best.values() if x is not None and x.noise_scale is not None]
         if f is None:
             out += ["Too few batch sizes reached the target (or the points do not fit S = S_min + E_min / B "
                     "with positive S_min and E_min) to fit the trade-off.", ""]
             continue
-        med = statistics.median(live) if live else None
         out += [f"Fit S = S_min + E_min / B: S_min = {f.s_min:.0f} steps, E_min = {f.e_min:,.0f} examples, "
                 f"**B_crit = E_min / S_min = {f.b_crit:.0f}** (leaving one batch size out: "
                 f"{f.loo[0]:.0f}-{f.loo[1]:.0f})."
@@ -313,6 +333,6 @@ def over_training(runs: Sequence[Run]) -> dict[int, list[tuple[float, float]]]:
     return out
 
 
-__all__ = ["Fit", "Reach", "Target", "TargetError", "crossing", "fit", "has_noise_scale", "noise_section",
+__all__ = ["Fit", "Measured", "Reach", "Target", "TargetError", "measure", "crossing", "fit", "has_noise_scale", "noise_section",
            "over_training", "parse_targets", "trade_off_section", "tuned"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from dreg_dist.report.critical import Fit, Reach, Target, baseline_runs, chooser, fit, has_noise_scale, over_training, tuned
+from dreg_dist.report.critical import Fit, Reach, Target, baseline_runs, chooser, has_noise_scale, measure, over_training
 from dreg_dist.report.plots import OUTSIDE, Plotter
 from dreg_dist.report.runs import Run
 
@@ -71,12 +71,11 @@ def batch_size_figures(plotter: Plotter, runs: Sequence[Run], targets: Sequence[
     fits = []
     by = chooser(targets)
     runs = baseline_runs(runs)
-    for target in targets:
-        reached = [x for x in tuned(runs, target, by).values() if x is not None]
-        f = fit([(x.batch, x.steps) for x in reached])
-        fits.append(f)
-        if (path := trade_off(plotter, target, reached, f)) is not None:
-            out[("tradeoff", target.short)] = path
+    fits = []
+    for m in (measure(runs, target, by) for target in targets):
+        fits.append(m.fit)
+        if (path := trade_off(plotter, m.target, m.reached, m.fit)) is not None:
+            out[("tradeoff", m.target.short)] = path
     if has_noise_scale(runs):
         first = next((f for f in fits if f is not None), None)
         path = noise_over_training(plotter, over_training(runs), first.b_crit if first else None)
