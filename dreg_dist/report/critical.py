@@ -333,6 +333,7 @@ def over_training(runs: Sequence[Run]) -> dict[int, list[tuple[float, float]]]:
     return out
 
 
-__all__ = ["Fit", "Measured", "Reach", "Target", "TargetError", "measure", "crossing", "fit", "has_noise_scale", "noise_section",
-           "over_training", "parse_targets", "trade_off_section", "tuned"]
+__all__ = ["Fit", "Measured", "Reach", "Target", "TargetError", "baseline_runs", "chooser", "crossing", "fit",
+           "has_noise_scale", "measure", "noise_section", "over_training", "parse_targets", "trade_off_section",
+           "tuned"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from dreg_dist.report.critical import Fit, Reach, Target, baseline_runs, chooser, has_noise_scale, measure, over_training
+from dreg_dist.report.critical import (Fit, Reach, Target, baseline_runs, chooser, has_noise_scale, measure,
+                                       over_training)
 from dreg_dist.report.plots import OUTSIDE, Plotter
 from dreg_dist.report.runs import Run
 
