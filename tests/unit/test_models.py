@@ -10,7 +10,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 
 from dreg_dist.models import UnknownModelError, available_models, build_model, input_size
 
-CIFAR_ARCHS = ["resnet18", "vgg16", "mobilenet_v2", "cnn_small", "cnn_small_gn", "cnn_tiny"]
+CIFAR_ARCHS = ["resnet18", "vgg16", "mobilenet_v2", "cnn_small", "cnn_small_gn", "cnn_tiny", "cnn_base"]
 
 
 def _n_params(model: nn.Module) -> int:
@@ -40,6 +40,7 @@ def test_cifar_output_shape(arch: str) -> None:
         ("cnn_small", 0.39),
         ("cnn_small_gn", 0.39),
         ("cnn_tiny", 0.098),
+        ("cnn_base", 0.391),
     ],
 )
 def test_cifar_param_counts(arch: str, expected_millions: float) -> None:
@@ -90,7 +91,8 @@ def test_mobilenet_v2_cifar_strides_and_spatial_size() -> None:
 
 
 def test_cnn_small_layer_names() -> None:
-    for arch, norm in [("cnn_small", nn.BatchNorm2d), ("cnn_small_gn", nn.GroupNorm), ("cnn_tiny", nn.BatchNorm2d)]:
+    for arch, norm in [("cnn_small", nn.BatchNorm2d), ("cnn_small_gn", nn.GroupNorm), ("cnn_tiny", nn.BatchNorm2d),
+                       ("cnn_base", nn.BatchNorm2d)]:
         model = build_model(arch, 10)
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         assert convs == ["conv1", "conv2", "conv3", "conv4"]
@@ -109,6 +111,15 @@ def test_cnn_tiny_downsamples_in_the_stem() -> None:
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
     assert seen["shape"] == (1, 128, 4, 4)  # 32 -> 16 (stem) -> 8 -> 4 (pools)
+
+
+def test_cnn_base_is_cnn_tiny_at_twice_the_width() -> None:
+    tiny, base = build_model("cnn_tiny", 10), build_model("cnn_base", 10)
+    assert base.conv1.stride == (2, 2)
+    assert [getattr(base, f"conv{i}").out_channels for i in range(1, 5)] == [32, 64, 128, 256]
+    for i in (2, 3, 4):  # inner convs: twice the inputs and twice the outputs
+        assert getattr(base, f"conv{i}").weight.numel() == 4 * getattr(tiny, f"conv{i}").weight.numel()
+    assert _n_params(base) / _n_params(tiny) == pytest.approx(3.96, abs=0.01)
 
 
 def test_cnn_small_gn_is_independent_of_batch_split() -> None:
