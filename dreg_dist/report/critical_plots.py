@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 
 from dreg_dist.report.critical import (Fit, Reach, Target, baseline_runs, chooser, has_noise_scale, measure,
                                        over_training)
-from dreg_dist.report.plots import OUTSIDE, Plotter
+from dreg_dist.report.panels import grid, legend_right
+from dreg_dist.report.plots import Plotter
 from dreg_dist.report.runs import Run
 
 
@@ -20,7 +21,7 @@ def noise_over_training(plotter: Plotter, series: dict[int, list[tuple[float, fl
     name = "noise_scale_over_training.png"
     if not plotter.draw:
         return plotter._name(name)
-    fig, ax = plotter.plt.subplots(figsize=(6.4, 3.8))
+    fig, (ax,) = grid(plotter.plt, 1, panel=(4.6, 3.4))
     for batch, pts in sorted(series.items()):
         ax.plot([x for x, _ in pts], [y for _, y in pts], lw=1.2, label=f"B = {batch}")
     if b_crit is not None:
@@ -31,7 +32,7 @@ def noise_over_training(plotter: Plotter, series: dict[int, list[tuple[float, fl
     ax.set_ylabel("live B_simple")
     ax.set_title("Gradient noise scale as the loss falls", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, **OUTSIDE)
+    legend_right(ax, fontsize=8)
     return plotter._save(fig, name)
 
 
@@ -42,7 +43,7 @@ def trade_off(plotter: Plotter, target: Target, reached: Sequence[Reach], fit: O
     name = f"tradeoff_{target.short}.png"
     if not plotter.draw:
         return plotter._name(name)
-    fig, ax = plotter.plt.subplots(figsize=(6.4, 4.0))
+    fig, (ax,) = grid(plotter.plt, 1, panel=(4.6, 3.6))
     ax.scatter([x.examples for x in reached], [x.steps for x in reached], color="C0", zorder=3,
                label="measured (tuned lr)")
     for x in reached:
@@ -60,7 +61,7 @@ def trade_off(plotter: Plotter, target: Target, reached: Sequence[Reach], fit: O
     ax.set_ylabel("optimizer steps S")
     ax.set_title(f"Steps against examples to {target.label}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, **OUTSIDE)
+    legend_right(ax, fontsize=8)
     return plotter._save(fig, name)
 
 

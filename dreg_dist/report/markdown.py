@@ -72,8 +72,17 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
     for setup in analysis.setups:
         fig = figures.get(("lr", setup.key))
         if fig:
-            out += [f"![Learning-rate sensitivity{' - ' + setup.label if setup.label else ''}]({fig})", ""]
+            out += [f"![Learning-rate sensitivity{' - ' + setup.label if setup.label else ''}]({fig})", "",
+                    LR_CAPTION, ""]
     return out
+
+
+LR_CAPTION = ("_One panel per method and batch size, one line per setting of its other knobs; every point of a "
+              "line is the mean over the seeds the selection is made on (legend), the star the selected setting's "
+              "mean over all its seeds with their 95% interval._")
+CURVES_CAPTION = (f"_One panel per method (at most its best four variants by mean best validation accuracy; every "
+                  f"variant is in the tables above), {BASELINE} at the same batch size dashed grey; shaded: min-max "
+                  f"over seeds._")
 
 
 def _newest_record(runs: Sequence[Any]) -> str:
@@ -158,12 +167,14 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
         out += _transfer_section(setup, [t for t in moves if (t.moved.batch_size, t.moved.layout) == (batch, layout)],
                                  figures, h3)
     sub = h3
+    where = f" - {setup.label}" if setup.label else ""  # the figures' titles leave it out: it is long
     val_figs = [(sizes, figures.get(("val", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in val_figs):
         out += [f"{sub} Validation accuracy vs epoch", ""]
         for sizes, f in val_figs:
             if f:
-                out += [f"![Validation accuracy, batch size {', '.join(map(str, sizes))}]({f})", ""]
+                out += [f"![Validation accuracy, batch size {', '.join(map(str, sizes))}{where}]({f})", ""]
+        out += [CURVES_CAPTION, ""]
     compute_figs = [(sizes, figures.get(("compute", setup.key, tuple(sizes))))
                     for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in compute_figs):
@@ -175,7 +186,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
                 "reach an accuracy in half the epochs to be as fast to it.", ""]
         for sizes, f in compute_figs:
             if f:
-                out += [f"![Validation accuracy vs compute, batch size {', '.join(map(str, sizes))}]({f})", ""]
+                out += [f"![Validation accuracy vs compute, batch size {', '.join(map(str, sizes))}{where}]({f})", ""]
     loss_figs = [(sizes, figures.get(("loss", setup.key, tuple(sizes)))) for sizes in batch_groups(setup.batch_sizes, bs_spec)]
     if any(f for _, f in loss_figs):
         out += [f"{sub} Training loss vs epoch", "",
@@ -183,7 +194,7 @@ def _setup_section(analysis: Analysis, setup: Setup, figures: dict[tuple, str], 
                 "cross-entropy, the mean of its cross-entropy terms; see the notes above).", ""]
         for sizes, f in loss_figs:
             if f:
-                out += [f"![Training loss, batch size {', '.join(map(str, sizes))}]({f})", ""]
+                out += [f"![Training loss, batch size {', '.join(map(str, sizes))}{where}]({f})", ""]
     for key in analysis.study_keys:
         fig = figures.get(("study", setup.key, key))
         if not fig:

@@ -1,17 +1,22 @@
-"""PNG figures of a sweep (matplotlib, Agg backend, imported only when drawing).
+"""PNG figures of a sweep (matplotlib, Agg backend, imported only when drawing), as small
+multiples (:mod:`dreg_dist.report.panels`): one panel per method, its best few variants with
+short labels, the baseline dashed grey, legends outside the panels.
 
-* validation accuracy vs epoch: one line per method variant x batch size, mean over seeds
-  with the min-max band shaded, one figure per batch-size group (the paper's Figures 2-5);
+* validation accuracy vs epoch: per method (at each batch size of the group) its best variants
+  at their selected learning rates, mean over seeds with the min-max band shaded, one figure per
+  batch-size group (the paper's Figures 2-5);
 * training loss vs epoch, the same layout;
 * validation accuracy vs compute: the same curves with epochs scaled by each method's
   benchmarked step cost over the baseline's where it has one, else its time/epoch over the
   baseline's (baseline-epoch equivalents of compute);
 * best validation accuracy vs a method's study keys (its description's ``study_keys``; the paper's
-  Figures 6-7 are DReg's layer and lambda), the baseline dashed;
-* learning-rate sensitivity: best validation accuracy vs learning rate per method, the
-  selected learning rate circled, one panel per batch size;
-* a method's own signals (its description's ``report_signals``) vs epoch, every run of the method, the
-  legend outside the axes;
+  Figures 6-7 are DReg's layer and lambda), one panel per batch size, the baseline dashed;
+* learning-rate sensitivity: one panel per method and batch size, best validation accuracy vs
+  learning rate, one line per setting of its other knobs, every point on the seeds every
+  learning rate was run with (those the selection uses); the selected setting a star with the
+  mean and 95% interval of all its seeds;
+* a method's own signals (its description's ``report_signals``) vs epoch: one panel per variant,
+  one line per learning rate, every run of the method at the batch size;
 * learning-rate transfer: test accuracy at the tuning batch and at the larger one, per method
   variant, with 95% intervals over seeds.
 
@@ -30,12 +35,15 @@ from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import Transfer, compute_cost
+from dreg_dist.report.panels import (BASE_STYLE, DPI, MAX_SHOWN, best_few, distinct, family_panels, grid, knobs,
+                                     legend_right, short_labels, wrap)
+from dreg_dist.report.runs import iter_finite
+from dreg_dist.report.select import common_seeds
 from dreg_dist.report.stats import freeze, mean_ci, sort_key
 from dreg_dist.report.signals import series, signal_id
 from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
-DPI = 110
 
 
 class ReportError(RuntimeError):
@@ -59,20 +67,16 @@ def _bs_text(sizes: Sequence[int]) -> str:
     return "-".join(str(b) for b in sizes)
 
 
-def _colors(labels: Sequence[str]) -> dict[str, Any]:
-    plt = _pyplot()
-    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
-    return {lab: cycle[i % len(cycle)] for i, lab in enumerate(labels)}
+_COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"]
+"""The default cycle without its grey (C7), which is the baseline's."""
 
 
-_STYLES = ["-", "--", ":", "-."]
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
-"""Legend placement: right of the axes, never over the data."""
+def _first_col(ax: Any) -> bool:
+    return ax.get_subplotspec().is_first_col()
 
 
-def _line_label(setup: Setup, g: Group) -> str:
-    """A group's name in a legend: its batch setup named where its batch size has several."""
-    return g.label + (f" ({g.pairs_label(g.layout)})" if len(setup.layouts(g.batch_size)) > 1 else "")
+def _mean(values: Sequence[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
 
 
 class Plotter:
@@ -90,78 +94,62 @@ class Plotter:
     def _name(self, name: str) -> str:
         return f"{FIG_DIR}/{name}"
 
-    def _finish(self, fig: Any, ax: Any, name: str, title: str, setup: Setup, legend_size: int) -> str:
-        """Title (with the setup's label), grid and legend of a one-panel figure, then save it."""
-        where = f" - {setup.label}" if setup.label else ""
-        ax.set_title(f"{title}{where}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size, **OUTSIDE)
-        return self._save(fig, name)
-
     def _save(self, fig: Any, name: str) -> str:
-        path = self.fig_dir / name
-        # A legend outside the axes must not shrink them: the layout leaves it out, the saved
-        # canvas grows to take it in.
-        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
-        for legend in legends:
-            legend.set_in_layout(False)
-        fig.tight_layout(rect=(0, 0, 1, 0.93) if fig.get_suptitle() else None)
-        fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", bbox_extra_artists=legends)
+        # Saved as laid out (no bbox_inches="tight"): the constrained layout fits every label and
+        # legend on the canvas, so the file is the canvas the layout test measures.
+        fig.savefig(self.fig_dir / name, dpi=DPI, format="png")
         self.plt.close(fig)
         return self._name(name)
 
     # ---------------------------------------------------------------- curves
     def _curves(self, setup: Setup, sizes: Sequence[int], what: str, prefix: str) -> Optional[str]:
-        lines = []
-        for g in sorted((g for g in setup.selected if g.batch_size in sizes),
-                        key=lambda g: (g.batch_size, tuple(sort_key(v) for _, v in g.layout), g.method != BASELINE,
-                                       g.label)):
-            points = g.loss_curve() if what == "loss" else g.curve()
+        lines: dict[int, tuple[Group, list, float]] = {}
+        for g in setup.selected:
+            points = (g.loss_curve() if what == "loss" else g.curve()) if g.batch_size in sizes else []
             cost = compute_cost(setup, g) if what == "compute" else 1.0
             if points and cost is not None:
-                lines.append((g, points, cost))
+                lines[id(g)] = (g, points, cost)
         if not lines:
             return None
         stem = {"val": "val_acc", "loss": "train_loss", "compute": "val_acc_compute"}[what]
         name = f"{prefix}{stem}_bs{_bs_text(sizes)}.png"
         if not self.draw:
             return self._name(name)
-        labels = list(dict.fromkeys(_line_label(setup, g) for g, _, _ in sorted(
-            lines, key=lambda line: (line[0].method != BASELINE, _line_label(setup, line[0])))))
-        colors = _colors(labels)
-        batch_keys = [k for k in setup.batch_keys if k[0] in sizes]
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
-        for g, points, cost in lines:
-            scale = 1.0 if what == "loss" else 100.0
-            x = [p[0] * cost for p in points]
-            mean = [p[1] * scale for p in points]
-            lo = [p[2] * scale for p in points]
-            hi = [p[3] * scale for p in points]
-            style = _STYLES[batch_keys.index((g.batch_size, g.layout)) % len(_STYLES)]
-            seeds = len(g.runs)
-            label = _line_label(setup, g)
-            lab = f"{g.label}, BS {setup.batch_text(g.batch_size, g.layout)}" + (
-                f" ({seeds} seeds)" if seeds > 1 else "")
-            ax.plot(x, mean, style, color=colors[label], label=lab,
-                    marker="o" if what == "val" and len(x) < 30 else None, markersize=3)
-            if seeds > 1:
-                ax.fill_between(x, lo, hi, color=colors[label], alpha=0.18, linewidth=0)
-        benched = any(r.step_cost is not None for g, _, _ in lines for r in g.runs)
-        ax.set_xlabel((f"{BASELINE}-epoch equivalents of compute (epoch x step cost vs {BASELINE}; "
-                       "time/epoch where not benchmarked)" if benched else
-                       f"{BASELINE}-epoch equivalents of wall-clock (epoch x time/epoch vs {BASELINE})")
-                      if what == "compute" else "epoch")
-        if what in ("val", "compute"):
-            ax.set_ylabel("validation accuracy (%)")
-            title = "Validation accuracy vs compute" if what == "compute" else "Validation accuracy"
-        else:
-            ax.set_ylabel("training loss (cross-entropy)")
-            title = "Training loss"
-        where = f" - {setup.label}" if setup.label else ""
-        ax.set_title(f"{title}, BS {', '.join(str(b) for b in sizes)}{where}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, **OUTSIDE)
+        panels = family_panels([g for g, _, _ in lines.values()])
+        several = len({(b, layout) for _, b, layout, _ in panels}) > 1
+        benched = any(r.step_cost is not None for g, _, _ in lines.values() for r in g.runs)
+        xlabel = {"compute": f"{BASELINE}-epoch equivalents of " + ("compute" if benched else "wall-clock")}.get(
+            what, "epoch")
+        fig, axes = grid(self.plt, len(panels), sharey=True)
+        for ax, (method, batch, layout, members) in zip(axes, panels):
+            base = setup.baseline(batch, layout)
+            others = [g for g in members if g is not base]
+            shown = best_few(others) if others else members
+            if others and base is not None and id(base) in lines:
+                self._curve(ax, lines[id(base)], what, label=f"{BASELINE} (baseline)", **BASE_STYLE)
+            for g, label, color in zip(shown, short_labels(shown, with_method=False), _COLORS):
+                seeds = f" ({len(g.runs)} seeds)" if len(g.runs) > 1 else ""
+                self._curve(ax, lines[id(g)], what, label=label + seeds, color=color)
+            ax.set_title(wrap(method + (f", BS {setup.batch_text(batch, layout)}" if several else "")), fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            legend_right(ax, title=f"best {len(shown)} of {len(others)}" if len(others) > len(shown) else "")
+            if _first_col(ax):
+                ax.set_ylabel("training loss" if what == "loss" else "validation accuracy (%)", fontsize=8)
+        title = {"val": "Validation accuracy", "loss": "Training loss", "compute": "Validation accuracy vs compute"}
+        fig.suptitle(f"{title[what]}, BS {', '.join(str(b) for b in sizes)}", fontsize=10)
         return self._save(fig, name)
+
+    def _curve(self, ax: Any, line: tuple[Group, list, float], what: str, **style: Any) -> None:
+        g, points, cost = line
+        scale = 1.0 if what == "loss" else 100.0
+        x = [p[0] * cost for p in points]
+        style.setdefault("linewidth", 1.3)
+        ax.plot(x, [p[1] * scale for p in points], marker="o" if what == "val" and len(x) < 30 else None,
+                markersize=2.5, **style)
+        if len(g.runs) > 1:
+            ax.fill_between(x, [p[2] * scale for p in points], [p[3] * scale for p in points],
+                            color=style["color"], alpha=0.15, linewidth=0)
 
     def val_vs_compute(self, setup: Setup, sizes: Sequence[int], prefix: str = "") -> Optional[str]:
         """Validation accuracy against wall-clock in units of the baseline's epochs (needs time/epoch)."""
@@ -183,32 +171,40 @@ class Plotter:
             return self._name(name)
         raw = {name_value(p.value): p.value for pts in lines.values() for p in pts}
         values = sorted(raw, key=lambda text: sort_key(raw[text]))
-        xpos = {v: i for i, v in enumerate(values)}
-        batches = sorted({b for b, _ in lines})
-        colors = _colors([str(b) for b in batches])
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        panels: dict[tuple, list] = {}
         for (batch, rest), points in lines.items():
-            x = [xpos[name_value(p.value)] for p in points]
-            mean = [(_m(p.group.best_vals) or 0.0) * 100 for p in points]
-            err_lo = [m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)]
-            err_hi = [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]
-            lab = f"{points[0].group.method}, BS {batch}" + (f" ({analysis.pairs_label(rest)})" if rest else "")
-            ax.errorbar(x, mean, yerr=[err_lo, err_hi], marker="o", capsize=3, color=colors[str(batch)], label=lab)
-        for batch, layout in dict.fromkeys((b, pts[0].group.layout) for (b, _), pts in lines.items()):
+            panels.setdefault((batch, points[0].group.layout), []).append((rest, points))
+        fig, axes = grid(self.plt, len(panels), sharey=True)
+        for ax, ((batch, layout), entries) in zip(axes, panels.items()):
+            top = sorted(entries, key=lambda e: -max(_mean(p.group.best_vals) or 0.0 for p in e[1]))[:MAX_SHOWN]
+            shown = [e for e in entries if any(e is t for t in top)]
             base = setup.baseline(batch, layout)
             if base is not None and base.best_vals:
-                ax.axhline((_m(base.best_vals) or 0.0) * 100, linestyle="--", color=colors[str(batch)],
-                           label=f"{BASELINE}, BS {setup.batch_text(batch, layout)}")
-        ax.set_xticks(range(len(values)))
-        ax.set_xticklabels(values)
-        ax.set_xlabel(analysis.study_titles().get(key, analysis.label_of(key)))
-        ax.set_ylabel("best validation accuracy (%)")
-        return self._finish(fig, ax, name, f"Best validation accuracy vs {analysis.label_of(key)}", setup, legend_size=8)
+                ax.axhline((_mean(base.best_vals) or 0.0) * 100, label=f"{BASELINE} (baseline)", **BASE_STYLE)
+            for (rest, points), cut, color in zip(shown, distinct([rest for rest, _ in shown]), _COLORS):
+                mean = [(_mean(p.group.best_vals) or 0.0) * 100 for p in points]
+                err = [[m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)],
+                       [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]]
+                ax.errorbar([values.index(name_value(p.value)) for p in points], mean, yerr=err, marker="o",
+                            capsize=3, color=color, label=analysis.pairs_label(cut) or points[0].group.method)
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels(values)
+            ax.set_xlabel(analysis.study_titles().get(key, analysis.label_of(key)), fontsize=8)
+            ax.set_title(wrap(f"BS {setup.batch_text(batch, layout)}"), fontsize=9)
+            ax.grid(alpha=0.3)
+            legend_right(ax, title=f"best {len(shown)} of {len(entries)}" if len(entries) > len(shown) else "")
+            if _first_col(ax):
+                ax.set_ylabel("best validation accuracy (%)", fontsize=8)
+        fig.suptitle(f"Best validation accuracy vs {analysis.label_of(key)}", fontsize=10)
+        return self._save(fig, name)
 
     # ---------------------------------------------------------------- learning rate
     def lr_sensitivity(self, analysis: Analysis, setup: Setup, prefix: str = "") -> Optional[str]:
-        """Best validation accuracy vs learning rate, one line per variant (and per value of its
-        tuned knobs), the selected setting circled; one panel per batch setup."""
+        """Best validation accuracy vs learning rate: one panel per method and batch setup, one
+        line per setting of its other knobs (variant and tuned knobs), each point the mean over
+        the seeds every learning rate of its variant was run with (the selection's), so a line
+        never mixes seed counts; the selected setting a star at the mean of all its seeds with
+        their 95% interval."""
         by_key = {k: [g for g in gs if g.lr is not None and g.best_vals] for k, gs in setup.compared().items()}
         by_key = {k: v for k, v in by_key.items() if len({g.setting for g in v}) > 1}
         if not by_key:
@@ -216,82 +212,113 @@ class Plotter:
         name = f"{prefix}lr_sensitivity.png"
         if not self.draw:
             return self._name(name)
-        lines: dict[tuple, list[Group]] = {}
+        on = common_seeds(analysis.lr_results)
+        panels: dict[tuple, list[tuple[tuple, list[Group]]]] = {}
         for key, gs in by_key.items():
             for g in gs:
-                lines.setdefault((key, g.tuned), []).append(g)
-        panels = [k for k in setup.batch_keys if any((gs[0].batch_size, gs[0].layout) == k for gs in by_key.values())]
-        colors = _colors(list(dict.fromkeys(gs[0].label for gs in sorted(
-            lines.values(), key=lambda gs: (gs[0].method != BASELINE, gs[0].label)))))
-        fig, axes = self.plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
-        for ax, (batch, layout) in zip(axes[0], panels):
-            lrs = set()
-            for (key, _), gs in lines.items():
-                if (gs[0].batch_size, gs[0].layout) != (batch, layout):
-                    continue
-                x = [g.lr for g in gs]
-                lrs.update(x)
-                y = [(_m(g.best_vals) or 0.0) * 100 for g in gs]
-                ax.plot(x, y, "o-", color=colors[gs[0].label], label=gs[0].label)
-                chosen = analysis.selected_lr.get(freeze(key))
-                mine = next((g for g in gs if chosen is not None and g.lr == chosen.lr
-                             and g.setting[1] == chosen.setting), None)
-                if mine is not None:
-                    ax.plot([chosen.lr], [chosen.val_acc * 100], "o", markersize=12, markerfacecolor="none",
-                            markeredgecolor=colors[gs[0].label])
+                lines = panels.setdefault((g.batch_size, g.layout, g.method), [])
+                mine = next((gs2 for k2, gs2 in lines if k2 == (key, g.tuned)), None)
+                if mine is None:
+                    lines.append(((key, g.tuned), [g]))
+                else:
+                    mine.append(g)
+        order = sorted(panels, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1]), k[2] != BASELINE, k[2]))
+        fig, axes = grid(self.plt, len(order))
+        for ax, (batch, layout, method) in zip(axes, order):
+            entries = panels[(batch, layout, method)]
+            top = sorted(entries, key=lambda e: -max(_mean(_on_seeds(g, on.get(freeze(e[0][0])))) or 0.0
+                                                     for g in e[1]))[:MAX_SHOWN]
+            shown = [e for e in entries if any(e is t for t in top)]
+            seed_texts = [_seeds_text(on.get(freeze(key))) for (key, _), _ in shown]
+            same = len(set(seed_texts)) == 1
+            lrs: set[float] = set()
+            counts: set[int] = set()
+            for ((key, _), gs), cut, color, seeds in zip(shown, distinct([knobs(gs[0]) for _, gs in shown]), _COLORS,
+                                                         seed_texts):
+                seeds_on = on.get(freeze(key))
+                pts = [(g.lr, _mean(_on_seeds(g, seeds_on))) for g in gs]
+                pts = [(x, y * 100) for x, y in pts if y is not None]
+                lrs.update(x for x, _ in pts)
+                label = (setup.pairs_label(cut) or method) + ("" if same else f" ({seeds})")
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=color, markersize=3.5, label=label)
+                chosen = next((g for g in setup.selected if g.compare_key == key), None)
+                if chosen is not None and any(g is chosen for g in gs):
+                    mean, half = mean_ci(chosen.best_vals)
+                    counts.add(len(chosen.best_vals))
+                    ax.errorbar([chosen.lr], [(mean or 0.0) * 100], yerr=[(half or 0.0) * 100], fmt="*",
+                                markersize=11, color=color, markeredgecolor="k", capsize=3, zorder=5)
+            if counts:
+                n = str(min(counts)) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
+                ax.plot([], [], "*", color="0.6", markeredgecolor="k", markersize=9,
+                        label="selected (1 seed)" if n == "1" else f"selected: mean of {n} seeds ± 95% CI")
             self._log_lr_axis(ax, sorted(lrs))
-            ax.set_ylabel("best validation accuracy (%), mean over seeds")
-            ax.set_title(f"BS {setup.batch_text(batch, layout)}", fontsize=10)
-        axes[0][-1].legend(*_merged_handles(axes[0]), fontsize=7, **OUTSIDE)
-        fig.suptitle("Learning-rate sensitivity (circled: selected)" + (f" - {setup.label}" if setup.label else ""),
-                     fontsize=10)
+            ax.set_title(wrap(f"{method}, BS {setup.batch_text(batch, layout)}"), fontsize=9)
+            notes = ([f"lines: {seed_texts[0]}"] if same else []) + (
+                [f"best {len(shown)} of {len(entries)}"] if len(entries) > len(shown) else [])
+            legend_right(ax, title="; ".join(notes))
+            if _first_col(ax):
+                ax.set_ylabel("best validation accuracy (%)", fontsize=8)
+        fig.suptitle("Learning-rate sensitivity", fontsize=10)
         return self._save(fig, name)
 
     def _log_lr_axis(self, ax: Any, lrs: Sequence[float]) -> None:
         ax.set_xscale("log")
-        ax.set_xticks(lrs)
-        # Many rates on one axis: slanted, so that neighbours do not print over each other.
-        ax.set_xticklabels([name_value(lr) for lr in lrs], rotation=45 if len(lrs) > 5 else 0,
-                           ha="right" if len(lrs) > 5 else "center", fontsize=7 if len(lrs) > 5 else None)
         ax.minorticks_off()
-        ax.xaxis.set_minor_formatter(self.plt.NullFormatter())
-        ax.set_xlabel("optim.lr (for a batch of optim.base_batch_size; log scale)")
+        # Each rate its own tick where they are a few and spread out (a sweep by factors of 2);
+        # otherwise decades, so that neighbouring labels never print over each other.
+        spread = len(lrs) <= 5 and all(b / a >= 1.9 for a, b in zip(lrs, lrs[1:]))
+        if spread:
+            ax.set_xticks(lrs)
+            ax.set_xticklabels([name_value(lr) for lr in lrs], fontsize=7)
+        else:
+            ax.xaxis.set_major_formatter(self.plt.FuncFormatter(lambda v, _: name_value(float(f"{v:.6g}"))))
+            ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("optim.lr (log scale)", fontsize=8)
         ax.grid(alpha=0.3, which="both")
 
     # ---------------------------------------------------------------- a method's own signals
     def signal_curve(self, setup: Setup, batch: int, method: str, signal: Signal, prefix: str = "") -> Optional[str]:
-        """One of the method's signals (its description's ``report_signals``) vs epoch: one line per variant
-        and learning rate (mean over its seeds), every run of the method at ``batch``; the legend
-        outside the axes."""
-        lines = []
+        """One of the method's signals (its description's ``report_signals``) vs epoch, every run of
+        the method at ``batch``: one panel per variant, one line per learning rate (mean over its
+        seeds, drawn thicker where that is more than one), one legend for the figure."""
+        panels: dict[tuple, list[tuple[Group, list]]] = {}
         for g in sorted((g for g in setup.groups if g.method == method and g.batch_size == batch),
-                        key=lambda g: (g.label, g.lr or 0.0)):
+                        key=lambda g: (g.label, tuple(sort_key(v) for _, v in g.layout), g.lr or 0.0)):
             points = _mean_series([series(r, signal) for r in g.runs])
             if points:
-                variant = g.pairs_label(g.variant) if g.variant else method
-                seeds = f", {len(g.runs)} seeds" if len(g.runs) > 1 else ""
-                lines.append((f"{variant}, lr {name_value(g.lr)}{seeds}", points))
-        if not lines:
+                panels.setdefault((g.layout, knobs(g)), []).append((g, points))
+        if not panels:
             return None
         name = f"{prefix}{safe_name(method)}_{safe_name(signal_id(signal))}_bs{batch}.png"
         if not self.draw:
             return self._name(name)
-        colors = _colors([label for label, _ in lines])
-        fig, ax = self.plt.subplots(figsize=(8.4, 3.8))
-        for i, (label, points) in enumerate(lines):
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[label],
-                    linestyle=_STYLES[(i // 10) % len(_STYLES)], label=label)
-        if signal.log_scale:
-            ax.set_yscale("log")
-        for threshold in (signal.flag_below, signal.flag_above):
-            if threshold is not None:
-                ax.axhline(threshold[0], color="0.4", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(signal.title + (" (log)" if signal.log_scale else ""))
-        where = f", {setup.label}" if setup.label else ""
-        ax.set_title(f"{method}: {signal.title}, batch {batch}{where}", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, **OUTSIDE)
+        lrs = sorted({g.lr or 0.0 for lines in panels.values() for g, _ in lines})
+        colors = {lr: _COLORS[i % len(_COLORS)] for i, lr in enumerate(lrs)}
+        several = len({layout for layout, _ in panels}) > 1
+        fig, axes = grid(self.plt, len(panels), ncols=3, legend=False, panel=(3.3, 2.3))
+        for ax, key, cut in zip(axes, panels, distinct([k for _, k in panels])):
+            layout = key[0]
+            for g, points in panels[key]:
+                ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[g.lr or 0.0],
+                        linewidth=2.4 if len(g.runs) > 1 else 1.1)
+            for threshold in (signal.flag_below, signal.flag_above):
+                if threshold is not None:
+                    ax.axhline(threshold[0], color="0.4", linewidth=0.8, linestyle=":")
+            if signal.log_scale:
+                ax.set_yscale("log")
+            title = setup.pairs_label((*cut, *(layout if several else ())))
+            if title:  # a lone variant's name is the suptitle's
+                ax.set_title(wrap(title, 30), fontsize=8)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+            if _first_col(ax):
+                ax.set_ylabel(signal.title + (" (log)" if signal.log_scale else ""), fontsize=8)
+        handles = [self.plt.Line2D([], [], color=colors[lr], label=f"lr {name_value(lr)}") for lr in lrs]
+        if any(len(g.runs) > 1 for lines in panels.values() for g, _ in lines):
+            handles += [self.plt.Line2D([], [], color="0.3", linewidth=1.1, label="1 seed"),
+                        self.plt.Line2D([], [], color="0.3", linewidth=2.4, label="mean of 2+ seeds")]
+        fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
+        fig.suptitle(f"{method}: {signal.title}, BS {batch}", fontsize=10)
         return self._save(fig, name)
 
     # ---------------------------------------------------------------- learning-rate transfer
@@ -314,31 +341,35 @@ class Plotter:
             return self._name(name)
         used = {(g.batch_size, g.layout) for t in moves for g in (t.tuned, t.moved)}
         ticks = [k for k in setup.batch_keys if k in used]
-        colors = _colors([t.tuned.label for t, _ in lines])
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
-        for i, (t, points) in enumerate(lines):
+        fig, (ax,) = grid(self.plt, 1, panel=(5.2, 3.8))
+        labels = short_labels([t.tuned for t, _ in lines])
+        for i, ((t, points), label) in enumerate(zip(lines, labels)):
             shift = 0.04 * (i - (len(lines) - 1) / 2)  # side by side, so that equal means do not hide each other
             x = [ticks.index((g.batch_size, g.layout)) + shift for g, _, _ in points]
-            y = [m * 100 for _, m, _ in points]
-            err = [(h or 0.0) * 100 for _, _, h in points]
-            note = "" if any(g is t.moved for g, _, _ in points) else f" (diverged at {to})"
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[t.tuned.label],
+            note = "" if any(g is t.moved for g, _, _ in points) else " (diverged)"
+            ax.errorbar(x, [m * 100 for _, m, _ in points], yerr=[(h or 0.0) * 100 for _, _, h in points],
+                        marker="o", capsize=3, color="0.45" if t.is_baseline else _COLORS[i % len(_COLORS)],
                         linestyle="--" if t.is_baseline else "-",
-                        label=f"{t.tuned.label}, lr {name_value(t.tuned.lr)}{note}")
+                        label=f"{label}, lr {name_value(t.tuned.lr)}{note}")
         ax.set_xticks(range(len(ticks)))
-        ax.set_xticklabels([f"BS {setup.batch_text(b, layout)}".replace(" (", "\n(", 1) for b, layout in ticks])
+        ax.set_xticklabels([wrap(f"BS {setup.batch_text(b, layout)}") for b, layout in ticks], fontsize=8)
         ax.set_xlim(-0.5, len(ticks) - 0.5)
-        ax.set_ylabel("test accuracy (%), mean ± 95% CI")
-        return self._finish(fig, ax, name, f"LR transfer to BS {to}", setup, legend_size=7)
+        ax.set_ylabel("test accuracy (%), mean ± 95% CI", fontsize=8)
+        ax.set_title(f"LR transfer to BS {moved.batch_size}", fontsize=10)
+        ax.grid(alpha=0.3)
+        legend_right(ax)
+        return self._save(fig, name)
 
 
-def _merged_handles(axes: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    """Every panel's legend entries, each label once: one legend for all panels."""
-    handles: dict[str, Any] = {}
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    return list(handles.values()), list(handles)
+def _on_seeds(g: Group, seeds: Optional[frozenset[int]]) -> list[float]:
+    """The group's best validation accuracies of ``seeds`` (None: of all its seeds)."""
+    return iter_finite(r.best_val_acc for r in g.runs if seeds is None or r.seed in seeds)
+
+
+def _seeds_text(seeds: Optional[frozenset[int]]) -> str:
+    if seeds is None:
+        return "all seeds"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in sorted(seeds))
 
 
 def _mean_series(curves: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
@@ -348,7 +379,3 @@ def _mean_series(curves: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[
         for epoch, value in curve:
             by_epoch.setdefault(epoch, []).append(value)
     return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items())]
-
-
-def _m(values: Sequence[float]) -> Optional[float]:
-    return sum(values) / len(values) if values else None

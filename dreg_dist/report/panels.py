@@ -1,0 +1,113 @@
+"""Small multiples for the report's figures: which groups share a panel, what their legend
+entries say, and a grid of panels laid out to fit the saved canvas.
+
+A figure that puts every method variant on one axes hides its data under the lines and the
+legend; the figures instead give each method its own panel, with its best few variants and the
+baseline at the same batch size drawn neutral, and name a variant by the few knobs that set it
+apart from the others shown (the full names are in the tables). The layout is matplotlib's
+constrained layout on a canvas of fixed size, saved as laid out: what fits on the canvas is
+what is saved (tests/unit/test_figure_layout.py checks it from the drawn bounding boxes).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any, Sequence
+
+from dreg_dist.records import BASELINE
+from dreg_dist.report.aggregate import Group
+from dreg_dist.report.keys import Pairs
+from dreg_dist.report.stats import sort_key
+
+DPI = 110
+MAX_SHOWN = 4
+"""Variants of one method in a panel, besides the baseline: more lines than that hide each other."""
+PANEL = (3.5, 2.6)
+"""Inches of one panel's plotting area and labels, without its legend."""
+LEGEND_W = 1.9
+"""Inches a panel's legend takes at its right."""
+BASE_STYLE = {"color": "0.45", "linestyle": "--", "linewidth": 1.2}
+"""The baseline in a method's panel: neutral, so the method's own lines stand out."""
+MIN_WIDTH = 6.4
+"""Inches: the narrowest figure."""
+TITLE_CHARS = 34
+"""A panel title wraps at about this many characters so that neighbouring titles never meet."""
+
+
+def grid(plt: Any, n: int, *, ncols: int = 2, legend: bool = True, sharey: bool = False,
+         sharex: bool = False, panel: tuple[float, float] = PANEL) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels in rows of ``ncols``, each with room for its legend at its right;
+    unused cells of the last row are hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    # A lone panel still gets the width of a title that names the method and signal.
+    width = max(MIN_WIDTH, ncols * (panel[0] + (LEGEND_W if legend else 0.0)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, nrows * panel[1] + 0.5), squeeze=False,
+                             sharey=sharey, sharex=sharex, layout="constrained", dpi=DPI)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def legend_right(ax: Any, fontsize: float = 7.5, title: str = "") -> None:
+    """A panel's legend outside its right edge, never over its data."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              title=title or None, title_fontsize=fontsize, frameon=False)
+
+
+def wrap(text: str, width: int = TITLE_CHARS) -> str:
+    """``text`` in lines of at most ``width`` characters, a batch setup's "(...)" on a line of its own."""
+    lines = text.replace(" (", "\n(", 1).split("\n")
+    return "\n".join(part for line in lines for part in textwrap.wrap(line, width, break_on_hyphens=False) or [""])
+
+
+def best_few(groups: Sequence[Group], n: int = MAX_SHOWN) -> list[Group]:
+    """The ``n`` groups with the best mean best validation accuracy (the tables' measure), in
+    the tables' order otherwise."""
+    ranked = sorted(groups, key=lambda g: -(sum(g.best_vals) / len(g.best_vals)) if g.best_vals else math.inf)
+    keep = {id(g) for g in ranked[:n]}
+    return [g for g in groups if id(g) in keep]
+
+
+def knobs(g: Group) -> Pairs:
+    return (*g.variant, *g.tuned)
+
+
+def distinct(pairs: Sequence[Pairs]) -> list[Pairs]:
+    """Each of ``pairs`` cut to the keys whose values differ among them."""
+    keys = list(dict.fromkeys(k for p in pairs for k, _ in p))
+    varying = [k for k in keys if len({str(dict(p).get(k)) for p in pairs}) > 1]
+    return [tuple((k, v) for k, v in p if k in varying) for p in pairs]
+
+
+def short_labels(groups: Sequence[Group], with_method: bool = True) -> list[str]:
+    """A legend entry per group: its method and the knob values that tell it from the other
+    groups of its method in ``groups`` (a method's only group: the method alone)."""
+    out = []
+    for g in groups:
+        mine = [x for x in groups if x.method == g.method]
+        cut = distinct([knobs(x) for x in mine])[next(i for i, x in enumerate(mine) if x is g)]
+        text = g.pairs_label(cut)
+        out.append(f"{g.method} {text}" if with_method and text else (text or g.method))
+    return out
+
+
+def family_panels(groups: Sequence[Group]) -> list[tuple[str, int, Pairs, list[Group]]]:
+    """(method, batch size, batch setup, its groups) per panel: every method other than the
+    baseline by itself, the baseline's own variants (another optimizer) under its name; the
+    bare baseline, drawn in every panel, gets one of its own only where nothing else ran."""
+    panels: dict[tuple, list[Group]] = {}
+    for g in groups:
+        if not (g.method == BASELINE and not g.variant):
+            panels.setdefault((g.batch_size, g.layout, g.method), []).append(g)
+    if not panels:
+        for g in groups:
+            panels.setdefault((g.batch_size, g.layout, g.method), []).append(g)
+    order = sorted(panels, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1]), k[2] != BASELINE, k[2]))
+    return [(m, b, layout, panels[(b, layout, m)]) for b, layout, m in order]
+
+
+__all__ = ["BASE_STYLE", "DPI", "MAX_SHOWN", "best_few", "distinct", "family_panels", "grid", "knobs", "legend_right",
+           "short_labels", "wrap"]
