@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
 from dreg_dist.noise_scale import ASSUMPTIONS, advice
 from dreg_dist.records import BASELINE
@@ -222,15 +223,17 @@ def _best_by_val(runs: Sequence[Run]) -> Run:
     return max(runs, key=lambda r: r.best_val_acc or 0.0)
 
 
-def noise_section(runs: Sequence[Run], figures: dict[tuple, str]) -> list[str]:
-    """Per method and batch size, the live noise scale at the end of its best-validation run
-    (and the range over its other runs), and the advice for it."""
+def noise_section(runs: Sequence[Run], figures: dict[tuple, str],
+                  labels: Optional[Mapping[Path, str]] = None) -> list[str]:
+    """Per method variant (``labels``: its table label by run folder; else the method) and batch
+    size, the live noise scale at the end of its best-validation run (and the range over its
+    other runs), and the advice for it."""
     if not has_noise_scale(runs):
         return []
     groups: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
         if final_noise_scale(r) is not None and r.best_val_acc is not None:
-            groups.setdefault((r.method, r.batch_size), []).append(r)
+            groups.setdefault(((labels or {}).get(r.path, r.method), r.batch_size), []).append(r)
     out = ["## Batch size and the gradient noise scale", "",
            "B_simple = tr(Sigma) / |G|^2 measured live in every run (moving averages of both, "
            "McCandlish et al. 2018); its final value estimates the critical batch size the run ended "

@@ -125,7 +125,8 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
              for note in getattr(analysis.catalog.get(name), "report_notes", ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     out += signals_section(analysis, figures)
-    out += noise_section(analysis.runs, figures)
+    out += noise_section(analysis.runs, figures,
+                         {r.path: g.label for setup in analysis.setups for g in setup.groups for r in g.runs})
     if targets:
         out += trade_off_section(analysis.runs, targets, figures)
     if analysis.lr_varies:

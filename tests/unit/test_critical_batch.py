@@ -68,6 +68,18 @@ def test_sections_tune_on_validation_and_set_the_fit_against_the_live_estimate(t
     assert "| vanilla | 256 | 2 | 700 | 100-700 |" in noise and "Batch 256" in noise  # the best-validation run
 
 
+def test_noise_scale_rows_are_per_variant_where_labels_are_given(tmp_path: Path) -> None:
+    # LARS and plain SGD are both method "vanilla": one row each, not one pooled row
+    _run(tmp_path, 4096, 0.1, 50, noise=300)
+    _run(tmp_path, 4096, 0.2, 50, noise=900)
+    runs = load_runs(tmp_path)
+    labels = {r.path: "vanilla (optimizer=lars)" if r.lr == 0.2 else "vanilla" for r in runs}
+    rows = [line for line in noise_section(runs, {}, labels) if line.startswith("| vanilla")]
+    assert rows == ["| vanilla | 4096 | 1 | 300 | 300-300 |", "| vanilla (optimizer=lars) | 4096 | 1 | 900 | 900-900 |"]
+    assert [line for line in noise_section(runs, {}) if line.startswith("| vanilla")] == [
+        "| vanilla | 4096 | 2 | 300 | 300-900 |"]
+
+
 def test_runs_without_a_noise_scale_get_no_section(tmp_path: Path) -> None:
     _run(tmp_path, 256, 0.1, 50, noise=1.0)
     summary = tmp_path / "bs256_lr0.1" / "summary.json"
