@@ -71,6 +71,19 @@ _COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"]
 """The default cycle without its grey (C7), which is the baseline's."""
 
 
+def _seeds_note(g: Group, what: str) -> str:
+    """A line's seed count for its legend, and the epoch after which fewer seeds make its mean
+    (a seed that diverged ends early): every point of a line is on the seeds it names."""
+    if len(g.runs) < 2:
+        return ""
+    ends = [(r.train if what == "loss" else r.curve) for r in g.runs]
+    last = sorted((rows[-1]["epoch"] if what == "loss" else rows[-1][0]) for rows in ends if rows)
+    if len(last) < len(g.runs) or last[0] < last[-1]:
+        full = sum(e >= last[-1] for e in last)
+        return f" ({len(g.runs)} seeds; {full} after epoch {round(last[0], 1):g})" if last else f" ({len(g.runs)} seeds)"
+    return f" ({len(g.runs)} seeds)"
+
+
 def _first_col(ax: Any) -> bool:
     return ax.get_subplotspec().is_first_col()
 
@@ -128,8 +141,7 @@ class Plotter:
             if others and base is not None and id(base) in lines:
                 self._curve(ax, lines[id(base)], what, label=f"{BASELINE} (baseline)", **BASE_STYLE)
             for g, label, color in zip(shown, short_labels(shown, with_method=False), _COLORS):
-                seeds = f" ({len(g.runs)} seeds)" if len(g.runs) > 1 else ""
-                self._curve(ax, lines[id(g)], what, label=label + seeds, color=color)
+                self._curve(ax, lines[id(g)], what, label=label + _seeds_note(g, what), color=color)
             ax.set_title(wrap(method + (f", BS {setup.batch_text(batch, layout)}" if several else "")), fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
             ax.grid(alpha=0.3)

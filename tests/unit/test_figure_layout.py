@@ -176,3 +176,19 @@ def test_every_figure_kind_is_drawn(drawn: list[tuple[str, Any]]) -> None:
 def test_no_text_overlaps_and_nothing_leaves_the_saved_figure(drawn: list[tuple[str, Any]]) -> None:
     problems = [p for name, fig in drawn for p in _problems(name, fig)]
     assert not problems, f"{len(problems)} layout problem(s):\n" + "\n".join(problems[:40])
+
+
+def test_a_line_whose_seeds_end_at_different_epochs_says_so_in_its_label() -> None:
+    from types import SimpleNamespace
+
+    from dreg_dist.report.plots import _seeds_note
+
+    def run(epochs: int) -> SimpleNamespace:
+        return SimpleNamespace(curve=[(e, 0.5) for e in range(1, epochs + 1)],
+                               train=[{"epoch": e - 0.5, "loss": 1.0} for e in range(1, epochs + 1)])
+
+    same = SimpleNamespace(runs=[run(20), run(20), run(20)])
+    diverged = SimpleNamespace(runs=[run(20), run(7), run(20)])
+    assert _seeds_note(same, "val") == " (3 seeds)" and _seeds_note(SimpleNamespace(runs=[run(5)]), "val") == ""
+    assert _seeds_note(diverged, "val") == " (3 seeds; 2 after epoch 7)"
+    assert _seeds_note(diverged, "loss") == " (3 seeds; 2 after epoch 6.5)"
