@@ -27,6 +27,7 @@ LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
     "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",
     "train.accumulation_steps": "accumulation", "train.micro_batch_size": "micro-batch", WORKERS_KEY: "workers",
+    "optim.warmup_epochs": "warmup", "train.bn_group_size": "BN group",
 }
 """Short names of the run's keys in tables; a method's keys use its description's ``labels``."""
 

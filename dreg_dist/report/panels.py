@@ -89,24 +89,38 @@ def short_labels(groups: Sequence[Group], with_method: bool = True) -> list[str]
     for g in groups:
         mine = [x for x in groups if x.method == g.method]
         cut = distinct([knobs(x) for x in mine])[next(i for i, x in enumerate(mine) if x is g)]
-        text = g.pairs_label(cut)
+        # The baseline's variant alone in its panel is named by what makes it one (its optimizer),
+        # not as "vanilla", which reads as the dashed baseline beside it.
+        text = g.pairs_label(cut) or (g.pairs_label(g.variant) if g.method == BASELINE and g.variant else "")
         out.append(f"{g.method} {text}" if with_method and text else (text or g.method))
     return out
 
 
+def _family(g: Group) -> str:
+    """The panel a group belongs in: its method, and for the baseline's own variants what kind of
+    variant it is (each optimizer; ghost batch norm), so that LARS, LAMB and ghost BN get a panel
+    each instead of crowding one."""
+    if g.method != BASELINE or not g.variant:
+        return g.method
+    pairs = dict(g.variant)
+    if "optim.name" in pairs:
+        return g.pairs_label((("optim.name", pairs["optim.name"]),))
+    return g.pairs_label(tuple((k, "") for k in sorted(pairs))).replace("=", "")
+
+
 def family_panels(groups: Sequence[Group]) -> list[tuple[str, int, Pairs, list[Group]]]:
-    """(method, batch size, batch setup, its groups) per panel: every method other than the
-    baseline by itself, the baseline's own variants (another optimizer) under its name; the
-    bare baseline, drawn in every panel, gets one of its own only where nothing else ran."""
+    """(panel name, batch size, batch setup, its groups) per panel: every method other than the
+    baseline by itself, the baseline's own variants by kind (:func:`_family`); the bare
+    baseline, drawn in every panel, gets one of its own only where nothing else ran."""
     panels: dict[tuple, list[Group]] = {}
     for g in groups:
         if not (g.method == BASELINE and not g.variant):
-            panels.setdefault((g.batch_size, g.layout, g.method), []).append(g)
+            panels.setdefault((g.batch_size, g.layout, g.method, _family(g)), []).append(g)
     if not panels:
         for g in groups:
-            panels.setdefault((g.batch_size, g.layout, g.method), []).append(g)
-    order = sorted(panels, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1]), k[2] != BASELINE, k[2]))
-    return [(m, b, layout, panels[(b, layout, m)]) for b, layout, m in order]
+            panels.setdefault((g.batch_size, g.layout, g.method, g.method), []).append(g)
+    order = sorted(panels, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1]), k[2] != BASELINE, k[3]))
+    return [(f"{m} ({fam})" if fam != m else m, b, layout, panels[(b, layout, m, fam)]) for b, layout, m, fam in order]
 
 
 __all__ = ["BASE_STYLE", "DPI", "MAX_SHOWN", "best_few", "distinct", "family_panels", "grid", "knobs", "legend_right",

@@ -192,3 +192,23 @@ def test_a_line_whose_seeds_end_at_different_epochs_says_so_in_its_label() -> No
     assert _seeds_note(same, "val") == " (3 seeds)" and _seeds_note(SimpleNamespace(runs=[run(5)]), "val") == ""
     assert _seeds_note(diverged, "val") == " (3 seeds; 2 after epoch 7)"
     assert _seeds_note(diverged, "loss") == " (3 seeds; 2 after epoch 6.5)"
+
+
+def test_the_baselines_own_variants_get_a_panel_per_kind() -> None:
+    # LARS (two warmups), LAMB and ghost BN (two groups) at one batch: four panels, not one of five lines
+    from types import SimpleNamespace
+
+    from dreg_dist.report.keys import LABELS
+    from dreg_dist.report.panels import family_panels
+
+    def group(method: str, *variant: tuple[str, object]) -> SimpleNamespace:
+        return SimpleNamespace(method=method, variant=variant, batch_size=4096, layout=(),
+                               pairs_label=lambda pairs: ", ".join(f"{LABELS.get(k, k)}={v}" for k, v in pairs))
+
+    groups = [group("vanilla"), group("vanilla", ("optim.name", "lars"), ("optim.warmup_epochs", 2)),
+              group("vanilla", ("optim.name", "lars"), ("optim.warmup_epochs", 5)),
+              group("vanilla", ("optim.name", "lamb"), ("optim.warmup_epochs", 2)),
+              group("vanilla", ("train.bn_group_size", 32)), group("vanilla", ("train.bn_group_size", 128)),
+              group("sam")]
+    panels = {name: len(members) for name, _, _, members in family_panels(groups)}
+    assert panels == {"vanilla (BN group)": 2, "vanilla (optimizer=lamb)": 1, "vanilla (optimizer=lars)": 2, "sam": 1}
