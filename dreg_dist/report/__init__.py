@@ -4,7 +4,8 @@
 keys), ``aggregate`` (groups and setups), ``analysis`` (which key plays which role, grouping,
 selection), ``select`` (learning-rate choice on validation, epochs-to-target), ``stats`` (means
 and intervals over seeds), ``compare`` (rows against the baseline, gap closed, transfers),
-``signals`` (each method's own signals), ``followup`` (grids that follow a report), ``plots``
+``signals`` (each method's own signals), ``step_gap`` (a large batch's gap split into the part its
+missing optimizer steps explain and the rest), ``followup`` (grids that follow a report), ``plots``
 (matplotlib, imported only when drawing), ``cells`` (formatted numbers, definitions) and
 ``markdown`` (report.md, :func:`write_report`). ``launch/report.py`` is the command line.
 Nothing here imports torch or method code: a run is known only by its records.

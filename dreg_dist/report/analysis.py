@@ -20,7 +20,9 @@ Config keys that differ between the runs are sorted into roles:
   (``optim.name``, shown only where it is not SGD): variants of that method
   (``sam (rho=0.1)``, ``vanilla (optimizer=lars)``);
 * anything else (``model.arch``, ``data.name``, ``optim.momentum``, ...): separate setups,
-  each with its own section in the report.
+  each with its own section in the report (two that differ only in ``train.epochs``, where the
+  longer gives a large batch the reference's optimizer steps, are also set side by side:
+  :mod:`dreg_dist.report.step_gap`).
 
 Keys that never change results (as each run's record says) are ignored. What a method adds
 to the report (study axes, extra columns and curves, notes) comes from its description in the

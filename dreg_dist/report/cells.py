@@ -66,10 +66,14 @@ def row_header(extras: Mapping[str, str], gap_batch: Optional[str] = None, *, st
 
 
 def fmt_gap(gap: Optional[GapClosed]) -> str:
-    if gap is None or gap.value is None:
+    return "—" if gap is None else fmt_share(gap.value, gap.half_width)
+
+
+def fmt_share(value: Optional[float], half_width: Optional[float]) -> str:
+    """A share of a gap in % with its interval's half-width in points: '+52% ± 13', '+40% (1 seed)'."""
+    if value is None:
         return "—"
-    text = f"{gap.value * 100:+.0f}%"
-    return text + (f" ± {gap.half_width * 100:.0f}" if gap.half_width is not None else " (1 seed)")
+    return f"{value * 100:+.0f}%" + (f" ± {half_width * 100:.0f}" if half_width is not None else " (1 seed)")
 
 
 def fmt_points(diff: Optional[Difference]) -> str:

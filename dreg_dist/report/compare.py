@@ -144,9 +144,13 @@ def _test_by_seed(group: Group) -> dict[int, float]:
 
 
 def difference_on_test(group: Group, base: Group) -> Optional[Difference]:
-    """``group``'s test accuracy minus ``base``'s: the mean of per-seed differences when ``base``
-    has every seed ``group`` has, else ``group``'s seeds against ``base``'s mean."""
-    mine, theirs = _test_by_seed(group), _test_by_seed(base)
+    """``group``'s test accuracy minus ``base``'s (:func:`seed_difference`)."""
+    return seed_difference(_test_by_seed(group), _test_by_seed(base))
+
+
+def seed_difference(mine: dict[int, float], theirs: dict[int, float]) -> Optional[Difference]:
+    """``mine`` minus ``theirs`` (seed -> value): the mean of per-seed differences when ``theirs``
+    has every seed ``mine`` has, else ``mine``'s seeds against ``theirs``' mean."""
     if not mine or not theirs:
         return None
     if set(mine) <= set(theirs):

@@ -174,6 +174,15 @@ class Run:
         return _finite(((self.summary or {}).get("test") or {}).get("acc")) if self.finished else None
 
     @property
+    def global_steps(self) -> Optional[int]:
+        """Optimizer steps the run took: summary.json's count, else its last logged training
+        step (where a diverged or unfinished run stopped, to within the logging interval)."""
+        value = _finite((self.summary or {}).get("global_steps"))
+        if value is None and self.train:
+            value = _finite(self.train[-1].get("step"))
+        return int(value) if value is not None else None
+
+    @property
     def images_per_sec(self) -> Optional[float]:
         value = _finite((self.summary or {}).get("images_per_sec")) if self.finished else None
         if value is None:
