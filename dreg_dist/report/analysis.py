@@ -13,8 +13,9 @@ Config keys that differ between the runs are sorted into roles:
   the baseline on 8 accumulated micro-batches);
 * ``optim.lr``: each method variant is taken at its own best learning rate, chosen on
   mean best validation accuracy (:mod:`dreg_dist.report.select`);
-* a method's keys that the sweep's grid lists under ``tune`` (``methods.sam.rho``): chosen
-  jointly with the learning rate, on validation, as the method's own tuned knob;
+* a method's keys that the sweep's grid lists under ``tune`` (``methods.sam.rho``), or an
+  optimizer knob it lists there (``optim.warmup_epochs`` for LARS): chosen jointly with the
+  learning rate, on validation, as the method's own tuned knob;
 * ``method``: the compared methods;
 * keys of a method's own config section (its hyperparameters), and the optimizer
   (``optim.name``, shown only where it is not SGD): variants of that method
@@ -42,6 +43,7 @@ from dreg_dist.report.compare import group_order
 from dreg_dist.report.runs import Run, catalog_of
 from dreg_dist.report.select import LrResult, select_lr
 from dreg_dist.report.stats import freeze, hashable, same_lr, sort_key
+from dreg_dist.sweep.grid import TUNABLE_RUN_KEYS
 
 
 def _result_keys(runs: Sequence[Run]) -> frozenset[str]:
@@ -171,7 +173,7 @@ def classify_keys(runs: Sequence[Run], keys: Optional[frozenset[str]] = None,
             roles["method"].append(key)
         elif key in LAYOUT_KEYS:
             roles["batch"].append(key)
-        elif key in tuned and catalog.owner_of(key) is not None:
+        elif key in tuned and (catalog.owner_of(key) is not None or key in TUNABLE_RUN_KEYS):
             roles["tuned"].append(key)
         elif catalog.owner_of(key) is not None or key in VARIANT_DEFAULTS:
             roles["variant"].append(key)
@@ -192,13 +194,24 @@ def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
     catalog = catalog_of(runs)
     roles = classify_keys(runs, keys, frozenset(tuned))
     groups: dict[tuple, Group] = {}
+    parts = []
     for run in runs:
         rel = _relevant(run, keys)
-        setup = tuple((k, rel.get(k)) for k in roles["setup"])
         variant = tuple((k, rel[k]) for k in roles["variant"]
                         if k in rel and not (k in VARIANT_DEFAULTS and rel[k] == VARIANT_DEFAULTS[k]))
+        parts.append((run, rel, variant))
+    # An optimizer knob every run has (the warmup) is a tuned knob only of the variants that tried
+    # more than one value of it: plain SGD at one warmup is not "SGD (warmup=2)".
+    tried: dict[tuple, set[Hashable]] = {}
+    for run, rel, variant in parts:
+        for k in roles["tuned"]:
+            if k in TUNABLE_RUN_KEYS and k in rel:
+                tried.setdefault((run.method, hashable(variant), k), set()).add(hashable(rel[k]))
+    for run, rel, variant in parts:
+        setup = tuple((k, rel.get(k)) for k in roles["setup"])
         layout = tuple((k, rel.get(k)) for k in roles["batch"] if k != BATCH_KEY)
-        knobs = tuple((k, rel[k]) for k in roles["tuned"] if k in rel)
+        knobs = tuple((k, rel[k]) for k in roles["tuned"] if k in rel
+                      and (k not in TUNABLE_RUN_KEYS or len(tried[(run.method, hashable(variant), k)]) > 1))
         key = (tuple((k, hashable(v)) for k, v in setup), run.method,
                tuple((k, hashable(v)) for k, v in variant), run.batch_size,
                tuple((k, hashable(v)) for k, v in layout), run.lr, tuple((k, hashable(v)) for k, v in knobs))

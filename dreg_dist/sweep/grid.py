@@ -18,7 +18,7 @@ A grid is a YAML file::
       - {method: vanilla, train.global_batch_size: 4096}
     only:                                    # optional: keep only cells matching one entry
       - {method: dreg, dreg.lam: 0.1, optim.lr: 0.05}
-    tune: [dreg.lam]                         # optional: method axes the report selects with the lr
+    tune: [dreg.lam]                         # optional: method axes (or optimizer knobs) the report selects with the lr
 
 The cells are the cartesian product of the axes in the order written (first axis
 slowest), times each cell's method's learning rates. Each cell's config is resolved as
@@ -286,18 +286,27 @@ def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
     raise GridError("grid 'lr_grid' must be a list of learning rates or map methods to lists")
 
 
+TUNABLE_RUN_KEYS = ("optim.warmup_epochs", "optim.trust_coefficient", "optim.betas", "optim.weight_decay",
+                    "optim.momentum")
+"""Run keys a grid may tune with the learning rate besides a method's own: the optimizer's knobs
+(LARS's and LAMB's papers tune the warmup with the rate). The optimizer itself is compared as a
+variant, never tuned away."""
+
+
 def _tune(raw: Any, axes: Mapping[str, list[Any]], catalog: Catalog) -> list[str]:
-    """The grid's ``tune`` list: axes of a method's own section."""
+    """The grid's ``tune`` list: axes of a method's own section, or of :data:`TUNABLE_RUN_KEYS`."""
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
-        raise GridError("grid 'tune' must be a list of axis keys, each a method's own (methods.NAME.KEY)")
+        raise GridError("grid 'tune' must be a list of axis keys, each a method's own (methods.NAME.KEY) "
+                        "or an optimizer knob (" + ", ".join(TUNABLE_RUN_KEYS) + ")")
     for key in raw:
         if key not in axes:
             raise GridError(f"tune names '{key}', which is not an axis: add it under 'axes' with the values to try")
-        if catalog.owner_of(key) is None:
-            raise GridError(f"tune names '{key}', which no method owns: only a method's own keys are tuned with "
-                            "the learning rate (run keys such as the optimizer are compared as variants)")
+        if catalog.owner_of(key) is None and key not in TUNABLE_RUN_KEYS:
+            raise GridError(f"tune names '{key}', which no method owns and is not an optimizer knob: only a method's "
+                            "own keys and " + ", ".join(TUNABLE_RUN_KEYS) + " are tuned with the learning rate "
+                            "(run keys such as the optimizer are compared as variants)")
     return list(raw)
 
 

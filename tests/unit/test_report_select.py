@@ -232,6 +232,33 @@ def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
     assert "**0.1 (lam=0.01): 75.00**" in text and "| 0.1 (lam=0.01) |" in text
 
 
+def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
+    """``tune: [optim.warmup_epochs]`` (LARS's warmup): selected with the rate on validation, in
+    the same setup as plain SGD; without ``tune`` a second warmup would split off a setup of its
+    own with no baseline in it."""
+    root = tmp_path / "runs" / "warm"
+    grid = {"name": "warm", "config": BASE, "overrides": ["train.epochs=3", "method=vanilla"],
+            "axes": {"optim.name": ["sgd", "lars"], "optim.warmup_epochs": [2, 5]}, "lr_grid": [0.1, 0.5],
+            "exclude": [{"optim.name": "sgd", "optim.warmup_epochs": 5}], "tune": ["optim.warmup_epochs"]}
+    best = {("sgd", 2, 0.1): 0.70, ("sgd", 2, 0.5): 0.60, ("lars", 2, 0.1): 0.55, ("lars", 2, 0.5): 0.72,
+            ("lars", 5, 0.1): 0.50, ("lars", 5, 0.5): 0.78}
+    for (opt, warmup, lr), acc in best.items():
+        plant_run(root, f"{opt}_{warmup}_{lr}", method="vanilla", lr=lr, curve=[acc / 2, acc, acc],
+                  test_acc=1.0 - acc, extra=[f"optim.name={opt}", f"optim.warmup_epochs={warmup}"])
+    (root / "sweep.json").write_text(json.dumps({"name": "warm", "grid": grid, "command": ["launch/sweep.py"]}))
+    assert Grid.from_dict(grid).tune == ["optim.warmup_epochs"]
+    from dreg_dist.report.runs import tuned_keys
+
+    analysis = analyse(load_runs(root), tuned=tuned_keys([root]))
+    assert analysis.roles["tuned"] == ["optim.warmup_epochs"] and analysis.roles["setup"] == []
+    (setup,) = analysis.setups
+    chosen = {g.label: (g.lr, dict(g.tuned).get("optim.warmup_epochs")) for g in setup.selected}
+    assert chosen == {"vanilla": (0.1, None), "vanilla (optimizer=lars, warmup=5.0)": (0.5, 5.0)}
+    assert len(analyse(load_runs(root)).setups) == 2  # untuned: warmup 5 is a setup of its own
+    with pytest.raises(GridError, match="not an optimizer knob"):
+        Grid.from_dict({**grid, "axes": {**grid["axes"], "optim.eps": [1e-6, 1e-8]}, "tune": ["optim.eps"]})
+
+
 def test_a_key_its_form_makes_moot_is_not_a_variant(tmp_path: Path) -> None:
     """dreg.radius matters only for the projected form: relative runs that differ in it alone are
     one variant (its label without the radius); projected runs at two radii are two."""
@@ -248,12 +275,12 @@ def test_a_key_its_form_makes_moot_is_not_a_variant(tmp_path: Path) -> None:
 
 def test_tune_must_name_a_method_axis() -> None:
     base = {"name": "g", "config": BASE, "axes": {"method": ["sam"], "methods.sam.rho": [0.05, 0.1],
-                                                  "optim.momentum": [0.9]}}
+                                                  "optim.nesterov": [True]}}
     assert Grid.from_dict({**base, "tune": ["methods.sam.rho"]}).tune == ["methods.sam.rho"]
     with pytest.raises(GridError, match="not an axis"):
         Grid.from_dict({**base, "tune": ["methods.sam.micro_batch_size"]})
     with pytest.raises(GridError, match="no method owns"):
-        Grid.from_dict({**base, "tune": ["optim.momentum"]})
+        Grid.from_dict({**base, "tune": ["optim.nesterov"]})
 
 
 def test_transfer_grid_runs_each_selection_at_another_batch(tmp_path: Path) -> None:
