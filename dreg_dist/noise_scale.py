@@ -17,7 +17,8 @@ floats in a run's records; this module imports no torch.
 from __future__ import annotations
 
 import math
-from typing import Optional, TypeVar
+import statistics
+from typing import Iterable, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -70,9 +71,32 @@ def _pow2_near(x: float) -> int:
     return int(2 ** round(math.log2(max(x, 1.0))))
 
 
-def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True) -> str:
-    """One paragraph: the measured noise scale, the batch used, and what the empirical model
-    predicts for it and for the power of two nearest the noise scale."""
+STEADY_LR_FRACTION = 0.5
+"""The noise scale a run's advice is given for is the median over its logged values while the
+learning rate is at least this fraction of its peak."""
+STEADY_RULE = "the median while the learning rate was at least half its peak"
+
+
+def steady_noise_scale(points: Iterable[tuple[Optional[float], Optional[float]]]) -> Optional[float]:
+    """The median B_simple of ``(learning rate, B_simple)`` points logged while the rate was at
+    least :data:`STEADY_LR_FRACTION` of the highest rate among them; None if no point has both.
+
+    Not the final value: as a decaying schedule anneals, |G|^2 falls towards zero and B_simple
+    climbs without bound (a 40-epoch cosine run of cnn_tiny at batch 4096 ended at 372,807, after
+    50-2,700 while its rate was above half the peak), which says what batch the annealed end
+    could use, not what batch suits the run. Under a constant rate it is the whole run's median.
+    """
+    pairs = [(float(lr), float(b)) for lr, b in points if lr is not None and b is not None and math.isfinite(b)]
+    if not pairs:
+        return None
+    peak = max(lr for lr, _ in pairs)
+    return statistics.median(b for lr, b in pairs if lr >= STEADY_LR_FRACTION * peak)
+
+
+def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True, of: str = "") -> str:
+    """One paragraph: the measured noise scale (``of``: which value of it, e.g. :data:`STEADY_RULE`),
+    the batch used, and what the empirical model predicts for it and for the power of two nearest
+    the noise scale."""
     if noise_scale is None or not noise_scale > 0:
         return ("The gradient noise scale was not measured in this run (it needs a second batch size: "
                 "two or more workers, or two or more accumulation micro-batches), so there is no batch-size advice.")
@@ -85,7 +109,8 @@ def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True
         where = f"is {ratio:.1f}x the measured noise scale"
     else:
         where = f"is {1 / ratio:.1f}x below the measured noise scale"
-    text = (f"Batch {batch} {where} (B_simple ~ {_num(b)}): the empirical model of large-batch training "
+    text = (f"Batch {batch} {where} (B_simple ~ {_num(b)}{', ' + of if of else ''}): the empirical model of "
+            f"large-batch training "
             f"predicts ~{s:.2f}x the minimum number of steps and ~{e:.2f}x the minimum number of examples "
             f"to reach a given loss.")
     other = _pow2_near(b)
@@ -104,4 +129,5 @@ def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True
     return text
 
 
-__all__ = ["ASSUMPTIONS", "advice", "estimates", "examples_over_min", "simple_noise_scale", "steps_over_min"]
+__all__ = ["ASSUMPTIONS", "STEADY_LR_FRACTION", "STEADY_RULE", "advice", "estimates", "examples_over_min", "simple_noise_scale",
+           "steady_noise_scale", "steps_over_min"]

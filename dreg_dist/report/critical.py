@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from dreg_dist.noise_scale import ASSUMPTIONS, advice
+from dreg_dist.noise_scale import ASSUMPTIONS, STEADY_RULE, advice, steady_noise_scale
 from dreg_dist.records import BASELINE
 from dreg_dist.report.runs import Run, val_accuracy
 
@@ -223,30 +223,40 @@ def _best_by_val(runs: Sequence[Run]) -> Run:
     return max(runs, key=lambda r: r.best_val_acc or 0.0)
 
 
+def steady_of(run: Run) -> Optional[float]:
+    """The run's B_simple near its peak rate (:func:`dreg_dist.noise_scale.steady_noise_scale` of
+    its logged steps); a run that logged no learning rate: its final value."""
+    steady = steady_noise_scale((r.get("lr"), r.get("noise_scale")) for r in run.train)
+    return steady if steady is not None else final_noise_scale(run)
+
+
 def noise_section(runs: Sequence[Run], figures: dict[tuple, str],
                   labels: Optional[Mapping[Path, str]] = None) -> list[str]:
     """Per method variant (``labels``: its table label by run folder; else the method) and batch
-    size, the live noise scale at the end of its best-validation run (and the range over its
-    other runs), and the advice for it."""
+    size, the live noise scale near the peak rate of its best-validation run and at its end (and
+    the range over its other runs), and the advice for it."""
     if not has_noise_scale(runs):
         return []
     groups: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
-        if final_noise_scale(r) is not None and r.best_val_acc is not None:
+        if steady_of(r) is not None and r.best_val_acc is not None:
             groups.setdefault(((labels or {}).get(r.path, r.method), r.batch_size), []).append(r)
     out = ["## Batch size and the gradient noise scale", "",
            "B_simple = tr(Sigma) / |G|^2 measured live in every run (moving averages of both, "
-           "McCandlish et al. 2018); its final value estimates the critical batch size the run ended "
-           "near. Per method and batch size: its run with the best validation accuracy, and the range "
-           "over all its runs (other learning rates, seeds).", ""]
-    out += ["| method | global batch | runs | final B_simple (best-validation run) | range |",
-            "|---|---:|---:|---:|---:|"]
+           f"McCandlish et al. 2018), here {STEADY_RULE} (the steps logged at such a rate), which "
+           "estimates the critical batch size of the bulk of training; the final value is that of "
+           "the end of the schedule, which under a decaying rate climbs as the rate anneals. Per "
+           "method and batch size: its run with the best validation accuracy, and the range over all "
+           "its runs (other learning rates, seeds).", ""]
+    out += ["| method | global batch | runs | B_simple near the peak rate (best-validation run) | range | "
+            "final B_simple (same run) |", "|---|---:|---:|---:|---:|---:|"]
     chosen: dict[tuple[str, int], float] = {}
     for (method, batch), group in sorted(groups.items()):
-        values = [final_noise_scale(r) or 0.0 for r in group]
-        chosen[(method, batch)] = final_noise_scale(_best_by_val(group)) or 0.0
+        values = [steady_of(r) or 0.0 for r in group]
+        best = _best_by_val(group)
+        chosen[(method, batch)] = steady_of(best) or 0.0
         out.append(f"| {method} | {batch} | {len(group)} | {chosen[(method, batch)]:.0f} | "
-                   f"{min(values):.0f}-{max(values):.0f} |")
+                   f"{min(values):.0f}-{max(values):.0f} | {_n(final_noise_scale(best))} |")
     out.append("")
     if ("noise", "over_training") in figures:
         out += [f"![noise scale over training]({figures[('noise', 'over_training')]})", ""]

@@ -20,7 +20,7 @@ from dreg_dist.distributed import DistEnv, barrier
 from dreg_dist.io import atomic_write_text
 from dreg_dist.methods import Method, choose_output, export_output
 from dreg_dist.methods import hparams as method_hparams
-from dreg_dist.noise_scale import advice
+from dreg_dist.noise_scale import STEADY_RULE, advice
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import checkpoint as ckpt
 from dreg_dist.train.records import RunRecorder
@@ -52,6 +52,14 @@ class FinishedRun:
     resumed_from: Optional[str]
     noise_scale: dict[str, Any] = field(default_factory=dict)
     """The noise-scale meter's summary (:meth:`NoiseScaleMeter.summary`)."""
+
+
+def _advice(noise: dict[str, Any], batch: int) -> str:
+    """The end-of-run advice, on the noise scale near the peak rate where the run logged one (the
+    final value of a decayed schedule is the annealed end's)."""
+    if noise.get("steady") is not None:
+        return advice(noise["steady"], batch, of=STEADY_RULE)
+    return advice((noise.get("final") or {}).get("noise_scale"), batch)
 
 
 def finish_run(run: FinishedRun) -> dict[str, Any]:
@@ -89,8 +97,7 @@ def finish_run(run: FinishedRun) -> dict[str, Any]:
         "wall_time_s": run.wall_time_s,
         "skipped_steps": run.state.skipped_steps,
         "resumed_from": run.resumed_from,
-        "noise_scale": {**run.noise_scale, "advice": advice(
-            run.noise_scale.get("final", {}).get("noise_scale"), t.global_batch_size)},
+        "noise_scale": {**run.noise_scale, "advice": _advice(run.noise_scale, t.global_batch_size)},
     }
     if final_values:
         summary["final_values"] = final_values

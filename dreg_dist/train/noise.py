@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dreg_dist.noise_scale import estimates, simple_noise_scale
+from dreg_dist.noise_scale import STEADY_RULE, estimates, simple_noise_scale, steady_noise_scale
 
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[Tensor]]
 
@@ -143,11 +143,12 @@ class NoiseScaleMeter:
         self.latest = out
         return out
 
-    def record(self, step: int, epoch: float) -> Optional[str]:
-        """Keep the latest values in the history (at an evaluation); the console line, if any."""
+    def record(self, step: int, epoch: float, lr: float) -> Optional[str]:
+        """Keep the latest values in the history (at an evaluation), with the learning rate they
+        were measured at (the advice uses the values logged near the peak rate); the console line."""
         if not self.latest:
             return None
-        self.history.append({"step": step, "epoch": epoch, **self.latest})
+        self.history.append({"step": step, "epoch": epoch, "lr": lr, **self.latest})
         b = self.latest.get("noise_scale")
         shown = f"{b:.4g}" if b is not None else "undefined (|G|^2 estimate <= 0)"
         return (f"noise scale B_simple {shown} (|G|^2 {self.latest['grad_sq_norm']:.3g}, tr(Sigma) "
@@ -188,7 +189,10 @@ class NoiseScaleMeter:
         """For ``summary.json``: the final values, their history, and how they were measured."""
         if not self.latest:
             return {"measured": False}
-        return {"measured": True, "final": dict(self.latest), "history": list(self.history),
+        steady = steady_noise_scale((h.get("lr"), h.get("noise_scale")) for h in self.history)
+        return {"measured": True, "final": dict(self.latest),
+                **({"steady": steady, "steady_rule": STEADY_RULE} if steady is not None else {}),
+                "history": list(self.history),
                 "small_batch": self.small_batch, "global_batch": self.global_batch, "mode": self.mode,
                 "ema_decay": self.decay}
 

@@ -304,7 +304,8 @@ class Trainer:
                 shown += f", disagreeing on {disagreement[0] * 100:.1f}%"
             self._say(f"epoch {self.state.epoch}/{self.cfg.train.epochs} val acc: {shown} (best {best.acc * 100:.2f}% "
                       f"path {best.path} epoch {best.epoch})")
-        line = self.noise.record(self.state.global_step, self.state.global_step / self.steps_per_epoch)
+        line = self.noise.record(self.state.global_step, self.state.global_step / self.steps_per_epoch,
+                                 self.optimizer.param_groups[0]["lr"])
         if line is not None:
             self._say(line)
         if improved:

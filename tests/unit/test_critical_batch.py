@@ -65,7 +65,7 @@ def test_sections_tune_on_validation_and_set_the_fit_against_the_live_estimate(t
     text = "\n".join(trade_off_section(runs, targets, {}))
     assert "**B_crit = E_min / S_min = 799**" in text and "median 700" in text  # 800 up to rounded steps
     noise = "\n".join(noise_section(runs, {}))
-    assert "| vanilla | 256 | 2 | 700 | 100-700 |" in noise and "Batch 256" in noise  # the best-validation run
+    assert "| vanilla | 256 | 2 | 700 | 100-700 | 700 |" in noise and "Batch 256" in noise  # the best-validation run
 
 
 def test_noise_scale_rows_are_per_variant_where_labels_are_given(tmp_path: Path) -> None:
@@ -75,9 +75,23 @@ def test_noise_scale_rows_are_per_variant_where_labels_are_given(tmp_path: Path)
     runs = load_runs(tmp_path)
     labels = {r.path: "vanilla (optimizer=lars)" if r.lr == 0.2 else "vanilla" for r in runs}
     rows = [line for line in noise_section(runs, {}, labels) if line.startswith("| vanilla")]
-    assert rows == ["| vanilla | 4096 | 1 | 300 | 300-300 |", "| vanilla (optimizer=lars) | 4096 | 1 | 900 | 900-900 |"]
+    assert rows == ["| vanilla | 4096 | 1 | 300 | 300-300 | 300 |",
+                    "| vanilla (optimizer=lars) | 4096 | 1 | 900 | 900-900 | 900 |"]
     assert [line for line in noise_section(runs, {}) if line.startswith("| vanilla")] == [
-        "| vanilla | 4096 | 2 | 300 | 300-900 |"]
+        "| vanilla | 4096 | 2 | 300 | 300-900 | 300 |"]
+
+
+def test_the_noise_table_gives_the_value_near_the_peak_rate_not_the_annealed_end(tmp_path: Path) -> None:
+    _run(tmp_path, 4096, 0.1, 20, noise=100)
+    metrics = tmp_path / "bs4096_lr0.1" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    for i, r in enumerate(train):  # the rate decays linearly to 0 while B_simple climbs tenfold per step
+        r["lr"], r["noise_scale"] = 1.0 - i / len(train), 10.0 * (i + 1)
+    metrics.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    row = next(line for line in noise_section(load_runs(tmp_path), {}) if line.startswith("| vanilla"))
+    # steps 1-21 of 40 are at >= half the peak rate: the median of 10..210 is 110; the final value stays 100
+    assert row == "| vanilla | 4096 | 1 | 110 | 110-110 | 100 |"
 
 
 def test_runs_without_a_noise_scale_get_no_section(tmp_path: Path) -> None:

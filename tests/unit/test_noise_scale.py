@@ -20,7 +20,8 @@ from torch import nn
 
 from dreg_dist.config import ConfigError, load_config
 from dreg_dist.methods.base import StepContext
-from dreg_dist.noise_scale import advice, estimates, examples_over_min, simple_noise_scale, steps_over_min
+from dreg_dist.noise_scale import (STEADY_RULE, advice, estimates, examples_over_min, simple_noise_scale,
+                                   steady_noise_scale, steps_over_min)
 from dreg_dist.train.noise import NoiseScaleMeter
 from dreg_dist.train.preflight import preflight
 
@@ -142,6 +143,17 @@ def test_advice_states_the_model_predictions() -> None:
     assert not math.isnan(examples_over_min(1, 1))
 
 
+def test_the_steady_noise_scale_leaves_out_the_annealed_end() -> None:
+    # a cosine-like decay while B_simple climbs: the median of the points at >= half the peak rate
+    lrs = [0.1, 0.5, 1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.01]
+    bs = [50, 100, 200, 300, 400, 500, 2000, 20000, 400000]
+    assert steady_noise_scale(zip(lrs, bs)) == 300  # median of 100, 200, 300, 400, 500
+    assert steady_noise_scale(zip([1.0] * 4, [10, 20, 30, 1000])) == 25  # constant rate: the whole run
+    assert steady_noise_scale([(None, 5.0), (1.0, None)]) is None
+    assert advice(300.0, 4096, of=STEADY_RULE).startswith(f"Batch 4096 is 13.7x the measured noise scale "
+                                                           f"(B_simple ~ 300, {STEADY_RULE})")
+
+
 def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, tiny: list[str]) -> None:
     run = tmp_path / "acc2"
     assert_ok(launch(1, "configs/quickstart.yaml", run, tiny + ["method=vanilla", "train.epochs=1",
@@ -149,7 +161,10 @@ def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, t
     summary = json.loads((run / "summary.json").read_text())["noise_scale"]
     assert summary["measured"] and summary["mode"] == "block" and summary["small_batch"] == 32
     assert summary["final"]["noise_scale"] > 0 and len(summary["history"]) == 1
+    # one evaluation, so the value near the peak rate is that evaluation's, and the advice names it
+    assert summary["history"][0]["lr"] >= 0 and summary["steady"] == pytest.approx(summary["final"]["noise_scale"])
     assert summary["advice"].startswith("Batch 64 is") and "well-tuned learning rate" in summary["advice"]
+    assert STEADY_RULE in summary["advice"]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all({"grad_sq_norm", "grad_trace_cov"} <= set(r) for r in logged if r.get("kind") == "train")
 
