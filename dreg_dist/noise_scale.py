@@ -47,7 +47,8 @@ def estimates(small_sq: T, big_sq: T, b_small: float, b_big: float) -> tuple[T, 
 
 
 def simple_noise_scale(g_sq: float, trace: float) -> Optional[float]:
-    """B_simple = tr(Sigma) / |G|^2, or None while the estimate of |G|^2 is not positive."""
+    """B_simple = tr(Sigma) / |G|^2, or None while either unbiased estimate is not positive (early, or
+    when the two batch sizes give nearly the same gradient norm)."""
     if not (math.isfinite(g_sq) and math.isfinite(trace)) or g_sq <= 0 or trace <= 0:
         return None
     return trace / g_sq

@@ -150,7 +150,7 @@ class NoiseScaleMeter:
             return None
         self.history.append({"step": step, "epoch": epoch, "lr": lr, **self.latest})
         b = self.latest.get("noise_scale")
-        shown = f"{b:.4g}" if b is not None else "undefined (|G|^2 estimate <= 0)"
+        shown = f"{b:.4g}" if b is not None else "undefined (an estimate is not yet positive)"
         return (f"noise scale B_simple {shown} (|G|^2 {self.latest['grad_sq_norm']:.3g}, tr(Sigma) "
                 f"{self.latest['grad_trace_cov']:.3g}; global batch {self.global_batch})")
 
