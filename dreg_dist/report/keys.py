@@ -20,9 +20,9 @@ WORKERS_KEY = "world_size"
 LAYOUT_KEYS = ("train.accumulation_steps", "train.micro_batch_size", WORKERS_KEY)
 """How a global batch is split over workers and micro-steps: when one varies it is part of the
 batch setup, never a separate setup (the smallest batch size stays every table's reference)."""
-VARIANT_DEFAULTS: dict[str, Any] = {"optim.name": "sgd"}
-"""Run keys compared as variants of a method (LARS or LAMB is a way to train vanilla), with the
-value that is not named in labels."""
+VARIANT_DEFAULTS: dict[str, Any] = {"optim.name": "sgd", "train.bn_group_size": None}
+"""Run keys compared as variants of a method (LARS, LAMB or ghost batch norm is a way to train
+vanilla), with the value that is not named in labels."""
 LABELS = {
     "model.arch": "arch", "data.name": "data", "model.num_classes": "classes", "optim.momentum": "momentum",
     "optim.name": "optimizer", "train.epochs": "epochs", "optim.lr": "lr", "train.global_batch_size": "batch",

@@ -1,8 +1,9 @@
 """Step count against generalization: how much of the large-batch gap the missing steps explain.
 
 At the same epochs a large batch takes fewer optimizer steps than the small-batch reference
-(40 epochs: 3,520 steps at 512, 440 at 4096). A study that also trains the large batch for as many
-more epochs as give it the reference's steps (320 epochs at 4096) splits the gap in two:
+(40 epochs of 45,000 images: 3,480 steps at 512, 400 at 4096, the last partial batch dropped). A
+study that also trains the large batch for as many more epochs as give it the reference's steps (348
+epochs at 4096) splits the gap in two:
 
 * gap = reference - large batch at the reference's epochs ("fixed epochs");
 * step part = large batch at matched steps - large batch at fixed epochs;

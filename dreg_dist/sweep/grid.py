@@ -288,25 +288,22 @@ def _lr_grid(raw: Any) -> Union[None, list[Any], dict[str, list[Any]]]:
 
 TUNABLE_RUN_KEYS = ("optim.warmup_epochs", "optim.trust_coefficient", "optim.betas", "optim.weight_decay",
                     "optim.momentum")
-"""Run keys a grid may tune with the learning rate besides a method's own: the optimizer's knobs
-(LARS's and LAMB's papers tune the warmup with the rate). The optimizer itself is compared as a
-variant, never tuned away."""
+"""Optimizer knobs a grid may tune with the rate (LARS's and LAMB's papers tune the warmup)."""
 
 
 def _tune(raw: Any, axes: Mapping[str, list[Any]], catalog: Catalog) -> list[str]:
     """The grid's ``tune`` list: axes of a method's own section, or of :data:`TUNABLE_RUN_KEYS`."""
     if raw is None:
         return []
+    allowed = "a method's own keys (methods.NAME.KEY) and " + ", ".join(TUNABLE_RUN_KEYS)
     if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
-        raise GridError("grid 'tune' must be a list of axis keys, each a method's own (methods.NAME.KEY) "
-                        "or an optimizer knob (" + ", ".join(TUNABLE_RUN_KEYS) + ")")
+        raise GridError(f"grid 'tune' must be a list of axis keys: {allowed}")
     for key in raw:
         if key not in axes:
             raise GridError(f"tune names '{key}', which is not an axis: add it under 'axes' with the values to try")
         if catalog.owner_of(key) is None and key not in TUNABLE_RUN_KEYS:
-            raise GridError(f"tune names '{key}', which no method owns and is not an optimizer knob: only a method's "
-                            "own keys and " + ", ".join(TUNABLE_RUN_KEYS) + " are tuned with the learning rate "
-                            "(run keys such as the optimizer are compared as variants)")
+            raise GridError(f"tune names '{key}', which no method owns and is not an optimizer knob: only {allowed} "
+                            "are tuned with the rate (the optimizer itself is compared as a variant)")
     return list(raw)
 
 

@@ -19,7 +19,7 @@ from .test_report_select import plant_run
 
 pytestmark = pytest.mark.usefixtures("resolver_in_process")
 HEADING = "## Step count against generalization"
-STEPS_PER_EPOCH = {512: 88, 4096: 11}  # 45,000 training images
+STEPS_PER_EPOCH = {512: 87, 4096: 10}  # 45,000 training images, the last partial batch dropped
 
 
 def _plant(root: Path, method: str, batch: int, epochs: int, lr: float, vals: Sequence[float],
@@ -33,9 +33,12 @@ def _plant(root: Path, method: str, batch: int, epochs: int, lr: float, vals: Se
         curve = [val * (i + 1) / epochs for i in range(epochs)]
         run = plant_run(root, name, method=method, batch=batch, seed=seed, lr=lr, curve=curve, test_acc=test,
                         finished=seed not in diverged)
-        if seed in diverged:
-            with (run / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"kind": "diverged", "step": epochs * 10 + 1}) + "\n")
+        if seed in diverged:  # it stops 28 epochs short of its schedule
+            stop = (epochs - 28) * 10 if epochs > 28 else epochs * 10
+            kept = [line for line in (run / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line).get("step", 0) <= stop]
+            (run / "metrics.jsonl").write_text("\n".join(kept + [json.dumps({"kind": "diverged", "step": stop + 1})])
+                                               + "\n")
             continue
         summary = json.loads((run / "summary.json").read_text())
         summary["global_steps"] = steps or STEPS_PER_EPOCH[batch] * epochs
@@ -69,23 +72,23 @@ def test_gap_splits_into_the_step_part_and_the_generalization_part(tmp_path: Pat
     fixed, matched = tmp_path / "runs" / "fixed", tmp_path / "runs" / "matched"  # two sweeps, one report
     _fixed_epochs(fixed)
     _plant(fixed, "dreg", 4096, 40, 0.1, (0.65, 0.67), (0.63, 0.65))  # never run at matched steps: no row
-    _plant(matched, "vanilla", 4096, 320, 0.1, (0.70, 0.71), (0.75, 0.77))  # best on test, worse on validation
-    _plant(matched, "vanilla", 4096, 320, 0.2, (0.74, 0.76), (0.72, 0.75))
-    _plant(matched, "sam", 4096, 320, 0.1, (0.79, 0.81), (0.77, 0.79))
+    _plant(matched, "vanilla", 4096, 348, 0.1, (0.70, 0.71), (0.75, 0.77))  # best on test, worse on validation
+    _plant(matched, "vanilla", 4096, 348, 0.2, (0.74, 0.76), (0.72, 0.75))
+    _plant(matched, "sam", 4096, 348, 0.1, (0.79, 0.81), (0.77, 0.79))
     (regimes,) = find_regimes(analyse(load_runs(fixed) + load_runs(matched)))
     assert regimes.batch_size == 4096 and regimes.reference.batch_size == 512
 
     text = write_report([fixed, matched], tmp_path / "rep", say=lambda _: None, figures=False).read_text()
     section = _section(text)
-    assert "### Batch 4096: 40 and 320 epochs" in section
+    assert "### Batch 4096: 40 and 348 epochs" in section
     _, test = _rows(section, "Test accuracy")
     assert set(test) == {"vanilla", "sam"}  # dreg ran only at fixed epochs
     v = test["vanilla"]
-    assert v["lr (40 / 320 epochs)"] == "0.1 / 0.2"  # each regime's own selection, on validation
-    assert v["steps (reference / 40 / 320)"] == "3,520 / 440 / 3,520"
-    assert v["seeds (reference / 40 / 320)"] == "0, 1"
+    assert v["lr (40 / 348 epochs)"] == "0.1 / 0.2"  # each regime's own selection, on validation
+    assert v["steps (reference / 40 / 348)"] == "3,480 / 400 / 3,480"
+    assert v["seeds (reference / 40 / 348)"] == "0, 1"
     assert v["reference: vanilla at 512, 40 epochs (%)"] == "79.00 ± 12.71"
-    assert v["4096, 40 epochs (%)"] == "60.00 ± 25.41" and v["4096, 320 epochs (%)"] == "73.50 ± 19.06"
+    assert v["4096, 40 epochs (%)"] == "60.00 ± 25.41" and v["4096, 348 epochs (%)"] == "73.50 ± 19.06"
     # per seed: gap 20, 18; step part 14, 13; generalization part 6, 5 (points)
     assert v["gap (points, 95% CI)"] == "+19.00 ± 12.71"
     assert v["step part (points)"] == "+13.50 ± 6.35"
@@ -94,7 +97,7 @@ def test_gap_splits_into_the_step_part_and_the_generalization_part(tmp_path: Pat
     s = test["sam"]  # gap 14, 14; step part 13, 13; generalization 1, 1
     assert (s["gap (points, 95% CI)"], s["step part (points)"], s["generalization part (points)"]) == (
         "+14.00 ± 0.00", "+13.00 ± 0.00", "+1.00 ± 0.00")
-    assert s["gap closed by steps"] == "+93% ± 0" and s["lr (40 / 320 epochs)"] == "0.1 / 0.1"
+    assert s["gap closed by steps"] == "+93% ± 0" and s["lr (40 / 348 epochs)"] == "0.1 / 0.1"
     _, val = _rows(section, "Best validation accuracy")
     v = val["vanilla"]  # ref 80, 82; fixed 60, 64; matched 74, 76
     assert (v["gap (points, 95% CI)"], v["step part (points)"], v["generalization part (points)"]) == (
@@ -105,17 +108,17 @@ def test_gap_splits_into_the_step_part_and_the_generalization_part(tmp_path: Pat
 def test_one_seed_and_diverged_runs_are_named(tmp_path: Path) -> None:
     root = tmp_path / "runs" / "g"
     _fixed_epochs(root)
-    _plant(root, "vanilla", 4096, 320, 0.1, (0.74,), (0.72,), steps=3500)  # one seed; 0.6% short of 3,520
-    _plant(root, "sam", 4096, 320, 0.1, (0.79, 0.60), (0.77, 0.0), diverged=(1,))
+    _plant(root, "vanilla", 4096, 348, 0.1, (0.74,), (0.72,), steps=3500)  # one seed; 0.6% over 3,480
+    _plant(root, "sam", 4096, 348, 0.1, (0.79, 0.60), (0.77, 0.0), diverged=(1,))
     text = write_report(root, tmp_path / "rep", say=lambda _: None, figures=False).read_text()
     _, test = _rows(_section(text), "Test accuracy")
     v = test["vanilla"]
-    assert v["seeds (reference / 40 / 320)"] == "0, 1 / 0, 1 / 0"
-    assert v["steps (reference / 40 / 320)"] == "3,520 / 440 / 3,500"
+    assert v["seeds (reference / 40 / 348)"] == "0, 1 / 0, 1 / 0"
+    assert v["steps (reference / 40 / 348)"] == "3,480 / 400 / 3,500"
     assert v["step part (points)"] == "+14.00 (1 seed)" and v["gap closed by steps"] == "+74% (1 seed)"
     s = test["sam"]
-    assert s["4096, 320 epochs (%)"] == "77.00 (diverged: 1/2 seeds)"
-    assert s["steps (reference / 40 / 320)"] == "3,520 / 440 / 3,200-3,520"  # stopped at its last logged step
+    assert s["4096, 348 epochs (%)"] == "77.00 (diverged: 1/2 seeds)"
+    assert s["steps (reference / 40 / 348)"] == "3,480 / 400 / 3,200-3,480"  # stopped at its last logged step
     assert s["step part (points)"] == "+13.00 (1 seed)"  # seed 1 has no test accuracy
 
 
@@ -123,7 +126,7 @@ def test_no_section_without_a_matched_steps_setup(tmp_path: Path) -> None:
     root = tmp_path / "runs" / "g"
     _fixed_epochs(root)
     assert HEADING not in write_report(root, tmp_path / "a", say=lambda _: None, figures=False).read_text()
-    # Longer, but 3,300 steps: 6% short of the reference's 3,520, not the matched-steps regime.
+    # Longer, but 3,300 steps: 5.2% short of the reference's 3,480, not the matched-steps regime.
     _plant(root, "vanilla", 4096, 300, 0.1, (0.74, 0.76), (0.72, 0.75))
     assert HEADING not in write_report(root, tmp_path / "b", say=lambda _: None, figures=False).read_text()
 
@@ -131,7 +134,7 @@ def test_no_section_without_a_matched_steps_setup(tmp_path: Path) -> None:
 def test_no_section_without_a_reference(tmp_path: Path) -> None:
     root = tmp_path / "runs" / "g"
     _plant(root, "vanilla", 4096, 40, 0.1, (0.60, 0.64), (0.58, 0.62))
-    _plant(root, "vanilla", 4096, 320, 0.1, (0.74, 0.76), (0.72, 0.75), steps=3520)
+    _plant(root, "vanilla", 4096, 348, 0.1, (0.74, 0.76), (0.72, 0.75), steps=3480)
     assert not find_regimes(analyse(load_runs(root)))
     assert HEADING not in write_report(root, tmp_path / "rep", say=lambda _: None, figures=False).read_text()
 

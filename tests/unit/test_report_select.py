@@ -259,6 +259,26 @@ def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> No
         Grid.from_dict({**grid, "axes": {**grid["axes"], "optim.eps": [1e-6, 1e-8]}, "tune": ["optim.eps"]})
 
 
+def test_ghost_batch_norm_is_a_variant_of_vanilla_in_the_same_setup(tmp_path: Path) -> None:
+    """train.bn_group_size is a way to train vanilla: its runs sit in the batch's table next to
+    plain vanilla (compared with the same baseline), and the figures give them a panel of their own."""
+    root = tmp_path / "runs" / "gbn"
+    plant_run(root, "ref", method="vanilla", batch=512, curve=[0.5, 0.8], test_acc=0.8)
+    plant_run(root, "plain", method="vanilla", batch=4096, curve=[0.4, 0.7], test_acc=0.7)
+    for group, acc in ((32, 0.72), (128, 0.74)):
+        plant_run(root, f"gbn{group}", method="vanilla", batch=4096, curve=[0.4, acc], test_acc=acc,
+                  extra=[f"train.bn_group_size={group}"])
+    analysis = analyse(load_runs(root))
+    (setup,) = analysis.setups
+    assert analysis.roles["variant"] == ["train.bn_group_size"]
+    assert [r.group.label for r in rows_of(setup, 4096)] == ["vanilla", "vanilla (BN group=32)", "vanilla (BN group=128)"]
+    from dreg_dist.report.panels import family_panels
+
+    panels = {name: [g.label for g in members] for name, batch, _, members in family_panels(setup.selected)
+              if batch == 4096}
+    assert panels == {"vanilla (BN group)": ["vanilla (BN group=32)", "vanilla (BN group=128)"]}
+
+
 def test_a_key_its_form_makes_moot_is_not_a_variant(tmp_path: Path) -> None:
     """dreg.radius matters only for the projected form: relative runs that differ in it alone are
     one variant (its label without the radius); projected runs at two radii are two."""
