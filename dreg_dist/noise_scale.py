@@ -75,23 +75,25 @@ def _pow2_near(x: float) -> int:
 STEADY_LR_FRACTION = 0.5
 """The noise scale a run's advice is given for is the median over its logged values while the
 learning rate is at least this fraction of its peak."""
-STEADY_RULE = "the median while the learning rate was at least half its peak"
+STEADY_RULE = f"the median while the learning rate was at least {STEADY_LR_FRACTION:.0%} of its peak"
 
 
 def steady_noise_scale(points: Iterable[tuple[Optional[float], Optional[float]]]) -> Optional[float]:
     """The median B_simple of ``(learning rate, B_simple)`` points logged while the rate was at
-    least :data:`STEADY_LR_FRACTION` of the highest rate among them; None if no point has both.
+    least :data:`STEADY_LR_FRACTION` of the highest logged rate; None if no such point has a value.
 
     Not the final value: as a decaying schedule anneals, |G|^2 falls towards zero and B_simple
     climbs without bound (a 40-epoch cosine run of cnn_tiny at batch 4096 ended at 372,807, after
     50-2,700 while its rate was above half the peak), which says what batch the annealed end
     could use, not what batch suits the run. Under a constant rate it is the whole run's median.
     """
-    pairs = [(float(lr), float(b)) for lr, b in points if lr is not None and b is not None and math.isfinite(b)]
-    if not pairs:
+    points = [(float(lr), b) for lr, b in points if lr is not None]
+    if not points:
         return None
-    peak = max(lr for lr, _ in pairs)
-    return statistics.median(b for lr, b in pairs if lr >= STEADY_LR_FRACTION * peak)
+    # The peak over every logged rate: a value undefined at the peak must not lower the cut-off.
+    peak = max(lr for lr, _ in points)
+    near = [float(b) for lr, b in points if b is not None and math.isfinite(b) and lr >= STEADY_LR_FRACTION * peak]
+    return statistics.median(near) if near else None
 
 
 def advice(noise_scale: Optional[float], batch: int, *, assumptions: bool = True, of: str = "") -> str:

@@ -32,6 +32,7 @@ run records (:class:`dreg_dist.records.Catalog`), never from method code.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Optional, Sequence
 
@@ -200,18 +201,26 @@ def analyse(runs: Sequence[Run], tuned: Iterable[str] = ()) -> Analysis:
         variant = tuple((k, rel[k]) for k in roles["variant"]
                         if k in rel and not (k in VARIANT_DEFAULTS and rel[k] == VARIANT_DEFAULTS[k]))
         parts.append((run, rel, variant))
-    # An optimizer knob every run has (the warmup) is a tuned knob only of the variants that tried
-    # more than one value of it: plain SGD at one warmup is not "SGD (warmup=2)".
+    # An optimizer knob every run has (the warmup) is named only for the variants that tried more than
+    # one value of it or another value than most runs: plain SGD at the usual warmup is not "SGD (warmup=2)".
     tried: dict[tuple, set[Hashable]] = {}
+    counts: dict[str, Counter] = {}
     for run, rel, variant in parts:
         for k in roles["tuned"]:
             if k in TUNABLE_RUN_KEYS and k in rel:
                 tried.setdefault((run.method, hashable(variant), k), set()).add(hashable(rel[k]))
+                counts.setdefault(k, Counter())[hashable(rel[k])] += 1
+
+    def named(run: Run, rel: dict[str, Any], variant: Pairs, k: str) -> bool:
+        if k not in TUNABLE_RUN_KEYS:
+            return True
+        values = tried[(run.method, hashable(variant), k)]
+        return len(values) > 1 or values != {counts[k].most_common(1)[0][0]}
+
     for run, rel, variant in parts:
         setup = tuple((k, rel.get(k)) for k in roles["setup"])
         layout = tuple((k, rel.get(k)) for k in roles["batch"] if k != BATCH_KEY)
-        knobs = tuple((k, rel[k]) for k in roles["tuned"] if k in rel
-                      and (k not in TUNABLE_RUN_KEYS or len(tried[(run.method, hashable(variant), k)]) > 1))
+        knobs = tuple((k, rel[k]) for k in roles["tuned"] if k in rel and named(run, rel, variant, k))
         key = (tuple((k, hashable(v)) for k, v in setup), run.method,
                tuple((k, hashable(v)) for k, v in variant), run.batch_size,
                tuple((k, hashable(v)) for k, v in layout), run.lr, tuple((k, hashable(v)) for k, v in knobs))

@@ -15,6 +15,7 @@ from dreg_dist.report.compare import Transfer, gap_closed, report_columns, trans
 from dreg_dist.report.compare import rows as rows_of
 from dreg_dist.report.critical import Target, noise_section, trade_off_section
 from dreg_dist.report.mdtable import table
+from dreg_dist.report.panels import MAX_SHOWN
 from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
@@ -81,7 +82,7 @@ def _lr_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
 LR_CAPTION = ("_One panel per method and batch size, one line per setting of its other knobs; every point of a "
               "line is the mean over the seeds the selection is made on (legend), the star the selected setting's "
               "mean over all its seeds with their 95% interval._")
-CURVES_CAPTION = (f"_One panel per method (at most its best four variants by mean best validation accuracy; every "
+CURVES_CAPTION = (f"_One panel per method (at most its best {MAX_SHOWN} variants by mean best validation accuracy; every "
                   f"variant is in the tables above), {BASELINE} at the same batch size dashed grey; shaded: min-max "
                   f"over seeds._")
 
@@ -126,8 +127,9 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
              for note in getattr(analysis.catalog.get(name), "report_notes", ())]
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     out += signals_section(analysis, figures)
-    out += noise_section(analysis.runs, figures,
-                         {r.path: g.label for setup in analysis.setups for g in setup.groups for r in g.runs})
+    # One row per method variant (its knobs are what its runs tried) in each setup (architecture, epochs)
+    out += noise_section(analysis.runs, figures, {r.path: (f"{setup.label}: " if setup.label else "") + g.base_label
+                                                  for setup in analysis.setups for g in setup.groups for r in g.runs})
     if targets:
         out += trade_off_section(analysis.runs, targets, figures)
     out += step_gap_section(analysis)

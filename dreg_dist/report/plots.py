@@ -72,16 +72,15 @@ _COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"]
 
 
 def _seeds_note(g: Group, what: str) -> str:
-    """A line's seed count for its legend, and the epoch after which fewer seeds make its mean
-    (a seed that diverged ends early): every point of a line is on the seeds it names."""
-    if len(g.runs) < 2:
+    """A line's seed count for its legend (the seeds with a curve at all), and the epoch after
+    which fewer of them make its mean (a seed that diverged ends early)."""
+    ends = sorted(rows[-1]["epoch"] if what == "loss" else rows[-1][0]
+                  for rows in ((r.train if what == "loss" else r.curve) for r in g.runs) if rows)
+    if len(ends) < 2:
         return ""
-    ends = [(r.train if what == "loss" else r.curve) for r in g.runs]
-    last = sorted((rows[-1]["epoch"] if what == "loss" else rows[-1][0]) for rows in ends if rows)
-    if len(last) < len(g.runs) or last[0] < last[-1]:
-        full = sum(e >= last[-1] for e in last)
-        return f" ({len(g.runs)} seeds; {full} after epoch {round(last[0], 1):g})" if last else f" ({len(g.runs)} seeds)"
-    return f" ({len(g.runs)} seeds)"
+    if ends[0] < ends[-1]:
+        return f" ({len(ends)} seeds; fewer after epoch {round(ends[0], 1):g})"
+    return f" ({len(ends)} seeds)"
 
 
 def _first_col(ax: Any) -> bool:

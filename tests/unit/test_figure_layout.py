@@ -190,8 +190,11 @@ def test_a_line_whose_seeds_end_at_different_epochs_says_so_in_its_label() -> No
     same = SimpleNamespace(runs=[run(20), run(20), run(20)])
     diverged = SimpleNamespace(runs=[run(20), run(7), run(20)])
     assert _seeds_note(same, "val") == " (3 seeds)" and _seeds_note(SimpleNamespace(runs=[run(5)]), "val") == ""
-    assert _seeds_note(diverged, "val") == " (3 seeds; 2 after epoch 7)"
-    assert _seeds_note(diverged, "loss") == " (3 seeds; 2 after epoch 6.5)"
+    assert _seeds_note(diverged, "val") == " (3 seeds; fewer after epoch 7)"
+    assert _seeds_note(diverged, "loss") == " (3 seeds; fewer after epoch 6.5)"
+    # a seed with no curve at all is not behind any point of the line
+    blind = SimpleNamespace(runs=[run(20), SimpleNamespace(curve=[], train=[]), run(20)])
+    assert _seeds_note(blind, "val") == " (2 seeds)"
 
 
 def test_the_baselines_own_variants_get_a_panel_per_kind() -> None:

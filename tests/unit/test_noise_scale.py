@@ -150,6 +150,8 @@ def test_the_steady_noise_scale_leaves_out_the_annealed_end() -> None:
     assert steady_noise_scale(zip(lrs, bs)) == 300  # median of 100, 200, 300, 400, 500
     assert steady_noise_scale(zip([1.0] * 4, [10, 20, 30, 1000])) == 25  # constant rate: the whole run
     assert steady_noise_scale([(None, 5.0), (1.0, None)]) is None
+    # the peak is over every logged rate, also where B_simple was undefined: 0.45 is below half of 1.0
+    assert steady_noise_scale([(1.0, None), (0.6, 100), (0.45, 5000)]) == 100
     assert advice(300.0, 4096, of=STEADY_RULE).startswith(f"Batch 4096 is 13.7x the measured noise scale "
                                                            f"(B_simple ~ 300, {STEADY_RULE})")
 

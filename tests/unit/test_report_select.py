@@ -245,6 +245,9 @@ def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> No
     for (opt, warmup, lr), acc in best.items():
         plant_run(root, f"{opt}_{warmup}_{lr}", method="vanilla", lr=lr, curve=[acc / 2, acc, acc],
                   test_acc=1.0 - acc, extra=[f"optim.name={opt}", f"optim.warmup_epochs={warmup}"])
+    # LAMB ran only at warmup 5, which is not what most runs used: its label must say so
+    plant_run(root, "lamb_5_0.5", method="vanilla", lr=0.5, curve=[0.3, 0.6, 0.6], test_acc=0.4,
+              extra=["optim.name=lamb", "optim.warmup_epochs=5"])
     (root / "sweep.json").write_text(json.dumps({"name": "warm", "grid": grid, "command": ["launch/sweep.py"]}))
     assert Grid.from_dict(grid).tune == ["optim.warmup_epochs"]
     from dreg_dist.report.runs import tuned_keys
@@ -253,7 +256,8 @@ def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> No
     assert analysis.roles["tuned"] == ["optim.warmup_epochs"] and analysis.roles["setup"] == []
     (setup,) = analysis.setups
     chosen = {g.label: (g.lr, dict(g.tuned).get("optim.warmup_epochs")) for g in setup.selected}
-    assert chosen == {"vanilla": (0.1, None), "vanilla (optimizer=lars, warmup=5.0)": (0.5, 5.0)}
+    assert chosen == {"vanilla": (0.1, None), "vanilla (optimizer=lars, warmup=5.0)": (0.5, 5.0),
+                      "vanilla (optimizer=lamb, warmup=5.0)": (0.5, 5.0)}
     assert len(analyse(load_runs(root)).setups) == 2  # untuned: warmup 5 is a setup of its own
     with pytest.raises(GridError, match="not an optimizer knob"):
         Grid.from_dict({**grid, "axes": {**grid["axes"], "optim.eps": [1e-6, 1e-8]}, "tune": ["optim.eps"]})
