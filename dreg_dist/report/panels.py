@@ -108,6 +108,12 @@ def _family(g: Group) -> str:
     return g.pairs_label(tuple((k, "") for k in sorted(pairs))).replace("=", "")
 
 
+def panel_name(g: Group) -> str:
+    """The title of the panel ``g`` is drawn in: its method, with the kind of a baseline variant."""
+    fam = _family(g)
+    return f"{g.method} ({fam})" if fam != g.method else g.method
+
+
 def family_panels(groups: Sequence[Group]) -> list[tuple[str, int, Pairs, list[Group]]]:
     """(panel name, batch size, batch setup, its groups) per panel: every method other than the
     baseline by itself, the baseline's own variants by kind (:func:`_family`); the bare
@@ -120,8 +126,9 @@ def family_panels(groups: Sequence[Group]) -> list[tuple[str, int, Pairs, list[G
         for g in groups:
             panels.setdefault((g.batch_size, g.layout, g.method, g.method), []).append(g)
     order = sorted(panels, key=lambda k: (k[0], tuple(sort_key(v) for _, v in k[1]), k[2] != BASELINE, k[3]))
-    return [(f"{m} ({fam})" if fam != m else m, b, layout, panels[(b, layout, m, fam)]) for b, layout, m, fam in order]
+    return [(panel_name(panels[k][0]), k[0], k[1], panels[k]) for k in order]
 
 
 __all__ = ["BASE_STYLE", "DPI", "MAX_SHOWN", "best_few", "distinct", "family_panels", "grid", "knobs", "legend_right",
+           "panel_name",
            "short_labels", "wrap"]

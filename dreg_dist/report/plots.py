@@ -36,7 +36,7 @@ from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import Transfer, compute_cost
 from dreg_dist.report.panels import (BASE_STYLE, DPI, MAX_SHOWN, best_few, distinct, family_panels, grid, knobs,
-                                     legend_right, short_labels, wrap)
+                                     legend_right, panel_name, short_labels, wrap)
 from dreg_dist.report.runs import iter_finite
 from dreg_dist.report.select import common_seeds
 from dreg_dist.report.stats import freeze, mean_ci, sort_key
@@ -227,7 +227,8 @@ class Plotter:
         panels: dict[tuple, list[tuple[tuple, list[Group]]]] = {}
         for key, gs in by_key.items():
             for g in gs:
-                lines = panels.setdefault((g.batch_size, g.layout, g.method), [])
+                # the baseline's own kinds (LARS, LAMB, ghost BN) get panels of their own, as in the curves
+                lines = panels.setdefault((g.batch_size, g.layout, panel_name(g)), [])
                 mine = next((gs2 for k2, gs2 in lines if k2 == (key, g.tuned)), None)
                 if mine is None:
                     lines.append(((key, g.tuned), [g]))
