@@ -8,7 +8,11 @@ grid's base config, overrides and axes:
 * :func:`edge_grid`: where a method variant's best learning rate is the lowest or highest
   it tried, one more learning rate a grid step beyond it (same seeds), so that every
   selection ends up bracketed (or is reported as an edge);
-* :func:`seed_grid`: new seeds at each variant's selected learning rate;
+* :func:`seed_grid`: new seeds at each variant's selected learning rate; with ``wide_only``
+  only where the seed-paired 95% interval of its validation difference to the baseline is
+  wider than a fraction of the large-batch gap (:func:`wide_selections`): more seeds where the
+  seeds so far cannot tell an effect of that size from none, and the baseline with them, so
+  every difference stays paired;
 * :func:`transfer_grid`: each variant at another global batch size with the learning rate
   selected at the tuned one, scaled by the config's rule (``optim.lr`` is given per
   ``optim.base_batch_size`` and ``optim.lr_scaling`` scales it), no re-tuning: how a method
@@ -23,10 +27,14 @@ learning rate has (:mod:`dreg_dist.report.select`).
 
 from __future__ import annotations
 
+import statistics
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from dreg_dist.report.aggregate import Group
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.compare import seed_difference
 from dreg_dist.report.analysis import Analysis
+from dreg_dist.records import BASELINE
 from dreg_dist.report.keys import BATCH_KEY, LR_KEY
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.select import LrResult, common_seeds, edge_of
@@ -98,24 +106,84 @@ def _check(grid: Mapping[str, Any], analysis: Analysis) -> None:
         raise ReportError("no run has validation results yet")
 
 
+WIDE_FRACTION = 1 / 3
+"""More seeds where a selection's 95% half-width exceeds this share of the gap (the issue's rule:
+an interval of a third of the gap cannot exclude an effect that closes a third of it)."""
+
+
+def _val_by_seed(group: Group) -> dict[int, float]:
+    return {r.seed: v for r in group.runs if (v := r.best_val_acc) is not None}
+
+
+def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple, str]:
+    """Compare key -> why, for each selected method variant above the setup's smallest batch
+    whose seed-paired 95% half-width of best validation accuracy minus the baseline's is over
+    ``fraction`` of the baseline's gap to the smallest batch, or that has one seed (no interval
+    yet: it reads ``one seed``). Validation only: how many seeds a selection gets is a choice."""
+    out: dict[tuple, str] = {}
+    for g in setup.selected:
+        base = setup.baseline(g.batch_size, g.layout)
+        ref = setup.reference(g)
+        if g.batch_size == min(setup.batch_sizes) or base is None or ref is None or g is base:
+            continue
+        if not ref.best_vals or not base.best_vals:
+            continue
+        gap = statistics.fmean(ref.best_vals) - statistics.fmean(base.best_vals)
+        diff = seed_difference(_val_by_seed(g), _val_by_seed(base))
+        if diff is None or gap <= 0:
+            continue
+        if diff.half_width is None:
+            out[g.compare_key] = "one seed"
+        elif diff.half_width > fraction * gap:
+            out[g.compare_key] = (f"+-{100 * diff.half_width:.2f} points over {diff.seeds} seeds, "
+                                  f"over {fraction:.2g} of the gap of {100 * gap:.2f}")
+    return out
+
+
+def _under(group: Group, root: Path) -> bool:
+    return any(root in r.path.parents for r in group.runs)
+
+
 def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
-              name: str) -> tuple[Grid, list[str]]:
+              name: str, wide_only: Optional[Path] = None) -> tuple[Grid, list[str]]:
     """New ``seeds`` at each selected learning rate of the runs in ``analysis``, whose first
-    grid is ``grid`` (``sweep.json``'s ``grid``); and one line per selection for its header."""
+    grid is ``grid`` (``sweep.json``'s ``grid``); and one line per selection for its header.
+    ``wide_only`` (that grid's sweep folder): only its selections whose interval is wide
+    (:func:`wide_selections`, against the baselines anywhere in ``analysis``), and its baseline
+    at a batch setup where any selection of the analysis is wide."""
     _check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
     used = {r.seed for r in analysis.runs}
     if used & set(seeds):
         raise ReportError(f"seed(s) {sorted(used & set(seeds))} already ran in this sweep; pick new ones")
+    wide: dict[tuple, str] = {}
+    for setup in analysis.setups:
+        wide.update(wide_selections(setup))
+    wide_batches = {(k[0], k[-2], k[-1]) for k in wide}  # (setup, batch, layout)
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     lines = []
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
+        if wide_only is not None:
+            group = _chosen_group(groups, chosen)
+            is_base = group.method == BASELINE and not group.variant
+            reason = wide.get(group.compare_key) or (
+                "the baseline of a wide selection" if is_base and (key[0], key[-2], key[-1]) in wide_batches else None)
+            if chosen is None or not _under(group, wide_only) or reason is None:
+                continue
+            picks[key] = (group, chosen.lr)
+            lines.append(f"{group.label} batch {groups[0].batch_size}: lr {name_value(chosen.lr)} ({reason})")
+            continue
         picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
         lines.append(f"{_chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
-    description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at each method variant's "
+    if wide_only is not None and not picks:
+        raise ReportError("no selection has a 95% interval wider than a third of the gap: no more seeds needed")
+    which = "each method variant's" if wide_only is None else (
+        "the method variants whose 95% interval against the baseline is wider than a third of the gap (and "
+        "the baseline), at their")
+    description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at {which} "
                    "learning rate selected on "
                    f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))
     return _followup(grid, name, description, seeds, picks), lines

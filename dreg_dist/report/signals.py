@@ -166,7 +166,7 @@ def signals_section(analysis: Analysis, figures: dict[tuple, str]) -> list[str]:
                 layouts = len({r.group.layout for r in rows}) > 1
                 header = ["run", "variant", "lr", "seed"] + (["batch setup"] if layouts else []) + \
                          [column_title(s) for s in sigs] + ["flags"]
-                body = [[f"`{r.run.name}`", r.group.pairs_label(r.group.variant) or "—", name_value(r.group.lr), r.run.seed]
+                body = [[f"`{r.run.name}`", r.group.pairs_label((*r.group.variant, *r.group.tuned)) or "—", name_value(r.group.lr), r.run.seed]
                         + ([r.group.pairs_label(r.group.layout)] if layouts else [])
                         + [fmt(v) for v in r.values] + [flag_text(r)] for r in rows]
                 out += [table(header, body), ""]

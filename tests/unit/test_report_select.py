@@ -193,6 +193,39 @@ def test_seed_grid_reruns_only_the_selected_lrs(tmp_path: Path, capsys: pytest.C
     assert "already ran" in capsys.readouterr().err
 
 
+def test_more_seeds_only_where_the_interval_is_wider_than_a_third_of_the_gap(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seed-grid --wide-only: seeds 3, 4 for the first sweep's selections whose seed-paired
+    validation interval against the baseline is over a third of the gap (vanilla at 512 minus
+    vanilla at 4096, found in the other folders), and for the baseline beside them."""
+    def sweep(name: str, batch: int, methods: dict[str, Sequence[float]]) -> Path:
+        root = tmp_path / "runs" / name
+        grid = {"name": name, "config": BASE, "overrides": ["train.epochs=2", f"train.global_batch_size={batch}"],
+                "axes": {"method": sorted(methods), "train.seed": [0, 1, 2]}, "lr_grid": [0.1], "exclude": []}
+        for method, accs in methods.items():
+            for seed, acc in enumerate(accs):
+                plant_run(root, f"{method}_s{seed}", method=method, batch=batch, seed=seed, curve=[acc / 2, acc],
+                          test_acc=0.5)  # test accuracy plays no part in how many seeds a selection gets
+        (root / "sweep.json").write_text(json.dumps({"name": name, "grid": grid, "command": ["launch/sweep.py"]}))
+        return root
+
+    ref = sweep("ref", 512, {"vanilla": [0.80, 0.80, 0.80]})  # gap 0.10, a third of it 0.033
+    big = sweep("big", 4096, {"vanilla": [0.70, 0.71, 0.69], "dreg": [0.78, 0.66, 0.70]})  # +-0.16: wide
+    narrow = sweep("narrow", 4096, {"sam": [0.72, 0.73, 0.71]})  # +0.02 on every seed: +-0
+    out = tmp_path / "seeds34.yaml"
+    report = _cli("report.py")
+    assert report([str(big), str(ref), str(narrow), "--seed-grid", str(out), "--seeds", "3,4", "--wide-only"]) == 0
+    cells = sorted((c.method, c.values["train.seed"]) for c in expand_grid(load_grid(out)))
+    assert cells == [("dreg", 3), ("dreg", 4), ("vanilla", 3), ("vanilla", 4)]
+    text = out.read_text()
+    assert "the baseline of a wide selection" in text and "over 0.33 of the gap of 10.00" in text
+    # SAM's sweep alone has nothing wide: its baseline lives in the other sweep and is not rerun from here.
+    assert report([str(narrow), str(ref), str(big), "--seed-grid", str(out), "--seeds", "3,4", "--wide-only"]) == 2
+    assert "no more seeds needed" in capsys.readouterr().err
+    assert report([str(big), "--edge-grid", str(out), "--wide-only"]) == 2
+    assert "--wide-only goes with --seed-grid" in capsys.readouterr().err
+
+
 def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
     """A grid with ``tune: [dreg.lam]``: the report selects (lr, lambda) jointly on validation,
     never on test; the knob is not a separate variant; the seed follow-up keeps the chosen lambda
@@ -230,6 +263,8 @@ def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
 
     text = write_report([root], tmp_path / "out", say=lambda _: None, figures=False).read_text()
     assert "**0.1 (lam=0.01): 75.00**" in text and "| 0.1 (lam=0.01) |" in text
+    # The signals table names each run's tuned knob too: its two lambdas are not one "variant".
+    assert "| `dreg_0.01_0.1` | lam=0.01 | 0.1 | 0 |" in text and "| `dreg_0.1_0.1` | lam=0.1 | 0.1 | 0 |" in text
 
 
 def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
