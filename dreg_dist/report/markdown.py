@@ -20,6 +20,7 @@ from dreg_dist.report.runs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
 from dreg_dist.report.step_gap import step_gap_section
+from dreg_dist.report.transfer_budget import transfer_budget_section
 from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import name_value, safe_name
 
@@ -133,6 +134,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
     if targets:
         out += trade_off_section(analysis.runs, targets, figures)
     out += step_gap_section(analysis)
+    out += transfer_budget_section(analysis)
     if analysis.lr_varies:
         out += _lr_section(analysis, figures)
     for setup in analysis.setups:

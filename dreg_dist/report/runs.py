@@ -92,6 +92,9 @@ class Run:
     """Step of the trainer's last ``diverged`` record (it stopped on a non-finite value)."""
     started_workers: Optional[int] = None
     """World size of the trainer's last ``start`` record (a run that never wrote summary.json)."""
+    start: dict[str, Any] = field(default_factory=dict)
+    """The trainer's last ``start`` record: the peak learning rate it scaled to (``lr``), its
+    ``steps_per_epoch`` and (newer records) ``train_size``."""
     step_cost: Optional[float] = None
     """Cost of one optimizer step of this run's configuration over the baseline's, measured by a
     benchmark (:func:`read_step_costs`); None when not measured."""
@@ -183,6 +186,16 @@ class Run:
         return int(value) if value is not None else None
 
     @property
+    def peak_lr(self) -> Optional[float]:
+        """The peak learning rate the run trained at: ``optim.lr`` scaled to its batch by its rule."""
+        return _finite(self.start.get("lr"))
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        value = _finite(self.start.get("steps_per_epoch"))
+        return int(value) if value is not None else None
+
+    @property
     def images_per_sec(self) -> Optional[float]:
         value = _finite((self.summary or {}).get("images_per_sec")) if self.finished else None
         if value is None:
@@ -234,12 +247,15 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     train: dict[Any, dict[str, Any]] = {}
     diverged: Optional[int] = None
     workers: Optional[int] = None
+    start: dict[str, Any] = {}
     for rec in read_metrics(layout.metrics):
         kind = rec.get("kind")
         if kind == "diverged" and isinstance(rec.get("step"), int):
             diverged = rec["step"]
-        if kind == "start" and isinstance(rec.get("world_size"), int):
-            workers = rec["world_size"]
+        if kind == "start":
+            start = rec
+            if isinstance(rec.get("world_size"), int):
+                workers = rec["world_size"]
         if kind == "val" and rec.get("epoch") is not None:
             val[rec["epoch"]] = dict(rec, acc=val_accuracy(rec))
         elif kind == "train" and rec.get("step") is not None:
@@ -247,7 +263,7 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     return Run(name=path.name, path=path, config=config, flat=flat, method=record.method, record=record,
                summary=summary,
                val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged,
-               started_workers=workers)
+               started_workers=workers, start=start)
 
 
 def load_runs(root: Union[str, Path]) -> list[Run]:

@@ -10,7 +10,8 @@ epochs at 4096) splits the gap in two:
 * generalization part = reference - large batch at matched steps (what the steps do not buy).
 
 The two regimes are found from the runs, not named on the command line: two setups of the
-analysis whose keys differ only in ``train.epochs``, where the one with more epochs has a batch
+analysis whose keys differ only in the budget (``train.epochs``, and ``optim.warmup_epochs``
+where the matched run also warms up for the reference's steps), where the one with more epochs has a batch
 size the other has too, larger than the other's reference (the baseline at its smallest batch
 size), run for the reference's optimizer steps to within :data:`STEPS_TOLERANCE` (summary.json's
 ``global_steps``). Each method variant with runs in both regimes is taken at its learning rate
@@ -27,13 +28,12 @@ from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.cells import fmt_ci, fmt_lr, fmt_points, fmt_share
 from dreg_dist.report.compare import group_order, seed_difference
-from dreg_dist.report.keys import Pairs
+from dreg_dist.report.keys import BUDGET_KEYS, EPOCHS_KEY, WARMUP_KEY, Pairs, same_but
 from dreg_dist.report.mdtable import table
 from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import Difference
 from dreg_dist.sweep.grid import name_value
 
-EPOCHS_KEY = "train.epochs"
 STEPS_TOLERANCE = 0.05
 """Relative difference of optimizer steps still counted as the reference's: a batch size that
 does not divide the training set leaves a few steps over or short per epoch."""
@@ -56,6 +56,11 @@ class Regimes:
 
     def epochs(self, setup: Setup) -> str:
         return name_value(dict(setup.key)[EPOCHS_KEY])
+
+    def warmups(self) -> Optional[str]:
+        """'W and W2 warmup epochs' where the two regimes also differ in warmup, else None."""
+        a, b = dict(self.fixed.key).get(WARMUP_KEY), dict(self.matched.key).get(WARMUP_KEY)
+        return None if a is None or b is None else f"{name_value(a)} and {name_value(b)} warmup epochs"
 
     @property
     def batch_text(self) -> str:
@@ -116,10 +121,8 @@ def group_steps(group: Group) -> Optional[int]:
     return max(steps) if steps else None
 
 
-def _same_but_epochs(a: Setup, b: Setup) -> bool:
-    da, db = dict(a.key), dict(b.key)
-    return (EPOCHS_KEY in da and EPOCHS_KEY in db and {k: v for k, v in da.items() if k != EPOCHS_KEY}
-            == {k: v for k, v in db.items() if k != EPOCHS_KEY})
+def _same_but_budget(a: Setup, b: Setup) -> bool:
+    return EPOCHS_KEY in dict(a.key) and EPOCHS_KEY in dict(b.key) and same_but(a.key, b.key, BUDGET_KEYS)
 
 
 def _fewer_epochs(a: Setup, b: Setup) -> bool:
@@ -138,7 +141,7 @@ def find_regimes(analysis: Analysis) -> list[Regimes]:
     out = []
     for fixed in analysis.setups:
         for matched in analysis.setups:
-            if matched is fixed or not _same_but_epochs(fixed, matched) or not _fewer_epochs(fixed, matched):
+            if matched is fixed or not _same_but_budget(fixed, matched) or not _fewer_epochs(fixed, matched):
                 continue
             for batch, layout in matched.batch_keys:
                 large = [g for g in fixed.selected if g.batch_size == batch and g.layout == layout]
@@ -235,9 +238,10 @@ def step_gap_section(analysis: Analysis) -> list[str]:
     several = len(parts) > 1
     for regimes, rows in parts:
         short, long = regimes.epochs(regimes.fixed), regimes.epochs(regimes.matched)
-        rest = [(k, v) for k, v in regimes.fixed.key if k != EPOCHS_KEY]
+        rest = [(k, v) for k, v in regimes.fixed.key if k not in BUDGET_KEYS]
         where = f" ({regimes.fixed.pairs_label(tuple(rest))})" if rest and several else ""
-        out += [f"### Batch {regimes.batch_text}: {short} and {long} epochs{where}", ""]
+        warm = f", {regimes.warmups()}" if regimes.warmups() else ""
+        out += [f"### Batch {regimes.batch_text}: {short} and {long} epochs{warm}{where}", ""]
         for title, metric in METRICS:
             out += [f"{title}:", "", _table(regimes, rows, metric), ""]
     return out

@@ -333,7 +333,8 @@ class Trainer:
         self.control.install()
         if self.env.is_main:
             self.recorder.event("start", world_size=self.env.world_size, device=str(self.device),
-                                method=self.method.name, lr=self.lr, steps_per_epoch=self.steps_per_epoch)
+                                method=self.method.name, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
+                                train_size=self.data.train_size)  # follow-up grids match step counts from it
             self._say(f"{self.method.name} | {self.cfg.model.arch} | world size {self.env.world_size} on "
                       f"{self.device.type} | global batch {t.global_batch_size} | peak lr {self.lr:.4g} | "
                       f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs")

@@ -23,16 +23,16 @@ STEPS_PER_EPOCH = {512: 87, 4096: 10}  # 45,000 training images, the last partia
 
 
 def _plant(root: Path, method: str, batch: int, epochs: int, lr: float, vals: Sequence[float],
-           tests: Sequence[float], *, steps: int = 0, diverged: Sequence[int] = ()) -> None:
+           tests: Sequence[float], *, steps: int = 0, diverged: Sequence[int] = (), extra: Sequence[str] = ()) -> None:
     """One run per seed (0, 1, ...) whose best validation accuracy is ``vals[seed]`` (reached at the
     last epoch) and test accuracy ``tests[seed]``; ``steps``: summary.json's ``global_steps``
     (default: the batch's steps per epoch x epochs); a seed in ``diverged`` stops on a non-finite
     value after its last validation, with no summary.json."""
     for seed, (val, test) in enumerate(zip(vals, tests)):
-        name = f"{method}_bs{batch}_ep{epochs}_lr{lr}_s{seed}"
+        name = f"{method}_bs{batch}_ep{epochs}_lr{lr}_s{seed}" + "".join(f"_{e}" for e in extra)
         curve = [val * (i + 1) / epochs for i in range(epochs)]
         run = plant_run(root, name, method=method, batch=batch, seed=seed, lr=lr, curve=curve, test_acc=test,
-                        finished=seed not in diverged)
+                        finished=seed not in diverged, extra=extra)
         if seed in diverged:  # it stops 28 epochs short of its schedule
             stop = (epochs - 28) * 10 if epochs > 28 else epochs * 10
             kept = [line for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -138,3 +138,22 @@ def test_no_section_without_a_reference(tmp_path: Path) -> None:
     assert not find_regimes(analyse(load_runs(root)))
     assert HEADING not in write_report(root, tmp_path / "rep", say=lambda _: None, figures=False).read_text()
 
+
+
+def test_the_matched_regime_may_warm_up_for_the_references_steps_too(tmp_path: Path) -> None:
+    """Matched steps with the warmup matched in steps as well (17.4 epochs of 10 steps = the
+    reference's 2 epochs of 87): the budget is epochs and warmup, so it is still the same recipe;
+    a setup that differs in anything else (momentum) is not."""
+    root = tmp_path / "runs" / "g"
+    _fixed_epochs(root)
+    _plant(root, "vanilla", 4096, 348, 0.1, (0.74, 0.76), (0.72, 0.75), extra=["optim.warmup_epochs=17.4"])
+    (regimes,) = find_regimes(analyse(load_runs(root)))
+    assert regimes.warmups() == "2.0 and 17.4 warmup epochs"
+    text = write_report(root, tmp_path / "rep", say=lambda _: None, figures=False).read_text()
+    assert "### Batch 4096: 40 and 348 epochs, 2.0 and 17.4 warmup epochs" in _section(text)
+    _, test = _rows(_section(text), "Test accuracy")
+    assert test["vanilla"]["step part (points)"] == "+13.50 ± 6.35"
+    other = tmp_path / "runs" / "h"
+    _fixed_epochs(other)
+    _plant(other, "vanilla", 4096, 348, 0.1, (0.74, 0.76), (0.72, 0.75), extra=["optim.momentum=0.5"])
+    assert not find_regimes(analyse(load_runs(other)))
