@@ -6,7 +6,9 @@ summary.json) and writes OUT/report.md with PNG figures under OUT/figures/ (matp
 ``pip install -e ".[report]"``). Unfinished runs are included with the numbers they have
 so far. Several sweep folders are reported as one (a learning-rate sweep and the seeds run
 at its selected values). ``--seed-grid FILE --seeds 1,2`` writes that second grid instead,
-``--edge-grid FILE`` a grid that extends learning rates selected at the edge of the grid.
+``--edge-grid FILE`` a grid that extends learning rates selected at the edge of the grid,
+``--transfer-grid FILE --batch B`` and ``--steps-grid FILE`` grids that move each selection to
+another batch (under a rule, for the same steps) or budget (the reference's steps).
 ``--title``, ``--preface FILE`` (the study's verdict, under the title) and ``--step-cost FILE``
 (a benchmark's per-step cost ratios) shape the report; the report's "Reproduce" block repeats
 every option given, paths relative to the repository root, so that line alone regenerates it.
@@ -43,44 +45,76 @@ def sweep_command(root: Path) -> list[str]:
     return ["python " + " ".join(shlex.quote(a) for a in argv)]
 
 
-def write_followup(roots: list[Path], out: Path, seeds_text: Optional[str], batch: Optional[int] = None,
-                   wide_only: bool = False) -> None:
-    """--seed-grid (seeds_text given; ``wide_only``: only the first sweep's wide selections),
-    --transfer-grid (batch given) or --edge-grid: a follow-up grid of the sweeps in ``roots``."""
+FOLLOWUPS = ("seed_grid", "edge_grid", "transfer_grid", "steps_grid", "knob_grid")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ReportError(f"--seeds must be a comma-separated list of integers, got '{text}'") from None
+
+
+def _settings(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ReportError(f"--set takes KEY=VALUE, got '{pair}'")
+        out[key] = yaml.safe_load(value)
+    if not out:
+        raise ReportError("--knob-grid needs --set KEY=VALUE (a method's key and its other value)")
+    return out
+
+
+def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
+    """The follow-up grid ``args`` ask for (--seed-grid, --edge-grid, --transfer-grid or
+    --steps-grid), of the sweeps named first, read against those of ``--against``."""
     import yaml
 
     from dreg_dist.report.analysis import analyse
-    from dreg_dist.report.followup import edge_grid, seed_grid, transfer_grid
+    from dreg_dist.report.followup import edge_grid, seed_grid
+    from dreg_dist.report.followup_moves import knob_grid, steps_grid, transfer_grid
     from dreg_dist.report.runs import load_runs, tuned_keys
 
-    sweep = read_sweep(roots[0])
+    own = [Path(r) for r in args.runs]
+    roots = own + [Path(r) for r in args.against or []]
+    sweep = read_sweep(own[0])
     if not sweep or not isinstance(sweep.get("grid"), dict):
-        raise ReportError(f"'{roots[0]}' has no sweep.json with its grid: run it with launch/sweep.py")
-    runs = [run for root in roots for run in load_runs(root)]
-    analysis = analyse(runs, tuned=tuned_keys(roots))
-    if seeds_text is None:
-        grid, lines = edge_grid(analysis, sweep["grid"], out.stem)
-        flag, what = "--edge-grid", "Selections at the edge of the learning rates tried:"
-    else:
+        raise ReportError(f"'{own[0]}' has no sweep.json with its grid: run it with launch/sweep.py")
+    analysis = analyse([run for root in roots for run in load_runs(root)], tuned=tuned_keys(roots))
+    first = sweep["grid"]
+    kind = next(k for k in FOLLOWUPS if getattr(args, k))
+    out = Path(getattr(args, kind))
+    mine = own if args.against else None
+    methods = [m for m in (args.methods or "").split(",") if m] or None
+    if kind == "edge_grid":
+        grid, lines = edge_grid(analysis, first, out.stem)
+        what = "Selections at the edge of the learning rates tried:"
+    elif kind == "seed_grid":
+        grid, lines = seed_grid(analysis, first, _seeds(args.seeds), out.stem, wide_only=args.wide_only, own=mine)
+        what = ("Selections whose 95% interval against the baseline is too wide:" if args.wide_only else
+                "Learning rates selected on validation (seeds common to all learning rates):")
+    elif kind == "transfer_grid":
         try:
-            seeds = [int(s) for s in seeds_text.split(",") if s.strip()]
+            factors = [float(f) for f in (args.rate_factors or "1").split(",") if f.strip()]
         except ValueError:
-            raise ReportError(f"--seeds must be a comma-separated list of integers, got '{seeds_text}'") from None
-        if batch is None:
-            grid, lines = seed_grid(analysis, sweep["grid"], seeds, out.stem, wide_only=roots[0] if wide_only else None)
-            flag, what = "--seed-grid", "Learning rates selected on validation (seeds common to all learning rates):"
-            if wide_only:
-                flag, what = "--seed-grid", "Selections whose 95% interval against the baseline is too wide:"
-        else:
-            grid, lines = transfer_grid(analysis, sweep["grid"], seeds, batch, out.stem)
-            flag, what = "--transfer-grid", "Learning rates selected on validation, run at another batch size:"
-    command = f"python launch/report.py {' '.join(map(str, roots))} {flag} {out}" + (
-        f" --seeds {seeds_text}" if seeds_text is not None else "") + (f" --batch {batch}" if batch else "") + (
-        " --wide-only" if wide_only else "")
-    header = [f"# Generated by: {command}", f"# {what}", *(f"#   {line}" for line in lines)]
+            raise ReportError(f"--rate-factors must be comma-separated numbers, got '{args.rate_factors}'") from None
+        grid, lines = transfer_grid(analysis, first, _seeds(args.seeds), args.batch, out.stem, rule=args.rule,
+                                    factors=factors, match_steps=args.match_steps, own=mine, methods=methods)
+        what = "Learning rates selected on validation, run at another batch size:"
+    elif kind == "steps_grid":
+        grid, lines = steps_grid(analysis, first, _seeds(args.seeds), out.stem, best=args.best, own=mine)
+        what = "Selections run for the reference's optimizer steps:"
+    else:
+        grid, lines = knob_grid(analysis, first, _seeds(args.seeds), out.stem, _settings(args.set or []), own=mine)
+        what = "Selections run with another value of their method's knob:"
+    header = [f"# Generated by: python launch/report.py {shlex.join(argv)}", f"# {what}", *(f"#   {x}" for x in lines)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header) + "\n" + yaml.safe_dump(grid, sort_keys=False, width=110))
-    print(f"{flag[2:]}: {len(lines)} method variant(s) -> {out}")
+    print(f"{kind.replace('_', '-')}: {len(lines)} method variant(s) -> {out}")
 
 
 def repo_path(path: Path) -> str:
@@ -136,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --seed-grid: only the first folder's selections whose seed-paired 95%% interval of "
                              "validation accuracy against the baseline is wider than a third of the gap to the "
                              "smallest batch (and that baseline); name the folders holding the baseline and the "
-                             "reference after it")
+                             "reference with --against")
     parser.add_argument("--edge-grid", default=None, metavar="FILE",
                         help="write a grid with one more learning rate beyond each selection at the edge of the "
                              "learning rates its method variant tried, instead of a report")
@@ -144,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a grid that runs each selected learning rate at --batch with --seeds (learning-rate "
                              "transfer, no re-tuning), instead of a report")
     parser.add_argument("--batch", type=int, default=None, help="with --transfer-grid: the new global batch size")
+    parser.add_argument("--rule", default="linear", choices=("linear", "sqrt", "none"),
+                        help="with --transfer-grid: linear (optim.lr as selected, the config's rule scales it), "
+                             "sqrt (the square root of the batch from the tuned batch's peak rate) or none (the "
+                             "tuned peak rate times each --rate-factors, set directly: a re-tuning grid)")
+    parser.add_argument("--rate-factors", default=None, metavar="F,F",
+                        help="with --transfer-grid --rule none: multiples of the tuned peak rate, e.g. 0.25,0.5,1")
+    parser.add_argument("--match-steps", action="store_true",
+                        help="with --transfer-grid: the epochs and warmup epochs that give the tuned run's optimizer "
+                             "steps and warmup steps at --batch")
+    parser.add_argument("--methods", default=None, metavar="NAMES",
+                        help="with --transfer-grid: only these methods (comma-separated names)")
+    parser.add_argument("--steps-grid", default=None, metavar="FILE",
+                        help="write a grid that runs each selection above the smallest batch at its own batch for "
+                             "the optimizer steps and warmup steps of the baseline at the smallest batch (matched "
+                             "steps), instead of a report")
+    parser.add_argument("--best", type=int, default=None, metavar="N",
+                        help="with --steps-grid: only the baseline and the N method variants with the best mean "
+                             "best validation accuracy")
+    parser.add_argument("--knob-grid", default=None, metavar="FILE",
+                        help="write a grid that runs each selection whose method owns a --set key at its selected "
+                             "learning rate with that key set, instead of a report")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="with --knob-grid: a method's key and its other value, e.g. methods.NAME.KEY=0.02 "
+                             "(repeatable; each applies to the selections of the method that owns it)")
+    parser.add_argument("--against", nargs="+", default=None, metavar="DIR",
+                        help="with a follow-up grid: sweep folders read for the reference, the baseline and the "
+                             "ranking, whose own selections get no cells")
     parser.add_argument("--copy-records", default=None, metavar="DEST",
                         help="copy the finished runs' config.yaml, metrics.jsonl and summary.json (and sweep.json) "
                              "to DEST/<sweep name>/<run>/, to commit them, instead of a report")
@@ -171,16 +232,25 @@ def main(argv=None) -> int:
             print(f"{root}: records of {len(copied)} finished run(s) -> {Path(args.copy_records) / root.name}")
         return 0
     try:
-        if sum(bool(x) for x in (args.seed_grid, args.edge_grid, args.transfer_grid)) > 1:
-            raise ReportError("write one follow-up grid at a time: --seed-grid, --edge-grid or --transfer-grid")
+        asked = [k for k in FOLLOWUPS if getattr(args, k)]
+        if len(asked) > 1:
+            raise ReportError("write one follow-up grid at a time: --seed-grid, --edge-grid, --transfer-grid, "
+                              "--steps-grid or --knob-grid")
         if args.wide_only and not args.seed_grid:
             raise ReportError("--wide-only goes with --seed-grid")
         if args.transfer_grid and not args.batch:
             raise ReportError("--transfer-grid needs --batch (the global batch size to transfer to)")
-        if args.seed_grid or args.edge_grid or args.transfer_grid:
-            write_followup(roots, Path(args.seed_grid or args.edge_grid or args.transfer_grid),
-                           None if args.edge_grid else args.seeds, args.batch if args.transfer_grid else None,
-                           wide_only=args.wide_only)
+        if not args.transfer_grid and (args.rule != "linear" or args.rate_factors or args.match_steps or args.methods):
+            raise ReportError("--rule, --rate-factors, --match-steps and --methods go with --transfer-grid")
+        if args.best is not None and not args.steps_grid:
+            raise ReportError("--best goes with --steps-grid")
+        if args.set and not args.knob_grid:
+            raise ReportError("--set goes with --knob-grid")
+        if args.against and not asked:
+            raise ReportError("--against goes with a follow-up grid (--seed-grid, --edge-grid, --transfer-grid, "
+                              "--steps-grid, --knob-grid)")
+        if asked:
+            write_followup(args, list(argv) if argv is not None else sys.argv[1:])
             return 0
         report(args)
     except (ReportError, ConfigError, TargetError) as err:  # ConfigError: a run record this release cannot read

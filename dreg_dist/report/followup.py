@@ -13,12 +13,9 @@ grid's base config, overrides and axes:
   wider than a fraction of the large-batch gap (:func:`wide_selections`): more seeds where the
   seeds so far cannot tell an effect of that size from none, and the baseline with them, so
   every difference stays paired;
-* :func:`transfer_grid`: each variant at another global batch size with the learning rate
-  selected at the tuned one, scaled by the config's rule (``optim.lr`` is given per
-  ``optim.base_batch_size`` and ``optim.lr_scaling`` scales it), no re-tuning: how a method
-  survives the way users scale a batch.
+* the grids that move a selection to another batch or budget are in :mod:`.followup_moves`.
 
-Both list their cells in the grid's ``only`` entries (one per variant and batch size).
+They list their cells in the grid's ``only`` entries (one per variant and batch size).
 
 Runs of all stages are reported together (``launch/report.py STAGE1 STAGE2 ...``). The
 selection does not move when seeds are added, because it is made on the seeds every
@@ -82,17 +79,31 @@ def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequence[int],
-              picks: Mapping[tuple, tuple[Group, Optional[float]]]) -> Grid:
-    """A grid that runs, for each compare key, only its picked learning rate (None: nothing)."""
+              picks: Mapping[tuple, tuple[Group, Optional[float]]],
+              cell_values: Optional[Mapping[tuple, Sequence[Mapping[str, Any]]]] = None) -> Grid:
+    """A grid that runs, for each compare key, only its picked learning rate (None: nothing);
+    ``cell_values``: per compare key, the cells' own values of other keys (one cell each: a budget,
+    several rates), made axes of the follow-up so that each cell carries its own."""
     axes = dict(grid.get("axes") or {})
     axes["train.seed"] = list(seeds)
-    only = [{**_cell_filter(group, axes), LR_KEY: lr} for group, lr in picks.values() if lr is not None]
+    cell_values = cell_values or {}
+    only = []
+    for key, (group, lr) in picks.items():
+        if lr is None:
+            continue
+        base = {**_cell_filter(group, axes), LR_KEY: lr}
+        only += [{**base, **values} for values in cell_values.get(key) or [{}]]
     if not only:
         raise ReportError("nothing to run: no method variant needs a follow-up")
-    # The first grid's learning-rate excludes described its own lr_grid; ``only`` replaces them.
-    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e]
+    own = sorted({k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
+    for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
+        axes[k] = sorted({entry[k] for entry in only if k in entry})
+    # The first grid's learning-rate excludes described its own lr_grid, and those of the keys the
+    # cells set described its own axes; ``only`` replaces them.
+    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & set(own)]
+    overrides = [o for o in grid.get("overrides") or [] if o.split("=", 1)[0] not in own]
     out = {"name": name, "description": description, "config": grid.get("config"),
-           "overrides": list(grid.get("overrides") or []), "axes": axes,
+           "overrides": overrides, "axes": axes,
            "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
     if grid.get("tune"):
         out["tune"] = list(grid["tune"])
@@ -140,17 +151,19 @@ def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple
     return out
 
 
-def _under(group: Group, root: Path) -> bool:
-    return any(root in r.path.parents for r in group.runs)
+def _under(group: Group, roots: Optional[Sequence[Path]]) -> bool:
+    """Whether ``group`` has a run in one of ``roots`` (None: any folder): a follow-up writes
+    cells for the selections of its own sweep folders, not of those named for comparison."""
+    return roots is None or any(root in r.path.parents for r in group.runs for root in roots)
 
 
-def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
-              name: str, wide_only: Optional[Path] = None) -> tuple[Grid, list[str]]:
-    """New ``seeds`` at each selected learning rate of the runs in ``analysis``, whose first
-    grid is ``grid`` (``sweep.json``'s ``grid``); and one line per selection for its header.
-    ``wide_only`` (that grid's sweep folder): only its selections whose interval is wide
-    (:func:`wide_selections`, against the baselines anywhere in ``analysis``), and its baseline
-    at a batch setup where any selection of the analysis is wide."""
+def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
+              wide_only: bool = False, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
+    """New ``seeds`` at each selected learning rate of the runs in ``analysis`` (those with runs
+    in the folders ``own``, when given), whose first grid is ``grid`` (``sweep.json``'s
+    ``grid``); and one line per selection for its header. ``wide_only``: only the selections
+    whose interval is wide (:func:`wide_selections`, against the baselines anywhere in
+    ``analysis``), and the baseline at a batch setup where any selection of the analysis is."""
     _check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
@@ -165,12 +178,14 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     lines = []
     for key, groups in _compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        if wide_only is not None:
+        if own is not None and not _under(_chosen_group(groups, chosen), own):
+            continue
+        if wide_only:
             group = _chosen_group(groups, chosen)
             is_base = group.method == BASELINE and not group.variant
             reason = wide.get(group.compare_key) or (
                 "the baseline of a wide selection" if is_base and (key[0], key[-2], key[-1]) in wide_batches else None)
-            if chosen is None or not _under(group, wide_only) or reason is None:
+            if chosen is None or reason is None:
                 continue
             picks[key] = (group, chosen.lr)
             lines.append(f"{group.label} batch {groups[0].batch_size}: lr {name_value(chosen.lr)} ({reason})")
@@ -178,9 +193,9 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
         lines.append(f"{_chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
-    if wide_only is not None and not picks:
+    if wide_only and not picks:
         raise ReportError("no selection has a 95% interval wider than a third of the gap: no more seeds needed")
-    which = "each method variant's" if wide_only is None else (
+    which = "each method variant's" if not wide_only else (
         "the method variants whose 95% interval against the baseline is wider than a third of the gap (and "
         "the baseline), at their")
     description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at {which} "
@@ -215,39 +230,3 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
     description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
                    "highest. " + str(grid.get("description") or ""))
     return _followup(grid, name, description, sorted(seeds), picks), lines
-
-
-def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], batch: int,
-                  name: str) -> tuple[Grid, list[str]]:
-    """Each variant at global batch ``batch`` (the micro-batch kept: accumulation scaled) with its
-    learning rate selected at the grid's batch size, for ``seeds``."""
-    _check(grid, analysis)
-    if BATCH_KEY in (grid.get("axes") or {}):
-        raise ReportError(f"'{BATCH_KEY}' is an axis of '{grid.get('name')}': transfer from a grid of one batch size")
-    if not seeds:
-        raise ReportError("--seeds needs at least one seed")
-    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
-    lines = []
-    tuned: set[int] = set()
-    for key, groups in _compared(analysis):
-        chosen = analysis.selected_lr.get(freeze(key))
-        picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
-        tuned.add(groups[0].batch_size)
-        lines.append(f"{_chosen_group(groups, chosen).label}: lr {name_value(chosen.lr) if chosen else 'none'} selected at batch "
-                     f"{groups[0].batch_size}, run at {batch}")
-    (old,) = tuned
-    if batch % old and old % batch:
-        raise ReportError(f"--batch {batch} must be a multiple or a divisor of the tuned batch {old}")
-    flat = analysis.runs[0].flat
-    accumulation = int(flat.get("train.accumulation_steps", 1)) * batch // old
-    if accumulation < 1:
-        raise ReportError(f"--batch {batch}: fewer than one micro-batch of the tuned size per step")
-    out = _followup(grid, name, "", seeds, picks)
-    out["overrides"] = [o for o in out["overrides"]
-                        if not o.startswith((f"{BATCH_KEY}=", "train.accumulation_steps="))] + [
-        f"{BATCH_KEY}={batch}", f"train.accumulation_steps={accumulation}"]
-    out["description"] = (f"Learning-rate transfer: each method variant at global batch {batch} (micro-batch as "
-                          f"tuned, {accumulation} accumulation steps) with the learning rate selected on validation "
-                          f"at {old} in '{grid.get('name')}', scaled by optim.lr_scaling; no re-tuning. "
-                          + str(grid.get("description") or ""))
-    return out, lines

@@ -197,7 +197,7 @@ def test_more_seeds_only_where_the_interval_is_wider_than_a_third_of_the_gap(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--seed-grid --wide-only: seeds 3, 4 for the first sweep's selections whose seed-paired
     validation interval against the baseline is over a third of the gap (vanilla at 512 minus
-    vanilla at 4096, found in the other folders), and for the baseline beside them."""
+    vanilla at 4096, found in the folders named with --against), and for the baseline beside them."""
     def sweep(name: str, batch: int, methods: dict[str, Sequence[float]]) -> Path:
         root = tmp_path / "runs" / name
         grid = {"name": name, "config": BASE, "overrides": ["train.epochs=2", f"train.global_batch_size={batch}"],
@@ -214,13 +214,15 @@ def test_more_seeds_only_where_the_interval_is_wider_than_a_third_of_the_gap(
     narrow = sweep("narrow", 4096, {"sam": [0.72, 0.73, 0.71]})  # +0.02 on every seed: +-0
     out = tmp_path / "seeds34.yaml"
     report = _cli("report.py")
-    assert report([str(big), str(ref), str(narrow), "--seed-grid", str(out), "--seeds", "3,4", "--wide-only"]) == 0
+    assert report([str(big), "--against", str(ref), str(narrow), "--seed-grid", str(out), "--seeds", "3,4",
+                   "--wide-only"]) == 0
     cells = sorted((c.method, c.values["train.seed"]) for c in expand_grid(load_grid(out)))
     assert cells == [("dreg", 3), ("dreg", 4), ("vanilla", 3), ("vanilla", 4)]
     text = out.read_text()
     assert "the baseline of a wide selection" in text and "over 0.33 of the gap of 10.00" in text
     # SAM's sweep alone has nothing wide: its baseline lives in the other sweep and is not rerun from here.
-    assert report([str(narrow), str(ref), str(big), "--seed-grid", str(out), "--seeds", "3,4", "--wide-only"]) == 2
+    assert report([str(narrow), "--against", str(ref), str(big), "--seed-grid", str(out), "--seeds", "3,4",
+                   "--wide-only"]) == 2
     assert "no more seeds needed" in capsys.readouterr().err
     assert report([str(big), "--edge-grid", str(out), "--wide-only"]) == 2
     assert "--wide-only goes with --seed-grid" in capsys.readouterr().err

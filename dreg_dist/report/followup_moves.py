@@ -1,0 +1,223 @@
+"""Follow-up grids that move each tuned selection to another batch size or budget.
+
+* :func:`transfer_grid`: each selection at another global batch (micro-batch kept, accumulation
+  scaled), under one rule:
+
+  - ``linear`` (the default): ``optim.lr`` as selected, which the config's rule scales;
+  - ``sqrt``: ``optim.lr_scaling=sqrt`` from the tuned batch (``optim.base_batch_size`` = the
+    tuned batch, ``optim.lr`` = the peak rate the tuned run trained at);
+  - ``none``: ``optim.lr_scaling=none`` and ``optim.lr`` = the tuned peak rate times each of
+    ``factors``: the larger batch's rate re-tuned around it;
+
+  with ``match_steps``, at the epochs and warmup epochs that give the tuned run's optimizer steps
+  and warmup steps at the new batch (the budget the linear rule at equal epochs halves).
+* :func:`knob_grid`: each selection at its selected rate with one of its method's keys set to
+  another value (a second knob value where the rate was chosen);
+* :func:`steps_grid`: each selection at its own batch for the reference's optimizer steps and
+  warmup steps (the baseline at the smallest batch size): the matched-steps regime of
+  :mod:`.step_gap`; ``best`` keeps only the baseline and the ``best`` variants on validation.
+
+Both write the selections with runs in the folders ``own`` (the sweep's own stages), so that
+others may be read for the reference, the baseline and the ranking. Steps per epoch come from the runs' start records
+(``train_size``, or bounds from ``steps_per_epoch`` for older records).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from dreg_dist.records import BASELINE
+from dreg_dist.report.aggregate import Group
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.followup import Grid, _check, _chosen_group, _compared, _followup, _under
+from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, RULE_KEYS, WARMUP_KEY
+from dreg_dist.report.plots import ReportError
+from dreg_dist.report.runs import Run
+from dreg_dist.report.stats import freeze
+from dreg_dist.sweep.grid import name_value
+
+RULES = ("linear", "sqrt", "none")
+
+
+def steps_per_epoch(run: Run, batch: int) -> int:
+    """Full batches of ``batch`` per epoch on ``run``'s training set."""
+    size = run.start.get("train_size")
+    if isinstance(size, int) and size > 0:
+        return size // batch
+    spe = run.steps_per_epoch
+    if spe is None or not run.batch_size:
+        raise ReportError(f"run '{run.name}' has no start record with its steps per epoch: rerun it")
+    low, high = spe * run.batch_size, (spe + 1) * run.batch_size - 1  # what its train size may be
+    if low // batch != high // batch:
+        raise ReportError(f"run '{run.name}' ({spe} steps per epoch at {run.batch_size}) does not tell the steps per "
+                          f"epoch at batch {batch}: its record predates train_size; rerun it with this release")
+    return low // batch
+
+
+def _budget(source: Run, steps: int, warmup_steps: float, target: int) -> tuple[dict[str, Any], str]:
+    """The epochs and warmup epochs at batch ``target`` for ``steps`` and ``warmup_steps``; the
+    epochs round to whole ones, so the steps land within an epoch's."""
+    spe = steps_per_epoch(source, target)
+    if spe < 1:
+        raise ReportError(f"batch {target} is larger than the training set of run '{source.name}'")
+    epochs = max(1, round(steps / spe))
+    warmup = float(f"{warmup_steps / spe:.6g}")
+    return ({EPOCHS_KEY: epochs, WARMUP_KEY: warmup},
+            f"{epochs} epochs x {spe} steps = {epochs * spe:,} steps (for {steps:,}), warmup {name_value(warmup)} "
+            f"epochs = {warmup * spe:g} steps")
+
+
+def _run_budget(run: Run) -> tuple[int, float]:
+    """(optimizer steps, warmup steps) of ``run``'s configured schedule."""
+    spe = run.steps_per_epoch
+    if spe is None:
+        raise ReportError(f"run '{run.name}' has no start record with its steps per epoch: rerun it")
+    return spe * int(run.flat.get(EPOCHS_KEY, 0)), float(run.flat.get(WARMUP_KEY, 0.0)) * spe
+
+
+def _peak(group: Group) -> float:
+    peaks = [p for p in (r.peak_lr for r in group.runs) if p is not None]
+    if not peaks:
+        raise ReportError(f"{group.label} at {group.batch_size}: no start record names its peak rate: rerun it")
+    return float(f"{statistics.fmean(peaks):.6g}")
+
+
+def _picked(analysis: Analysis, own: Optional[Sequence[Path]],
+            methods: Optional[Sequence[str]]) -> list[tuple[tuple, Group]]:
+    out = []
+    for key, groups in _compared(analysis):
+        chosen = analysis.selected_lr.get(freeze(key))
+        group = _chosen_group(groups, chosen)
+        if chosen is None or not _under(group, own):
+            continue
+        if methods and group.method not in methods:
+            continue
+        out.append((key, group))
+    return out
+
+
+def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], batch: int, name: str, *,
+                  rule: str = "linear", factors: Sequence[float] = (1.0,), match_steps: bool = False,
+                  own: Optional[Sequence[Path]] = None,
+                  methods: Optional[Sequence[str]] = None) -> tuple[Grid, list[str]]:
+    """Each selection (with runs in ``own``, of ``methods`` when given) at global batch ``batch``
+    for ``seeds``, under ``rule`` (see the module doc)."""
+    _check(grid, analysis)
+    if BATCH_KEY in (grid.get("axes") or {}):
+        raise ReportError(f"'{BATCH_KEY}' is an axis of '{grid.get('name')}': transfer from a grid of one batch size")
+    if not seeds:
+        raise ReportError("--seeds needs at least one seed")
+    if rule not in RULES:
+        raise ReportError(f"--rule must be one of {', '.join(RULES)}, got '{rule}'")
+    if rule != "none" and tuple(factors) != (1.0,):
+        raise ReportError("--rate-factors goes with --rule none (rates set directly around the tuned peak)")
+    picked = _picked(analysis, own, methods)
+    if not picked:
+        raise ReportError("nothing to transfer: no selection" + (f" of {', '.join(methods)}" if methods else ""))
+    tuned = {g.batch_size for _, g in picked}
+    if len(tuned) > 1:
+        raise ReportError(f"the selections are at batch sizes {sorted(tuned)}: transfer from one (name its folder first)")
+    (old,) = tuned
+    if batch % old and old % batch:
+        raise ReportError(f"--batch {batch} must be a multiple or a divisor of the tuned batch {old}")
+    accumulation = int(picked[0][1].runs[0].flat.get("train.accumulation_steps", 1)) * batch // old
+    if accumulation < 1:
+        raise ReportError(f"--batch {batch}: fewer than one micro-batch of the tuned size per step")
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    lines = []
+    for key, group in picked:
+        budget, told = {}, ""
+        if match_steps:
+            budget, told = _budget(group.runs[0], *_run_budget(group.runs[0]), batch)
+        if rule == "linear":
+            rates = [group.lr]
+        else:
+            rates = [float(f"{_peak(group) * f:.6g}") for f in factors]
+        picks[key] = (group, rates[0])
+        cells[key] = [{**budget, **({"optim.lr": r} if len(rates) > 1 else {})} for r in rates]
+        lines.append(f"{group.label}: lr {name_value(group.lr)} selected at batch {old}, run at {batch} with "
+                     + (f"optim.lr {', '.join(map(name_value, rates))}" if rule != "linear" else "the same optim.lr")
+                     + (f"; {told}" if told else ""))
+    out = _followup(grid, name, "", seeds, picks, cells)
+    rule_overrides = {"linear": [], "sqrt": ["optim.lr_scaling=sqrt", f"optim.base_batch_size={old}"],
+                      "none": ["optim.lr_scaling=none"]}[rule]
+    moved = (f"{BATCH_KEY}=", "train.accumulation_steps=") + tuple(f"{k}=" for k in RULE_KEYS if rule != "linear")
+    out["overrides"] = [o for o in out["overrides"] if not o.startswith(moved)] + [
+        f"{BATCH_KEY}={batch}", f"train.accumulation_steps={accumulation}", *rule_overrides]
+    how = {"linear": "scaled by optim.lr_scaling",
+           "sqrt": f"scaled by the square root of the batch from {old} (the tuned run's peak rate there)",
+           "none": "set directly to the tuned run's peak rate times " + ", ".join(f"{f:g}" for f in factors)}[rule]
+    out["description"] = (f"Learning-rate transfer: each method variant at global batch {batch} (micro-batch as "
+                          f"tuned, {accumulation} accumulation steps) with the learning rate selected on validation "
+                          f"at {old} in '{grid.get('name')}', {how}"
+                          + ("; for the tuned run's optimizer steps and warmup steps" if match_steps else "")
+                          + ". " + str(grid.get("description") or ""))
+    return out, lines
+
+
+def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
+              values: Mapping[str, Any], own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
+    """Each selection whose method owns one of ``values``' keys at its selected rate with that key
+    set: a method's second knob value tried where its rate was chosen, not over the whole grid."""
+    _check(grid, analysis)
+    if not seeds:
+        raise ReportError("--seeds needs at least one seed")
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    lines = []
+    for key, group in _picked(analysis, own, None):
+        mine = {k: v for k, v in values.items() if (d := analysis.catalog.owner_of(k)) and d.name == group.method}
+        if not mine:
+            continue
+        picks[key], cells[key] = (group, group.lr), [mine]
+        lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)} with "
+                     + ", ".join(f"{k}={name_value(v)}" for k, v in mine.items()))
+    if not picks:
+        raise ReportError(f"no selection's method owns {', '.join(values)}: nothing to run")
+    description = (f"Each selected method variant of '{grid.get('name')}' at its selected learning rate with "
+                   + ", ".join(f"{k}={name_value(v)}" for k, v in values.items()) + " (its own key only). "
+                   + str(grid.get("description") or ""))
+    return _followup(grid, name, description, seeds, picks, cells), lines
+
+
+def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str, *,
+               best: Optional[int] = None, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
+    """Each selection above the smallest batch (with runs in ``own``) at its own batch, for the
+    optimizer steps and warmup steps of the baseline at the smallest batch size; ``best``: only the
+    baseline and the ``best`` method variants with the highest mean best validation accuracy."""
+    _check(grid, analysis)
+    if not seeds:
+        raise ReportError("--seeds needs at least one seed")
+    ranked: dict[tuple, list[Group]] = {}
+    for setup in analysis.setups:
+        for g in setup.selected:
+            if g.batch_size != min(setup.batch_sizes) and g.best_vals and not (g.method == BASELINE and not g.variant):
+                ranked.setdefault((setup.key, g.batch_size, g.layout), []).append(g)
+    kept = {id(g) for gs in ranked.values()
+            for g in sorted(gs, key=lambda g: -statistics.fmean(g.best_vals))[:best if best is not None else len(gs)]}
+    picks: dict[tuple, tuple[Group, Optional[float]]] = {}
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    lines = []
+    for key, group in _picked(analysis, own, None):
+        setup = next(s for s in analysis.setups if group in s.groups)
+        ref = setup.reference(group)
+        is_base = group.method == BASELINE and not group.variant
+        if ref is None or group.batch_size == ref.batch_size or not (is_base or id(group) in kept):
+            continue
+        budget, told = _budget(group.runs[0], *_run_budget(ref.runs[0]), group.batch_size)
+        picks[key], cells[key] = (group, group.lr), [budget]
+        rank = "" if is_base else f", {statistics.fmean(group.best_vals):.2%} best validation"
+        lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)}{rank}; {told}")
+    if not picks:
+        raise ReportError("nothing to run at matched steps: no selection above the reference's batch in this folder")
+    description = (f"Matched steps: each selected method variant of '{grid.get('name')}'"
+                   + (f" among the {best} best on validation (and the baseline)" if best is not None else "")
+                   + " at its batch and learning rate for the optimizer steps and warmup steps of the baseline at "
+                     "the smallest batch. " + str(grid.get("description") or ""))
+    return _followup(grid, name, description, seeds, picks, cells), lines
+
+
+__all__ = ["RULES", "knob_grid", "steps_grid", "steps_per_epoch", "transfer_grid"]

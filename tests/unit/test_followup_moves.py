@@ -1,0 +1,143 @@
+"""Follow-up grids that move each selection: to a larger batch under the linear, the sqrt or no
+rule (a re-tuning grid), for the tuned run's steps, and the matched-steps grid for the reference's
+steps. No training: run folders are planted with the files the trainer writes (its start record
+names the peak rate, the steps per epoch and the train size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pytest
+
+from dreg_dist.report.plots import ReportError
+from dreg_dist.report.followup_moves import steps_per_epoch
+from dreg_dist.report.runs import load_run
+from dreg_dist.sweep.grid import expand_grid, load_grid
+
+from ..conftest import launch_script
+from .test_report_select import BASE, plant_run
+
+pytestmark = pytest.mark.usefixtures("resolver_in_process")
+TRAIN = 45_000
+
+
+def _sweep(root: Path, batch: int, accumulation: int, cells: Sequence[tuple[str, float, float]],
+           train_size: Optional[int] = TRAIN) -> Path:
+    """A stage's folder: one run per (method, lr, best validation), seed 0, 4 epochs, warmup 2."""
+    name = root.name
+    grid = {"name": name, "config": BASE,
+            "overrides": ["train.epochs=4", f"train.global_batch_size={batch}",
+                          f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"],
+            "axes": {"method": sorted({c[0] for c in cells}), "train.seed": [0]},
+            "lr_grid": sorted({c[1] for c in cells}), "exclude": []}
+    for method, lr, val in cells:
+        run = plant_run(root, f"{method}_lr{lr}", method=method, batch=batch, lr=lr, curve=[val / 2, val, val, val],
+                        test_acc=0.5, extra=[f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"])
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        start: dict[str, Any] = {"kind": "start", "time": 0.0, "world_size": 1, "lr": lr * batch / 256,
+                                 "steps_per_epoch": TRAIN // batch}
+        if train_size:
+            start["train_size"] = train_size
+        (run / "metrics.jsonl").write_text("\n".join([json.dumps(start)] + lines[1:]) + "\n")
+    (root / "sweep.json").write_text(json.dumps({"name": name, "grid": grid, "command": ["launch/sweep.py"]}))
+    return root
+
+
+@pytest.fixture
+def stages(tmp_path: Path) -> tuple[Path, Path]:
+    ref = _sweep(tmp_path / "runs" / "ref", 512, 1, [("vanilla", 0.2, 0.80), ("vanilla", 0.4, 0.82)])
+    big = _sweep(tmp_path / "runs" / "big", 4096, 8, [("vanilla", 0.05, 0.60), ("vanilla", 0.1, 0.70),
+                                                      ("sam", 0.05, 0.74), ("sam", 0.1, 0.65),
+                                                      ("dreg", 0.05, 0.72), ("dreg", 0.1, 0.71)])
+    return ref, big
+
+
+def _cells(path: Path) -> list[tuple]:
+    return sorted((c.method, c.values["optim.lr"], c.values.get("train.epochs"), c.values.get("optim.warmup_epochs"))
+                  for c in expand_grid(load_grid(path)))
+
+
+def test_transfer_under_the_sqrt_rule_and_for_the_tuned_runs_steps(stages: tuple[Path, Path], tmp_path: Path) -> None:
+    _, big = stages
+    out = tmp_path / "sqrt.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", "--seeds", "0", "--rule", "sqrt",
+                   "--match-steps"]) == 0
+    grid = load_grid(out)
+    assert {"train.global_batch_size=8192", "train.accumulation_steps=16", "optim.lr_scaling=sqrt",
+            "optim.base_batch_size=4096"} <= set(grid.overrides)
+    assert not any(o.startswith(("train.epochs=", "optim.warmup_epochs=")) for o in grid.overrides)
+    # The peak each selection trained at (sam 0.05 * 16, vanilla 0.1 * 16), for 40 steps with 20 of warmup:
+    # 8 epochs of 5 steps at 8192, 4 warmup epochs.
+    assert _cells(out) == [("dreg", 0.8, 8, 4.0), ("sam", 0.8, 8, 4.0), ("vanilla", 1.6, 8, 4.0)]
+    assert "8 epochs x 5 steps = 40 steps (for 40), warmup 4.0 epochs = 20 steps" in out.read_text()
+
+
+def test_a_retuning_grid_sets_rates_directly_around_the_tuned_peak(stages: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _, big = stages
+    out = tmp_path / "retune.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", "--seeds", "0", "--rule", "none",
+                   "--rate-factors", "0.25,0.5", "--methods", "vanilla"]) == 0
+    assert "optim.lr_scaling=none" in load_grid(out).overrides
+    assert _cells(out) == [("vanilla", 0.4, None, None), ("vanilla", 0.8, None, None)]
+    # The linear rule keeps optim.lr as selected (the config's rule scales it).
+    assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", "--seeds", "0"]) == 0
+    assert _cells(out) == [("dreg", 0.05, None, None), ("sam", 0.05, None, None), ("vanilla", 0.1, None, None)]
+    for bad, said in ((["--rate-factors", "0.5"], "--rate-factors goes with --rule none"),
+                      (["--methods", "nope"], "nothing to transfer: no selection of nope")):
+        assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", *bad]) == 2
+        assert said in capsys.readouterr().err
+    assert report([str(big), "--match-steps"]) == 2
+    assert "go with --transfer-grid" in capsys.readouterr().err
+
+
+def test_matched_steps_for_the_reference_with_the_best_variants(stages: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    ref, big = stages
+    out = tmp_path / "steps.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), "--against", str(ref), "--steps-grid", str(out), "--seeds", "0", "--best", "1"]) == 0
+    # The reference: 87 steps an epoch x 4 = 348 steps, 174 of warmup; at 4096 (10 an epoch) 35 epochs
+    # (350 steps, within an epoch's) and 17.4 warmup epochs. SAM is the best on validation (74% vs 72%).
+    assert _cells(out) == [("sam", 0.05, 35, 17.4), ("vanilla", 0.1, 35, 17.4)]
+    text = out.read_text()
+    assert "35 epochs x 10 steps = 350 steps (for 348), warmup 17.4 epochs = 174 steps" in text
+    assert "sam batch 4096: lr 0.05, 74.00% best validation" in text
+    assert report([str(ref), "--against", str(big), "--steps-grid", str(out), "--seeds", "0"]) == 2
+    assert "nothing to run at matched steps" in capsys.readouterr().err
+
+
+def test_steps_per_epoch_from_an_older_record_needs_unambiguous_bounds(tmp_path: Path) -> None:
+    root = _sweep(tmp_path / "runs" / "old", 4096, 8, [("vanilla", 0.1, 0.7)], train_size=None)
+    run = load_run(root / "vanilla_lr0.1")
+    assert run is not None
+    assert steps_per_epoch(run, 8192) == 5  # 40,960-45,055 images: 5 batches of 8192 either way
+    with pytest.raises(ReportError, match="does not tell the steps per epoch at batch 3000"):
+        steps_per_epoch(run, 3000)  # 13 to 15
+
+
+def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SAM's other rho where its rate was chosen: the first grid excluded it from the rate grid,
+    the follow-up runs it (that exclude dropped), and vanilla, which owns no such key, gets none."""
+    root = tmp_path / "runs" / "knob"
+    grid = {"name": "knob", "config": BASE, "overrides": ["train.epochs=2"],
+            "axes": {"method": ["vanilla", "sam"], "methods.sam.rho": [0.02, 0.05], "train.seed": [0]},
+            "lr_grid": [0.05, 0.1], "exclude": [{"method": "sam", "methods.sam.rho": 0.02}],
+            "tune": ["methods.sam.rho"]}
+    for method, lr, val in (("vanilla", 0.05, 0.6), ("vanilla", 0.1, 0.7), ("sam", 0.05, 0.74), ("sam", 0.1, 0.65)):
+        plant_run(root, f"{method}_{lr}", method=method, lr=lr, curve=[val / 2, val], test_acc=0.5)
+    (root / "sweep.json").write_text(json.dumps({"name": "knob", "grid": grid, "command": ["launch/sweep.py"]}))
+    out = tmp_path / "rho.yaml"
+    report = launch_script("report.py").main
+    assert report([str(root), "--knob-grid", str(out), "--seeds", "0", "--set", "methods.sam.rho=0.02"]) == 0
+    cells = [(c.method, c.values["optim.lr"], c.values.get("methods.sam.rho")) for c in expand_grid(load_grid(out))]
+    assert cells == [("sam", 0.05, 0.02)]
+    assert "sam batch 512: lr 0.05 with methods.sam.rho=0.02" in out.read_text()
+    assert report([str(root), "--knob-grid", str(out), "--set", "dreg.lam=0.5"]) == 2
+    assert "no selection's method owns dreg.lam" in capsys.readouterr().err
+    assert report([str(root), "--knob-grid", str(out)]) == 2
+    assert "needs --set KEY=VALUE" in capsys.readouterr().err
