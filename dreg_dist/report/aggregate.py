@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from dreg_dist.records import BASELINE, Catalog
-from dreg_dist.report.keys import Pairs, pairs_label
+from dreg_dist.report.keys import Pairs, label_of, pairs_label
 from dreg_dist.report.runs import Run, iter_finite
 from dreg_dist.report.stats import hashable, sort_key
 
@@ -36,6 +36,10 @@ class Group:
 
     def pairs_label(self, pairs: Pairs) -> str:
         return pairs_label(pairs, self.catalog)
+
+    def key_label(self, key: str) -> str:
+        """A key's short name (a run key's from the report's table, a method key's from its description)."""
+        return label_of(key, self.catalog)
 
     @property
     def label(self) -> str:

@@ -105,7 +105,7 @@ def _family(g: Group) -> str:
     pairs = dict(g.variant)
     if "optim.name" in pairs:
         return g.pairs_label((("optim.name", pairs["optim.name"]),))
-    return g.pairs_label(tuple((k, "") for k in sorted(pairs))).replace("=", "")
+    return ", ".join(g.key_label(k) for k in sorted(pairs))
 
 
 def panel_name(g: Group) -> str:

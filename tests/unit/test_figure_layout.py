@@ -206,7 +206,8 @@ def test_the_baselines_own_variants_get_a_panel_per_kind() -> None:
 
     def group(method: str, *variant: tuple[str, object]) -> SimpleNamespace:
         return SimpleNamespace(method=method, variant=variant, batch_size=4096, layout=(),
-                               pairs_label=lambda pairs: ", ".join(f"{LABELS.get(k, k)}={v}" for k, v in pairs))
+                               pairs_label=lambda pairs: ", ".join(f"{LABELS.get(k, k)}={v}" for k, v in pairs),
+                               key_label=lambda k: LABELS.get(k, k))
 
     groups = [group("vanilla"), group("vanilla", ("optim.name", "lars"), ("optim.warmup_epochs", 2)),
               group("vanilla", ("optim.name", "lars"), ("optim.warmup_epochs", 5)),
