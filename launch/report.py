@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from dreg_dist.errors import ConfigError  # noqa: E402
 from dreg_dist.report.critical import TargetError, parse_targets  # noqa: E402
+from dreg_dist.report.followup_moves import RULES  # noqa: E402
 from dreg_dist.report.markdown import write_report  # noqa: E402
 from dreg_dist.report.plots import ReportError  # noqa: E402
 from dreg_dist.report.runs import read_sweep  # noqa: E402
@@ -48,6 +49,10 @@ def sweep_command(root: Path) -> list[str]:
 FOLLOWUPS = ("seed_grid", "edge_grid", "transfer_grid", "steps_grid", "knob_grid")
 
 
+def _flags() -> str:
+    return ", ".join("--" + k.replace("_", "-") for k in FOLLOWUPS)
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -63,15 +68,19 @@ def _settings(pairs: list[str]) -> dict[str, object]:
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise ReportError(f"--set takes KEY=VALUE, got '{pair}'")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ReportError(f"--set {pair}: the value is not valid YAML (quote a string, e.g. key='a b')") from None
     if not out:
         raise ReportError("--knob-grid needs --set KEY=VALUE (a method's key and its other value)")
     return out
 
 
 def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
-    """The follow-up grid ``args`` ask for (--seed-grid, --edge-grid, --transfer-grid or
-    --steps-grid), of the sweeps named first, read against those of ``--against``."""
+    """The follow-up grid ``args`` ask for (one of :data:`FOLLOWUPS`) of the sweeps named
+    positionally (the first one's grid), read with those of ``--against`` for the reference,
+    the baseline and the ranking."""
     import yaml
 
     from dreg_dist.report.analysis import analyse
@@ -81,10 +90,14 @@ def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
 
     own = [Path(r) for r in args.runs]
     roots = own + [Path(r) for r in args.against or []]
+    runs = {root: load_runs(root) for root in roots}
+    empty = [str(root) for root, found in runs.items() if not found]
+    if empty:
+        raise ReportError(f"no run folders in {', '.join(empty)}: check the path")
     sweep = read_sweep(own[0])
     if not sweep or not isinstance(sweep.get("grid"), dict):
         raise ReportError(f"'{own[0]}' has no sweep.json with its grid: run it with launch/sweep.py")
-    analysis = analyse([run for root in roots for run in load_runs(root)], tuned=tuned_keys(roots))
+    analysis = analyse([run for found in runs.values() for run in found], tuned=tuned_keys(roots))
     first = sweep["grid"]
     kind = next(k for k in FOLLOWUPS if getattr(args, k))
     out = Path(getattr(args, kind))
@@ -101,7 +114,9 @@ def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
         try:
             factors = [float(f) for f in (args.rate_factors or "1").split(",") if f.strip()]
         except ValueError:
-            raise ReportError(f"--rate-factors must be comma-separated numbers, got '{args.rate_factors}'") from None
+            factors = []
+        if not factors or not all(f > 0 for f in factors):
+            raise ReportError(f"--rate-factors must be comma-separated positive numbers, got '{args.rate_factors}'")
         grid, lines = transfer_grid(analysis, first, _seeds(args.seeds), args.batch, out.stem, rule=args.rule,
                                     factors=factors, match_steps=args.match_steps, own=mine, methods=methods)
         what = "Learning rates selected on validation, run at another batch size:"
@@ -167,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a grid that reruns each selected learning rate with --seeds, instead of a report")
     parser.add_argument("--seeds", default="1", help="with --seed-grid: the new seeds, e.g. '1' or '1,2' (default 1)")
     parser.add_argument("--wide-only", action="store_true",
-                        help="with --seed-grid: only the first folder's selections whose seed-paired 95%% interval of "
+                        help="with --seed-grid: only the selections whose seed-paired 95%% interval of "
                              "validation accuracy against the baseline is wider than a third of the gap to the "
                              "smallest batch (and that baseline); name the folders holding the baseline and the "
                              "reference with --against")
@@ -178,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a grid that runs each selected learning rate at --batch with --seeds (learning-rate "
                              "transfer, no re-tuning), instead of a report")
     parser.add_argument("--batch", type=int, default=None, help="with --transfer-grid: the new global batch size")
-    parser.add_argument("--rule", default="linear", choices=("linear", "sqrt", "none"),
+    parser.add_argument("--rule", default="linear", choices=RULES,
                         help="with --transfer-grid: linear (optim.lr as selected, the config's rule scales it), "
                              "sqrt (the square root of the batch from the tuned batch's peak rate) or none (the "
                              "tuned peak rate times each --rate-factors, set directly: a re-tuning grid)")
@@ -194,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the optimizer steps and warmup steps of the baseline at the smallest batch (matched "
                              "steps), instead of a report")
     parser.add_argument("--best", type=int, default=None, metavar="N",
-                        help="with --steps-grid: only the baseline and the N method variants with the best mean "
-                             "best validation accuracy")
+                        help="with --steps-grid: only the N method variants with the best mean best validation "
+                             "accuracy at each batch (any batch setup), and the baseline beside them")
     parser.add_argument("--knob-grid", default=None, metavar="FILE",
                         help="write a grid that runs each selection whose method owns a --set key at its selected "
                              "learning rate with that key set, instead of a report")
@@ -234,8 +249,7 @@ def main(argv=None) -> int:
     try:
         asked = [k for k in FOLLOWUPS if getattr(args, k)]
         if len(asked) > 1:
-            raise ReportError("write one follow-up grid at a time: --seed-grid, --edge-grid, --transfer-grid, "
-                              "--steps-grid or --knob-grid")
+            raise ReportError(f"write one follow-up grid at a time: {_flags()}")
         if args.wide_only and not args.seed_grid:
             raise ReportError("--wide-only goes with --seed-grid")
         if args.transfer_grid and not args.batch:
@@ -244,11 +258,12 @@ def main(argv=None) -> int:
             raise ReportError("--rule, --rate-factors, --match-steps and --methods go with --transfer-grid")
         if args.best is not None and not args.steps_grid:
             raise ReportError("--best goes with --steps-grid")
+        if args.best is not None and args.best < 1:
+            raise ReportError(f"--best must be 1 or more, got {args.best}")
         if args.set and not args.knob_grid:
             raise ReportError("--set goes with --knob-grid")
         if args.against and not asked:
-            raise ReportError("--against goes with a follow-up grid (--seed-grid, --edge-grid, --transfer-grid, "
-                              "--steps-grid, --knob-grid)")
+            raise ReportError(f"--against goes with a follow-up grid ({_flags()})")
         if asked:
             write_followup(args, list(argv) if argv is not None else sys.argv[1:])
             return 0

@@ -37,6 +37,7 @@ from dreg_dist.report.plots import ReportError
 from dreg_dist.report.select import LrResult, common_seeds, edge_of
 from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import name_value
+from dreg_dist.sweep.resolve import registered
 
 Grid = dict[str, Any]
 
@@ -98,16 +99,32 @@ def _followup(grid: Mapping[str, Any], name: str, description: str, seeds: Seque
     own = sorted({k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
     for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
         axes[k] = sorted({entry[k] for entry in only if k in entry})
+    gone = _unused_axes(axes, only, str(grid.get("config")))
+    axes = {k: v for k, v in axes.items() if k not in gone}
+    if "method" in axes:
+        axes["method"] = [m for m in axes["method"] if any(e.get("method") == m for e in only)]
+    only = [{k: v for k, v in entry.items() if k not in gone} for entry in only]
     # The first grid's learning-rate excludes described its own lr_grid, and those of the keys the
     # cells set described its own axes; ``only`` replaces them.
-    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & set(own)]
+    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & (set(own) | gone)]
     overrides = [o for o in grid.get("overrides") or [] if o.split("=", 1)[0] not in own]
     out = {"name": name, "description": description, "config": grid.get("config"),
            "overrides": overrides, "axes": axes,
            "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
-    if grid.get("tune"):
-        out["tune"] = list(grid["tune"])
+    tune = [k for k in grid.get("tune") or [] if k not in gone]
+    if tune:
+        out["tune"] = tune
     return out
+
+
+def _unused_axes(axes: Mapping[str, Any], only: Sequence[Mapping[str, Any]], config: str) -> set[str]:
+    """The axes of methods the follow-up runs no cell of: an axis that applies to no cell is an
+    error in a grid (asked of the registered methods, which the grid's resolver knows)."""
+    if "method" not in axes:
+        return set()
+    running = {e["method"] for e in only if "method" in e}
+    catalog = registered(config)
+    return {k for k in axes if (d := catalog.owner_of(k)) is not None and d.name not in running}
 
 
 def _check(grid: Mapping[str, Any], analysis: Analysis) -> None:
@@ -122,6 +139,11 @@ WIDE_FRACTION = 1 / 3
 an interval of a third of the gap cannot exclude an effect that closes a third of it)."""
 
 
+UNJUDGED = "no baseline at this batch or at a smaller one"
+"""What :func:`wide_selections` says of a selection it cannot judge: ``--wide-only`` then needs the
+folders of the baseline and the reference (``--against``)."""
+
+
 def _val_by_seed(group: Group) -> dict[int, float]:
     return {r.seed: v for r in group.runs if (v := r.best_val_acc) is not None}
 
@@ -130,14 +152,19 @@ def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple
     """Compare key -> why, for each selected method variant above the setup's smallest batch
     whose seed-paired 95% half-width of best validation accuracy minus the baseline's is over
     ``fraction`` of the baseline's gap to the smallest batch, or that has one seed (no interval
-    yet: it reads ``one seed``). Validation only: how many seeds a selection gets is a choice."""
+    yet: it reads ``one seed``), or that has no baseline or reference to be judged against
+    (:data:`UNJUDGED`). Validation only: how many seeds a selection gets is a choice."""
     out: dict[tuple, str] = {}
     for g in setup.selected:
         base = setup.baseline(g.batch_size, g.layout)
-        ref = setup.reference(g)
-        if g.batch_size == min(setup.batch_sizes) or base is None or ref is None or g is base:
+        if g is base:
             continue
-        if not ref.best_vals or not base.best_vals:
+        ref = setup.reference(g)
+        if g.batch_size == min(setup.batch_sizes) and len(setup.batch_sizes) > 1:
+            continue  # at the reference's own batch there is no gap to close
+        if g.batch_size == min(setup.batch_sizes) or base is None or ref is None or not ref.best_vals \
+                or not base.best_vals:
+            out[g.compare_key] = UNJUDGED
             continue
         gap = statistics.fmean(ref.best_vals) - statistics.fmean(base.best_vals)
         diff = seed_difference(_val_by_seed(g), _val_by_seed(base))
@@ -154,7 +181,10 @@ def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple
 def _under(group: Group, roots: Optional[Sequence[Path]]) -> bool:
     """Whether ``group`` has a run in one of ``roots`` (None: any folder): a follow-up writes
     cells for the selections of its own sweep folders, not of those named for comparison."""
-    return roots is None or any(root in r.path.parents for r in group.runs for root in roots)
+    if roots is None:
+        return True
+    full = [Path(root).resolve() for root in roots]
+    return any(root == p or root in p.parents for r in group.runs for p in [r.path.resolve()] for root in full)
 
 
 def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
@@ -167,13 +197,13 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     _check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
-    used = {r.seed for r in analysis.runs}
+    used = {r.seed for _, groups in _compared(analysis) for g in groups if _under(g, own) for r in g.runs}
     if used & set(seeds):
         raise ReportError(f"seed(s) {sorted(used & set(seeds))} already ran in this sweep; pick new ones")
     wide: dict[tuple, str] = {}
     for setup in analysis.setups:
         wide.update(wide_selections(setup))
-    wide_batches = {(k[0], k[-2], k[-1]) for k in wide}  # (setup, batch, layout)
+    wide_batches = {(k[0], k[-2], k[-1]) for k, why in wide.items() if why != UNJUDGED}  # (setup, batch, layout)
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     lines = []
     for key, groups in _compared(analysis):
@@ -182,6 +212,9 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
             continue
         if wide_only:
             group = _chosen_group(groups, chosen)
+            if wide.get(group.compare_key) == UNJUDGED:
+                raise ReportError(f"{group.label} at {group.batch_size} has {UNJUDGED} to be judged against: "
+                                  "name the folders of the baseline and the reference with --against")
             is_base = group.method == BASELINE and not group.variant
             reason = wide.get(group.compare_key) or (
                 "the baseline of a wide selection" if is_base and (key[0], key[-2], key[-1]) in wide_batches else None)
@@ -194,10 +227,11 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         lines.append(f"{_chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
     if wide_only and not picks:
-        raise ReportError("no selection has a 95% interval wider than a third of the gap: no more seeds needed")
+        raise ReportError(f"no selection has a 95% interval wider than {WIDE_FRACTION:.2g} of the gap: no more "
+                          "seeds needed")
     which = "each method variant's" if not wide_only else (
-        "the method variants whose 95% interval against the baseline is wider than a third of the gap (and "
-        "the baseline), at their")
+        f"the method variants whose 95% interval against the baseline is wider than {WIDE_FRACTION:.2g} of the "
+        "gap (and the baseline), at their")
     description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at {which} "
                    "learning rate selected on "
                    f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))

@@ -13,11 +13,12 @@
   and warmup steps at the new batch (the budget the linear rule at equal epochs halves).
 * :func:`knob_grid`: each selection at its selected rate with one of its method's keys set to
   another value (a second knob value where the rate was chosen);
-* :func:`steps_grid`: each selection at its own batch for the reference's optimizer steps and
-  warmup steps (the baseline at the smallest batch size): the matched-steps regime of
-  :mod:`.step_gap`; ``best`` keeps only the baseline and the ``best`` variants on validation.
+* :func:`steps_grid`: each selection at its own batch for the reference's optimizer steps (the
+  baseline at the smallest batch size), its warmup the same share of them as in its own schedule:
+  the matched-steps regime of :mod:`.step_gap`; ``best`` keeps only the ``best`` variants on
+  validation at each batch and the baseline beside them.
 
-Both write the selections with runs in the folders ``own`` (the sweep's own stages), so that
+Each writes the selections with runs in the folders ``own`` (the sweep's own stages), so that
 others may be read for the reference, the baseline and the ranking. Steps per epoch come from the runs' start records
 (``train_size``, or bounds from ``steps_per_epoch`` for older records).
 """
@@ -169,14 +170,16 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     cells: dict[tuple, list[dict[str, Any]]] = {}
     lines = []
     for key, group in _picked(analysis, own, None):
-        mine = {k: v for k, v in values.items() if (d := analysis.catalog.owner_of(k)) and d.name == group.method}
+        # A value the selection already has would rerun its own cell: a second seed 0 in the report.
+        mine = {k: v for k, v in values.items() if (d := analysis.catalog.owner_of(k)) and d.name == group.method
+                and group.runs[0].flat.get(k) != v}
         if not mine:
             continue
         picks[key], cells[key] = (group, group.lr), [mine]
         lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)} with "
                      + ", ".join(f"{k}={name_value(v)}" for k, v in mine.items()))
     if not picks:
-        raise ReportError(f"no selection's method owns {', '.join(values)}: nothing to run")
+        raise ReportError(f"no selection's method owns {', '.join(values)} with another value: nothing to run")
     description = (f"Each selected method variant of '{grid.get('name')}' at its selected learning rate with "
                    + ", ".join(f"{k}={name_value(v)}" for k, v in values.items()) + " (its own key only). "
                    + str(grid.get("description") or ""))
@@ -186,28 +189,41 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
 def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str, *,
                best: Optional[int] = None, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
     """Each selection above the smallest batch (with runs in ``own``) at its own batch, for the
-    optimizer steps and warmup steps of the baseline at the smallest batch size; ``best``: only the
-    baseline and the ``best`` method variants with the highest mean best validation accuracy."""
+    optimizer steps of the baseline at the smallest batch size (see the module doc); ``best``: only
+    the ``best`` method variants with the highest mean best validation accuracy at each batch."""
     _check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
+    # Ranked per batch over its batch setups (workers, accumulation), so that a method on 8 worker
+    # processes competes with the one-process ones; a baseline runs where a kept variant does, and
+    # in the batch setup with the most selections (the study's main one).
     ranked: dict[tuple, list[Group]] = {}
     for setup in analysis.setups:
         for g in setup.selected:
             if g.batch_size != min(setup.batch_sizes) and g.best_vals and not (g.method == BASELINE and not g.variant):
-                ranked.setdefault((setup.key, g.batch_size, g.layout), []).append(g)
-    kept = {id(g) for gs in ranked.values()
-            for g in sorted(gs, key=lambda g: -statistics.fmean(g.best_vals))[:best if best is not None else len(gs)]}
+                ranked.setdefault((setup.key, g.batch_size), []).append(g)
+    kept = [g for gs in ranked.values()
+            for g in sorted(gs, key=lambda g: -statistics.fmean(g.best_vals))[:best if best is not None else len(gs)]]
+    kept_layouts = {(s.key, g.batch_size, g.layout) for s in analysis.setups for g in kept if g in s.groups}
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     cells: dict[tuple, list[dict[str, Any]]] = {}
     lines = []
     for key, group in _picked(analysis, own, None):
         setup = next(s for s in analysis.setups if group in s.groups)
         ref = setup.reference(group)
-        is_base = group.method == BASELINE and not group.variant
-        if ref is None or group.batch_size == ref.batch_size or not (is_base or id(group) in kept):
+        if ref is None or group.batch_size == ref.batch_size:
             continue
-        budget, told = _budget(group.runs[0], *_run_budget(ref.runs[0]), group.batch_size)
+        is_base = group.method == BASELINE and not group.variant
+        main = max(setup.layouts(group.batch_size),
+                   key=lambda lay: sum(g.batch_size == group.batch_size and g.layout == lay for g in setup.selected))
+        if not (any(g is group for g in kept) or is_base and ((setup.key, group.batch_size, group.layout)
+                                                              in kept_layouts or group.layout == main)):
+            continue
+        ref_steps, _ = _run_budget(ref.runs[0])
+        steps, warmup_steps = _run_budget(group.runs[0])
+        # The selection's own warmup, as the same share of its schedule (the reference's own where
+        # it warms up as the reference does: 2 of 40 epochs at both batches).
+        budget, told = _budget(group.runs[0], ref_steps, warmup_steps * ref_steps / steps, group.batch_size)
         picks[key], cells[key] = (group, group.lr), [budget]
         rank = "" if is_base else f", {statistics.fmean(group.best_vals):.2%} best validation"
         lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)}{rank}; {told}")
@@ -215,8 +231,8 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
         raise ReportError("nothing to run at matched steps: no selection above the reference's batch in this folder")
     description = (f"Matched steps: each selected method variant of '{grid.get('name')}'"
                    + (f" among the {best} best on validation (and the baseline)" if best is not None else "")
-                   + " at its batch and learning rate for the optimizer steps and warmup steps of the baseline at "
-                     "the smallest batch. " + str(grid.get("description") or ""))
+                   + " at its batch and learning rate for the optimizer steps of the baseline at the smallest "
+                     "batch, its warmup the same share of them. " + str(grid.get("description") or ""))
     return _followup(grid, name, description, seeds, picks, cells), lines
 
 

@@ -60,7 +60,7 @@ class Regimes:
     def warmups(self) -> Optional[str]:
         """'W and W2 warmup epochs' where the two regimes also differ in warmup, else None."""
         a, b = dict(self.fixed.key).get(WARMUP_KEY), dict(self.matched.key).get(WARMUP_KEY)
-        return None if a is None or b is None else f"{name_value(a)} and {name_value(b)} warmup epochs"
+        return None if a is None or b is None or a == b else f"{name_value(a)} and {name_value(b)} warmup epochs"
 
     @property
     def batch_text(self) -> str:

@@ -24,19 +24,23 @@ TRAIN = 45_000
 
 
 def _sweep(root: Path, batch: int, accumulation: int, cells: Sequence[tuple[str, float, float]],
-           train_size: Optional[int] = TRAIN) -> Path:
-    """A stage's folder: one run per (method, lr, best validation), seed 0, 4 epochs, warmup 2."""
+           train_size: Optional[int] = TRAIN, workers: int = 1) -> Path:
+    """A stage's folder: one run per (method, lr, best validation), seed 0, 4 epochs, warmup 2.
+    Its grid has the axes of DReg's and SAM's own keys, as the study's do: a follow-up that runs
+    neither must leave them out (an axis that applies to no cell is an error)."""
     name = root.name
     grid = {"name": name, "config": BASE,
             "overrides": ["train.epochs=4", f"train.global_batch_size={batch}",
                           f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"],
-            "axes": {"method": sorted({c[0] for c in cells}), "train.seed": [0]},
+            "axes": {"method": sorted({c[0] for c in cells} | {"dreg", "sam"}), "dreg.lam": [0.1],
+                     "methods.sam.rho": [0.05], "train.seed": [0]},
             "lr_grid": sorted({c[1] for c in cells}), "exclude": []}
     for method, lr, val in cells:
         run = plant_run(root, f"{method}_lr{lr}", method=method, batch=batch, lr=lr, curve=[val / 2, val, val, val],
-                        test_acc=0.5, extra=[f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"])
+                        test_acc=0.5, extra=[f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"],
+                        workers=workers if workers > 1 else None)
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        start: dict[str, Any] = {"kind": "start", "time": 0.0, "world_size": 1, "lr": lr * batch / 256,
+        start: dict[str, Any] = {"kind": "start", "time": 0.0, "world_size": workers, "lr": lr * batch / 256,
                                  "steps_per_epoch": TRAIN // batch}
         if train_size:
             start["train_size"] = train_size
@@ -109,6 +113,36 @@ def test_matched_steps_for_the_reference_with_the_best_variants(stages: tuple[Pa
     assert "sam batch 4096: lr 0.05, 74.00% best validation" in text
     assert report([str(ref), "--against", str(big), "--steps-grid", str(out), "--seeds", "0"]) == 2
     assert "nothing to run at matched steps" in capsys.readouterr().err
+    assert report([str(big), "--against", str(ref), "--steps-grid", str(out), "--best", "0"]) == 2
+    assert "--best must be 1 or more" in capsys.readouterr().err
+    assert report([str(big), "--against", str(tmp_path / "typo"), "--steps-grid", str(out)]) == 2
+    assert "no run folders in" in capsys.readouterr().err
+
+
+def test_a_selection_whose_runs_are_in_an_edge_folder_is_kept(stages: tuple[Path, Path], tmp_path: Path) -> None:
+    """The stage's own folders are all those named before --against: SAM's best rate ran in the
+    edge grid's folder, and its matched-steps cell is still written."""
+    ref, big = stages
+    edge = _sweep(tmp_path / "runs" / "edge", 4096, 8, [("sam", 0.025, 0.76)])
+    out = tmp_path / "steps.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), str(edge), "--against", str(ref), "--steps-grid", str(out), "--best", "1"]) == 0
+    assert _cells(out) == [("sam", 0.025, 35, 17.4), ("vanilla", 0.1, 35, 17.4)]
+
+
+def test_best_ranks_across_batch_setups_and_a_baseline_runs_where_its_variants_do(
+        stages: tuple[Path, Path], tmp_path: Path) -> None:
+    """A method on 8 worker processes is ranked with the one-process ones at its batch: below the
+    best one it is left out, and so is vanilla on those 8 workers, which is there to pair it."""
+    ref, big = stages
+    workers = _sweep(tmp_path / "runs" / "workers", 4096, 1, [("vanilla", 0.05, 0.64), ("vanilla", 0.1, 0.66),
+                                                              ("gradientmix", 0.05, 0.69), ("gradientmix", 0.1, 0.6)],
+                     workers=8)
+    out = tmp_path / "steps.yaml"
+    report = launch_script("report.py").main
+    assert report([str(workers), "--against", str(big), str(ref), "--steps-grid", str(out), "--best", "1"]) == 2
+    assert report([str(workers), "--against", str(big), str(ref), "--steps-grid", str(out), "--best", "3"]) == 0
+    assert _cells(out) == [("gradientmix", 0.05, 35, 17.4), ("vanilla", 0.1, 35, 17.4)]  # 3rd of sam, dreg, it
 
 
 def test_steps_per_epoch_from_an_older_record_needs_unambiguous_bounds(tmp_path: Path) -> None:
@@ -125,7 +159,8 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     the follow-up runs it (that exclude dropped), and vanilla, which owns no such key, gets none."""
     root = tmp_path / "runs" / "knob"
     grid = {"name": "knob", "config": BASE, "overrides": ["train.epochs=2"],
-            "axes": {"method": ["vanilla", "sam"], "methods.sam.rho": [0.02, 0.05], "train.seed": [0]},
+            "axes": {"method": ["vanilla", "sam", "dreg"], "methods.sam.rho": [0.02, 0.05], "dreg.lam": [0.1, 0.01],
+                     "train.seed": [0]},
             "lr_grid": [0.05, 0.1], "exclude": [{"method": "sam", "methods.sam.rho": 0.02}],
             "tune": ["methods.sam.rho"]}
     for method, lr, val in (("vanilla", 0.05, 0.6), ("vanilla", 0.1, 0.7), ("sam", 0.05, 0.74), ("sam", 0.1, 0.65)):
@@ -141,3 +176,7 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     assert "no selection's method owns dreg.lam" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out)]) == 2
     assert "needs --set KEY=VALUE" in capsys.readouterr().err
+    assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=0.05"]) == 2  # its own value
+    assert "with another value: nothing to run" in capsys.readouterr().err
+    assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=["]) == 2
+    assert "the value is not valid YAML" in capsys.readouterr().err

@@ -226,6 +226,9 @@ def test_more_seeds_only_where_the_interval_is_wider_than_a_third_of_the_gap(
     assert "no more seeds needed" in capsys.readouterr().err
     assert report([str(big), "--edge-grid", str(out), "--wide-only"]) == 2
     assert "--wide-only goes with --seed-grid" in capsys.readouterr().err
+    # Without the reference's folder nothing can be judged: an error, not "no more seeds needed".
+    assert report([str(big), "--seed-grid", str(out), "--seeds", "3,4", "--wide-only"]) == 2
+    assert "name the folders of the baseline and the reference with --against" in capsys.readouterr().err
 
 
 def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
