@@ -87,6 +87,10 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert {"loss_R", "loss_L", "contrast", "branch_distance", "lr", "images_per_sec"} <= train[-1].keys()
+    # The start record names what follow-up grids match step counts from: 2048 - 256 training images.
+    (start,) = [r for r in records if r["kind"] == "start"]
+    assert start["train_size"] == 2048 - 256 and start["steps_per_epoch"] == start["train_size"] // summary[
+        "global_batch_size"]
     assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
     assert 0 < train[0]["epoch"] < 1 and train[-1]["epoch"] == 2
 
