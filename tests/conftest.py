@@ -68,7 +68,11 @@ def final_weights(run_dir: Path) -> dict:
 
 
 def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    # Plain text, not a repr: pytest shortens a long repr in the middle, which hid a worker's
+    # abort message once (a SIGABRT under torchrun that did not recur in three reruns).
+    if done.returncode != 0:
+        pytest.fail(f"exit {done.returncode}\n--- stdout (tail) ---\n{done.stdout[-3000:]}\n"
+                    f"--- stderr (tail) ---\n{done.stderr[-6000:]}", pytrace=False)
 
 
 @pytest.fixture
