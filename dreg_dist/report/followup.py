@@ -34,8 +34,10 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.records import BASELINE
 from dreg_dist.report.keys import BATCH_KEY, LR_KEY
 from dreg_dist.report.plots import ReportError
+from dreg_dist.report.runs import Run
 from dreg_dist.report.select import LrResult, common_seeds, edge_of
 from dreg_dist.report.stats import freeze
+from dreg_dist.report.step_gap import by_seed
 from dreg_dist.sweep.grid import name_value
 from dreg_dist.sweep.resolve import registered
 
@@ -139,13 +141,13 @@ WIDE_FRACTION = 1 / 3
 an interval of a third of the gap cannot exclude an effect that closes a third of it)."""
 
 
+def _val(run: Run) -> Optional[float]:
+    return run.best_val_acc
+
+
 UNJUDGED = "no baseline at this batch or at a smaller one"
 """What :func:`wide_selections` says of a selection it cannot judge: ``--wide-only`` then needs the
 folders of the baseline and the reference (``--against``)."""
-
-
-def _val_by_seed(group: Group) -> dict[int, float]:
-    return {r.seed: v for r in group.runs if (v := r.best_val_acc) is not None}
 
 
 def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple, str]:
@@ -167,7 +169,7 @@ def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple
             out[g.compare_key] = UNJUDGED
             continue
         gap = statistics.fmean(ref.best_vals) - statistics.fmean(base.best_vals)
-        diff = seed_difference(_val_by_seed(g), _val_by_seed(base))
+        diff = seed_difference(by_seed(g, _val), by_seed(base, _val))
         if diff is None or gap <= 0:
             continue
         if diff.half_width is None:

@@ -99,13 +99,14 @@ class Decomposition:
     unvalidated: Sequence[Group] = ()
 
     def split(self, metric: Metric) -> Split:
-        ref, fixed = _by_seed(self.regimes.reference, metric), _by_seed(self.fixed, metric)
-        matched = _by_seed(self.matched, metric) if self.matched is not None else {}
+        ref, fixed = by_seed(self.regimes.reference, metric), by_seed(self.fixed, metric)
+        matched = by_seed(self.matched, metric) if self.matched is not None else {}
         return Split(gap=_negated(seed_difference(fixed, ref)), steps=seed_difference(matched, fixed),
                      generalization=_negated(seed_difference(matched, ref)))
 
 
-def _by_seed(group: Group, metric: Metric) -> dict[int, float]:
+def by_seed(group: Group, metric: Metric) -> dict[int, float]:
+    """Seed -> ``metric`` of each of ``group``'s runs that has it."""
     return {r.seed: v for r in group.runs if (v := metric(r)) is not None}
 
 
@@ -247,4 +248,4 @@ def step_gap_section(analysis: Analysis) -> list[str]:
     return out
 
 
-__all__ = ["Decomposition", "Regimes", "Split", "decompositions", "find_regimes", "group_steps", "step_gap_section"]
+__all__ = ["Decomposition", "Metric", "Regimes", "Split", "by_seed", "decompositions", "find_regimes", "group_steps", "step_gap_section"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
@@ -31,9 +31,8 @@ from dreg_dist.report.cells import fmt_ci, fmt_lr, fmt_points
 from dreg_dist.report.compare import group_order, seed_difference
 from dreg_dist.report.keys import BUDGET_KEYS, EPOCHS_KEY, RULE_KEYS, WARMUP_KEY, WORKERS_KEY, same_but
 from dreg_dist.report.mdtable import table
-from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import Difference, mean_of
-from dreg_dist.report.step_gap import group_steps
+from dreg_dist.report.step_gap import Metric, by_seed, group_steps
 from dreg_dist.sweep.grid import name_value
 
 RULE_KEY = RULE_KEYS[0]
@@ -153,21 +152,19 @@ def _knobs(group: Group) -> tuple:
     return tuple((k, v) for k, v in group.tuned if k not in BUDGET_KEYS)
 
 
-Metric = Callable[[Run], Optional[float]]
-
-
-def _by_seed(group: Group, metric: Metric) -> dict[int, float]:
-    return {r.seed: v for r in group.runs if (v := metric(r)) is not None}
-
-
 def change(cell: Cell, family: Family, metric: Metric = lambda r: r.test_acc) -> Optional[Difference]:
     """The cell minus the tuned run, per seed where the tuned batch ran the cell's seeds."""
-    return seed_difference(_by_seed(cell.group, metric), _by_seed(family.tuned, metric))
+    return seed_difference(by_seed(cell.group, metric), by_seed(family.tuned, metric))
+
+
+def _rate(peak: float) -> str:
+    """A peak rate to four significant digits (1.6 * sqrt 2 shows as 2.263)."""
+    return fmt_lr(float(f"{peak:.4g}"))
 
 
 def _ratio(cell: Cell, family: Family) -> str:
     base = family.tuned_peak
-    return "—" if cell.peak is None or not base else f"{fmt_lr(float(f'{cell.peak:.4g}'))} ({cell.peak / base:.2g}x)"
+    return "—" if cell.peak is None or not base else f"{_rate(cell.peak)} ({cell.peak / base:.2g}x)"
 
 
 def _row(family: Family, cell: Cell, rule: str) -> list[str]:
@@ -183,7 +180,7 @@ def _tuned_row(family: Family) -> list[str]:
     peak = family.tuned_peak
     return [t.label, cell.budget_text, f"{cell.steps:,}" if cell.steps else "—",
             f"tuned at {family.tuned_setup.batch_text(t.batch_size, t.layout)}",
-            "—" if peak is None else fmt_lr(float(f"{peak:.4g}")), ", ".join(map(str, t.seeds)), fmt_ci(t.best_vals),
+            "—" if peak is None else _rate(peak), ", ".join(map(str, t.seeds)), fmt_ci(t.best_vals),
             fmt_ci(t.test_accs, t), "—"]
 
 
@@ -217,14 +214,14 @@ def _lower_rate_lines(family: Family) -> list[str]:
             continue
         where = f"{family.tuned.label} at {family.batch_size}, {best.budget_text}"
         if best is linear:
-            out.append(f"- {where}: the linear rule's rate ({fmt_lr(float(f'{linear.peak:.4g}'))}) is also the best "
+            out.append(f"- {where}: the linear rule's rate ({_rate(linear.peak)}) is also the best "
                        "of the rates tried on validation: a lower rate does not do better here.")
             continue
-        val = seed_difference(_by_seed(best.group, lambda r: r.best_val_acc),
-                              _by_seed(linear.group, lambda r: r.best_val_acc))
-        test = seed_difference(_by_seed(best.group, lambda r: r.test_acc), _by_seed(linear.group, lambda r: r.test_acc))
+        val = seed_difference(by_seed(best.group, lambda r: r.best_val_acc),
+                              by_seed(linear.group, lambda r: r.best_val_acc))
+        test = seed_difference(by_seed(best.group, lambda r: r.test_acc), by_seed(linear.group, lambda r: r.test_acc))
         word = "lower" if best.peak < linear.peak else "higher"
-        out.append(f"- {where}: the best rate on validation is {fmt_lr(float(f'{best.peak:.4g}'))}, "
+        out.append(f"- {where}: the best rate on validation is {_rate(best.peak)}, "
                    f"{best.peak / linear.peak:.2g}x the linear rule's ({word}); against the linear rule it changes "
                    f"best validation accuracy by {fmt_points(val)} and test accuracy by {fmt_points(test)} points.")
     return out
