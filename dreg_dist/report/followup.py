@@ -13,7 +13,8 @@ grid's base config, overrides and axes:
   wider than a fraction of the large-batch gap (:func:`wide_selections`): more seeds where the
   seeds so far cannot tell an effect of that size from none, and the baseline with them, so
   every difference stays paired;
-* the grids that move a selection to another batch or budget are in :mod:`.followup_moves`.
+* the grids that move a selection to another batch or budget are in :mod:`.followup_moves`, and what
+  every follow-up grid is built from in :mod:`.followup_grid`.
 
 They list their cells in the grid's ``only`` entries (one per variant and batch size).
 
@@ -26,114 +27,19 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from dreg_dist.report.aggregate import Group, Setup
-from dreg_dist.report.compare import seed_difference
-from dreg_dist.report.analysis import Analysis
 from dreg_dist.records import BASELINE
-from dreg_dist.report.keys import BATCH_KEY, LR_KEY
+from dreg_dist.report.aggregate import Group, Setup
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.compare import seed_difference
+from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import Run
-from dreg_dist.report.select import LrResult, common_seeds, edge_of
+from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.stats import freeze
 from dreg_dist.report.step_gap import by_seed
 from dreg_dist.sweep.grid import name_value
-from dreg_dist.sweep.resolve import registered
-
-Grid = dict[str, Any]
-
-
-def _compared(analysis: Analysis) -> Iterator[tuple[tuple, list[Group]]]:
-    """(compare key, its groups with a learning rate, in order) for every variant x batch size."""
-    for setup in analysis.setups:
-        for key, groups in setup.compared().items():
-            groups = [g for g in groups if g.lr is not None]
-            if groups:
-                yield key, groups
-
-
-def _chosen_group(groups: Sequence[Group], chosen: Optional[LrResult]) -> Group:
-    """The group of the selected setting (its tuned knobs single out the follow-up's cells)."""
-    if chosen is not None:
-        for g in groups:
-            if g.lr == chosen.lr and g.setting[1] == chosen.setting:
-                return g
-    return groups[0]
-
-
-def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
-    """The axis values that single out ``group``'s cells (learning rate and seed aside)."""
-    entry: dict[str, Any] = {}
-    if "method" in axes:
-        entry["method"] = group.method
-    # From the runs' configs, not only the keys that vary among the runs so far: an axis whose
-    # other values have not run yet (dreg.form before its second form ran) still singles out.
-    flat = group.runs[0].flat if group.runs else {}
-    for k in axes:
-        if k not in ("method", "train.seed", LR_KEY) and k in flat:
-            entry[k] = flat[k]
-    for k, v in (*group.setup, *group.variant, *group.tuned):
-        if k in axes:
-            entry[k] = v
-    if BATCH_KEY in axes:
-        entry[BATCH_KEY] = group.batch_size
-    return entry
-
-
-def _followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequence[int],
-              picks: Mapping[tuple, tuple[Group, Optional[float]]],
-              cell_values: Optional[Mapping[tuple, Sequence[Mapping[str, Any]]]] = None) -> Grid:
-    """A grid that runs, for each compare key, only its picked learning rate (None: nothing);
-    ``cell_values``: per compare key, the cells' own values of other keys (one cell each: a budget,
-    several rates), made axes of the follow-up so that each cell carries its own."""
-    axes = dict(grid.get("axes") or {})
-    axes["train.seed"] = list(seeds)
-    cell_values = cell_values or {}
-    only = []
-    for key, (group, lr) in picks.items():
-        if lr is None:
-            continue
-        base = {**_cell_filter(group, axes), LR_KEY: lr}
-        only += [{**base, **values} for values in cell_values.get(key) or [{}]]
-    if not only:
-        raise ReportError("nothing to run: no method variant needs a follow-up")
-    own = sorted({k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
-    for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
-        axes[k] = sorted({entry[k] for entry in only if k in entry})
-    gone = _unused_axes(axes, only, str(grid.get("config")))
-    axes = {k: v for k, v in axes.items() if k not in gone}
-    if "method" in axes:
-        axes["method"] = [m for m in axes["method"] if any(e.get("method") == m for e in only)]
-    only = [{k: v for k, v in entry.items() if k not in gone} for entry in only]
-    # The first grid's learning-rate excludes described its own lr_grid, and those of the keys the
-    # cells set described its own axes; ``only`` replaces them.
-    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & (set(own) | gone)]
-    overrides = [o for o in grid.get("overrides") or [] if o.split("=", 1)[0] not in own]
-    out = {"name": name, "description": description, "config": grid.get("config"),
-           "overrides": overrides, "axes": axes,
-           "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
-    tune = [k for k in grid.get("tune") or [] if k not in gone]
-    if tune:
-        out["tune"] = tune
-    return out
-
-
-def _unused_axes(axes: Mapping[str, Any], only: Sequence[Mapping[str, Any]], config: str) -> set[str]:
-    """The axes of methods the follow-up runs no cell of: an axis that applies to no cell is an
-    error in a grid (asked of the registered methods, which the grid's resolver knows)."""
-    if "method" not in axes:
-        return set()
-    running = {e["method"] for e in only if "method" in e}
-    catalog = registered(config)
-    return {k for k in axes if (d := catalog.owner_of(k)) is not None and d.name not in running}
-
-
-def _check(grid: Mapping[str, Any], analysis: Analysis) -> None:
-    if not grid.get("lr_grid"):
-        raise ReportError("the sweep has no lr_grid: there is no learning-rate selection to follow up")
-    if not analysis.runs:
-        raise ReportError("no run has validation results yet")
 
 
 WIDE_FRACTION = 1 / 3
@@ -180,15 +86,6 @@ def wide_selections(setup: Setup, fraction: float = WIDE_FRACTION) -> dict[tuple
     return out
 
 
-def _under(group: Group, roots: Optional[Sequence[Path]]) -> bool:
-    """Whether ``group`` has a run in one of ``roots`` (None: any folder): a follow-up writes
-    cells for the selections of its own sweep folders, not of those named for comparison."""
-    if roots is None:
-        return True
-    full = [Path(root).resolve() for root in roots]
-    return any(root == p or root in p.parents for r in group.runs for p in [r.path.resolve()] for root in full)
-
-
 def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
               wide_only: bool = False, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
     """New ``seeds`` at each selected learning rate of the runs in ``analysis`` (those with runs
@@ -196,10 +93,10 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     ``grid``); and one line per selection for its header. ``wide_only``: only the selections
     whose interval is wide (:func:`wide_selections`, against the baselines anywhere in
     ``analysis``), and the baseline at a batch setup where any selection of the analysis is."""
-    _check(grid, analysis)
+    check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
-    used = {r.seed for _, groups in _compared(analysis) for g in groups if _under(g, own) for r in g.runs}
+    used = {r.seed for _, groups in compared(analysis) for g in groups if under(g, own) for r in g.runs}
     if used & set(seeds):
         raise ReportError(f"seed(s) {sorted(used & set(seeds))} already ran in this sweep; pick new ones")
     wide: dict[tuple, str] = {}
@@ -208,12 +105,12 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     wide_batches = {(k[0], k[-2], k[-1]) for k, why in wide.items() if why != UNJUDGED}  # (setup, batch, layout)
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     lines = []
-    for key, groups in _compared(analysis):
+    for key, groups in compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        if own is not None and not _under(_chosen_group(groups, chosen), own):
+        if own is not None and not under(chosen_group(groups, chosen), own):
             continue
         if wide_only:
-            group = _chosen_group(groups, chosen)
+            group = chosen_group(groups, chosen)
             if wide.get(group.compare_key) == UNJUDGED:
                 raise ReportError(f"{group.label} at {group.batch_size} has {UNJUDGED} to be judged against: "
                                   "name the folders of the baseline and the reference with --against")
@@ -225,8 +122,8 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
             picks[key] = (group, chosen.lr)
             lines.append(f"{group.label} batch {groups[0].batch_size}: lr {name_value(chosen.lr)} ({reason})")
             continue
-        picks[key] = (_chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
-        lines.append(f"{_chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
+        picks[key] = (chosen_group(groups, chosen), chosen.lr if chosen is not None else None)
+        lines.append(f"{chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
     if wide_only and not picks:
         raise ReportError(f"no selection has a 95% interval wider than {WIDE_FRACTION:.2g} of the gap: no more "
@@ -237,18 +134,18 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at {which} "
                    "learning rate selected on "
                    f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))
-    return _followup(grid, name, description, seeds, picks), lines
+    return followup(grid, name, description, seeds, picks), lines
 
 
 def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[Grid, list[str]]:
     """One more learning rate beyond each selection at the edge of what its variant tried
     (a geometric grid step further), with the seeds the selection was made on."""
-    _check(grid, analysis)
+    check(grid, analysis)
     common = common_seeds(analysis.lr_results)
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     lines = []
     seeds: set[int] = set()
-    for key, groups in _compared(analysis):
+    for key, groups in compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
         lrs = sorted({g.lr for g in groups})
         edge = edge_of(chosen.lr, lrs) if chosen is not None else None
@@ -257,7 +154,7 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
             continue
         step = lrs[0] * lrs[0] / lrs[1] if edge == "lowest" else lrs[-1] * lrs[-1] / lrs[-2]
         step = float(f"{step:.6g}")  # 0.0125 / 2 is written 0.00625, not 0.006250000000000001
-        picks[key] = (_chosen_group(groups, chosen), step)
+        picks[key] = (chosen_group(groups, chosen), step)
         seeds |= set(common.get(freeze(key)) or {s for g in groups for s in g.seeds})
         lines.append(f"{groups[0].label} batch {groups[0].batch_size}: best at lr {name_value(chosen.lr)} "
                      f"of {', '.join(name_value(x) for x in lrs)}; adds {name_value(step)}")
@@ -265,4 +162,4 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
         raise ReportError("every selected learning rate is inside its grid: nothing to extend")
     description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
                    "highest. " + str(grid.get("description") or ""))
-    return _followup(grid, name, description, sorted(seeds), picks), lines
+    return followup(grid, name, description, sorted(seeds), picks), lines

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Sequence
 from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
-from dreg_dist.report.followup import Grid, _check, _chosen_group, _compared, _followup, _under
+from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
 from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, RULE_KEYS, WARMUP_KEY
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import Run
@@ -88,10 +88,10 @@ def _peak(group: Group) -> float:
 def _picked(analysis: Analysis, own: Optional[Sequence[Path]],
             methods: Optional[Sequence[str]]) -> list[tuple[tuple, Group]]:
     out = []
-    for key, groups in _compared(analysis):
+    for key, groups in compared(analysis):
         chosen = analysis.selected_lr.get(freeze(key))
-        group = _chosen_group(groups, chosen)
-        if chosen is None or not _under(group, own):
+        group = chosen_group(groups, chosen)
+        if chosen is None or not under(group, own):
             continue
         if methods and group.method not in methods:
             continue
@@ -105,7 +105,7 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
                   methods: Optional[Sequence[str]] = None) -> tuple[Grid, list[str]]:
     """Each selection (with runs in ``own``, of ``methods`` when given) at global batch ``batch``
     for ``seeds``, under ``rule`` (see the module doc)."""
-    _check(grid, analysis)
+    check(grid, analysis)
     if BATCH_KEY in (grid.get("axes") or {}):
         raise ReportError(f"'{BATCH_KEY}' is an axis of '{grid.get('name')}': transfer from a grid of one batch size")
     if not seeds:
@@ -142,7 +142,7 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
         lines.append(f"{group.label}: lr {name_value(group.lr)} selected at batch {old}, run at {batch} with "
                      + (f"optim.lr {', '.join(map(name_value, rates))}" if rule != "linear" else "the same optim.lr")
                      + (f"; {told}" if told else ""))
-    out = _followup(grid, name, "", seeds, picks, cells)
+    out = followup(grid, name, "", seeds, picks, cells)
     rule_overrides = {"linear": [], "sqrt": ["optim.lr_scaling=sqrt", f"optim.base_batch_size={old}"],
                       "none": ["optim.lr_scaling=none"]}[rule]
     moved = (f"{BATCH_KEY}=", "train.accumulation_steps=") + tuple(f"{k}=" for k in RULE_KEYS if rule != "linear")
@@ -163,7 +163,7 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
               values: Mapping[str, Any], own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
     """Each selection whose method owns one of ``values``' keys at its selected rate with that key
     set: a method's second knob value tried where its rate was chosen, not over the whole grid."""
-    _check(grid, analysis)
+    check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
@@ -183,7 +183,7 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     description = (f"Each selected method variant of '{grid.get('name')}' at its selected learning rate with "
                    + ", ".join(f"{k}={name_value(v)}" for k, v in values.items()) + " (its own key only). "
                    + str(grid.get("description") or ""))
-    return _followup(grid, name, description, seeds, picks, cells), lines
+    return followup(grid, name, description, seeds, picks, cells), lines
 
 
 def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str, *,
@@ -191,7 +191,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
     """Each selection above the smallest batch (with runs in ``own``) at its own batch, for the
     optimizer steps of the baseline at the smallest batch size (see the module doc); ``best``: only
     the ``best`` method variants with the highest mean best validation accuracy at each batch."""
-    _check(grid, analysis)
+    check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
     # Ranked per batch over its batch setups (workers, accumulation), so that a method on 8 worker
@@ -233,7 +233,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
                    + (f" among the {best} best on validation (and the baseline)" if best is not None else "")
                    + " at its batch and learning rate for the optimizer steps of the baseline at the smallest "
                      "batch, its warmup the same share of them. " + str(grid.get("description") or ""))
-    return _followup(grid, name, description, seeds, picks, cells), lines
+    return followup(grid, name, description, seeds, picks, cells), lines
 
 
 __all__ = ["RULES", "knob_grid", "steps_grid", "steps_per_epoch", "transfer_grid"]

@@ -167,21 +167,20 @@ def _ratio(cell: Cell, family: Family) -> str:
     return "—" if cell.peak is None or not base else f"{_rate(cell.peak)} ({cell.peak / base:.2g}x)"
 
 
-def _row(family: Family, cell: Cell, rule: str) -> list[str]:
+def _row(family: Family, cell: Cell, rule: str, peak: str, change_text: str) -> list[str]:
     g = cell.group
-    return [family.tuned.label, cell.budget_text, f"{cell.steps:,}" if cell.steps else "—", rule,
-            _ratio(cell, family), ", ".join(map(str, g.seeds)), fmt_ci(g.best_vals), fmt_ci(g.test_accs, g),
-            fmt_points(change(cell, family))]
+    return [family.tuned.label, cell.budget_text, f"{cell.steps:,}" if cell.steps else "—", rule, peak,
+            ", ".join(map(str, g.seeds)), fmt_ci(g.best_vals), fmt_ci(g.test_accs, g), change_text]
+
+
+def _cell_row(family: Family, cell: Cell, rule: str) -> list[str]:
+    return _row(family, cell, rule, _ratio(cell, family), fmt_points(change(cell, family)))
 
 
 def _tuned_row(family: Family) -> list[str]:
-    t = family.tuned
-    cell = Cell(t, family.tuned_setup)
-    peak = family.tuned_peak
-    return [t.label, cell.budget_text, f"{cell.steps:,}" if cell.steps else "—",
-            f"tuned at {family.tuned_setup.batch_text(t.batch_size, t.layout)}",
-            "—" if peak is None else _rate(peak), ", ".join(map(str, t.seeds)), fmt_ci(t.best_vals),
-            fmt_ci(t.test_accs, t), "—"]
+    t, peak = family.tuned, family.tuned_peak
+    where = family.tuned_setup.batch_text(t.batch_size, t.layout)
+    return _row(family, Cell(t, family.tuned_setup), f"tuned at {where}", "—" if peak is None else _rate(peak), "—")
 
 
 RULE_ORDER = {"linear": 0, "sqrt": 1, "set directly": 2}
@@ -196,10 +195,10 @@ def _table(batch_families: list[Family]) -> str:
         for budget in f.budgets():
             cells = sorted((c for c in f.cells if c.budget == budget),
                            key=lambda c: (RULE_ORDER.get(c.rule, 3), c.peak or 0.0))
-            body += [_row(f, c, c.rule) for c in cells]
+            body += [_cell_row(f, c, c.rule) for c in cells]
             best = f.retuned(budget)
             if best is not None:
-                body.append(_row(f, best, f"re-tuned (best of {len(cells)} on validation)"))
+                body.append(_cell_row(f, best, f"re-tuned (best of {len(cells)} on validation)"))
     return table(header, body)
 
 

@@ -1,0 +1,121 @@
+"""What every follow-up grid is built from: the selections of a sweep's runs, and the grid that
+runs only the picked cells of each, with the first grid's base config, overrides and axes.
+
+:mod:`.followup` (seeds, edges) and :mod:`.followup_moves` (other batch sizes, budgets, knobs)
+decide *which* cells; this module writes them as a grid the sweep runner expands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from dreg_dist.report.aggregate import Group
+from dreg_dist.report.analysis import Analysis
+from dreg_dist.report.keys import BATCH_KEY, LR_KEY
+from dreg_dist.report.plots import ReportError
+from dreg_dist.report.select import LrResult
+from dreg_dist.sweep.resolve import registered
+
+Grid = dict[str, Any]
+
+
+def compared(analysis: Analysis) -> Iterator[tuple[tuple, list[Group]]]:
+    """(compare key, its groups with a learning rate, in order) for every variant x batch size."""
+    for setup in analysis.setups:
+        for key, groups in setup.compared().items():
+            groups = [g for g in groups if g.lr is not None]
+            if groups:
+                yield key, groups
+
+
+def chosen_group(groups: Sequence[Group], chosen: Optional[LrResult]) -> Group:
+    """The group of the selected setting (its tuned knobs single out the follow-up's cells)."""
+    if chosen is not None:
+        for g in groups:
+            if g.lr == chosen.lr and g.setting[1] == chosen.setting:
+                return g
+    return groups[0]
+
+
+def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
+    """The axis values that single out ``group``'s cells (learning rate and seed aside)."""
+    entry: dict[str, Any] = {}
+    if "method" in axes:
+        entry["method"] = group.method
+    # From the runs' configs, not only the keys that vary among the runs so far: an axis whose
+    # other values have not run yet (dreg.form before its second form ran) still singles out.
+    flat = group.runs[0].flat if group.runs else {}
+    for k in axes:
+        if k not in ("method", "train.seed", LR_KEY) and k in flat:
+            entry[k] = flat[k]
+    for k, v in (*group.setup, *group.variant, *group.tuned):
+        if k in axes:
+            entry[k] = v
+    if BATCH_KEY in axes:
+        entry[BATCH_KEY] = group.batch_size
+    return entry
+
+
+def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequence[int],
+              picks: Mapping[tuple, tuple[Group, Optional[float]]],
+              cell_values: Optional[Mapping[tuple, Sequence[Mapping[str, Any]]]] = None) -> Grid:
+    """A grid that runs, for each compare key, only its picked learning rate (None: nothing);
+    ``cell_values``: per compare key, the cells' own values of other keys (one cell each: a budget,
+    several rates), made axes of the follow-up so that each cell carries its own."""
+    axes = dict(grid.get("axes") or {})
+    axes["train.seed"] = list(seeds)
+    cell_values = cell_values or {}
+    only = []
+    for key, (group, lr) in picks.items():
+        if lr is None:
+            continue
+        base = {**_cell_filter(group, axes), LR_KEY: lr}
+        only += [{**base, **values} for values in cell_values.get(key) or [{}]]
+    if not only:
+        raise ReportError("nothing to run: no method variant needs a follow-up")
+    own = sorted({k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
+    for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
+        axes[k] = sorted({entry[k] for entry in only if k in entry})
+    gone = _unused_axes(axes, only, str(grid.get("config")))
+    axes = {k: v for k, v in axes.items() if k not in gone}
+    if "method" in axes:
+        axes["method"] = [m for m in axes["method"] if any(e.get("method") == m for e in only)]
+    only = [{k: v for k, v in entry.items() if k not in gone} for entry in only]
+    # The first grid's learning-rate excludes described its own lr_grid, and those of the keys the
+    # cells set described its own axes; ``only`` replaces them.
+    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & (set(own) | gone)]
+    overrides = [o for o in grid.get("overrides") or [] if o.split("=", 1)[0] not in own]
+    out = {"name": name, "description": description, "config": grid.get("config"),
+           "overrides": overrides, "axes": axes,
+           "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
+    tune = [k for k in grid.get("tune") or [] if k not in gone]
+    if tune:
+        out["tune"] = tune
+    return out
+
+
+def _unused_axes(axes: Mapping[str, Any], only: Sequence[Mapping[str, Any]], config: str) -> set[str]:
+    """The axes of methods the follow-up runs no cell of: an axis that applies to no cell is an
+    error in a grid (asked of the registered methods, which the grid's resolver knows)."""
+    if "method" not in axes:
+        return set()
+    running = {e["method"] for e in only if "method" in e}
+    catalog = registered(config)
+    return {k for k in axes if (d := catalog.owner_of(k)) is not None and d.name not in running}
+
+
+def check(grid: Mapping[str, Any], analysis: Analysis) -> None:
+    if not grid.get("lr_grid"):
+        raise ReportError("the sweep has no lr_grid: there is no learning-rate selection to follow up")
+    if not analysis.runs:
+        raise ReportError("no run has validation results yet")
+
+
+def under(group: Group, roots: Optional[Sequence[Path]]) -> bool:
+    """Whether ``group`` has a run in one of ``roots`` (None: any folder): a follow-up writes
+    cells for the selections of its own sweep folders, not of those named for comparison."""
+    if roots is None:
+        return True
+    full = [Path(root).resolve() for root in roots]
+    return any(root == p or root in p.parents for r in group.runs for p in [r.path.resolve()] for root in full)
