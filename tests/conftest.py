@@ -8,11 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Each test ends with the environment it started with. Code under test writes variables no
+    monkeypatch recorded (``launch_world`` sets MASTER_ADDR and WORLD_SIZE from Slurm's), and a
+    later test's torchrun or webdataset would otherwise read another test's "cluster"."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
 
 # A small, fast job: synthetic data, tiny CNN, a few steps per epoch.
 TINY = [
