@@ -27,7 +27,7 @@ def test_readme_method_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_readme_commands_match_ci() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    test_cmd = 'pip install -e ".[dev]" && python -m pytest -q'
+    test_cmd = 'pip install -e ".[dev]" && python -m pytest -q -n 2 --dist loadfile'
     assert test_cmd in readme and test_cmd in ci
     assert "pip install -e . && torchrun --nproc_per_node=2 launch/train.py --config configs/quickstart.yaml" in readme
 
