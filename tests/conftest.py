@@ -17,14 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _restore_environment() -> Iterator[None]:
-    """Each test ends with the environment it started with. Code under test writes variables no
-    monkeypatch recorded (``launch_world`` sets MASTER_ADDR and WORLD_SIZE from Slurm's), and a
-    later test's torchrun or webdataset would otherwise read another test's "cluster"."""
+    """Each test ends with the environment variables it started with. Code under test writes
+    variables no monkeypatch recorded (``launch_world`` sets MASTER_ADDR and WORLD_SIZE from
+    Slurm's), and a later test's torchrun or webdataset would otherwise read another test's
+    "cluster". Only what changed is put back, key by key (pytest's own PYTEST_CURRENT_TEST
+    aside): the Slurm tests' driver threads read the environment while tests run."""
     saved = dict(os.environ)
     yield
-    if dict(os.environ) != saved:
-        os.environ.clear()
-        os.environ.update(saved)
+    for key in [k for k in os.environ if k not in saved and k != "PYTEST_CURRENT_TEST"]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if key != "PYTEST_CURRENT_TEST" and os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 # A small, fast job: synthetic data, tiny CNN, a few steps per epoch.

@@ -329,7 +329,10 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
 
 
 def result(site: Site, name: str) -> dict[str, Any]:
-    return site.drivers[name].result(timeout=2 * TIMEOUT)
+    try:
+        return site.drivers[name].result(timeout=2 * TIMEOUT)
+    except Exception as err:  # say where the logs stay: under xdist the fixture's terminal line is the worker's
+        pytest.fail(f"{name}: {type(err).__name__}: {err}\njobs' output and logs kept in {site.checkout.parent}")
 
 
 # ----------------------------------------------------------------------------- the tests
