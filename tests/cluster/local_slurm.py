@@ -128,8 +128,15 @@ class Cluster:
     def wait_ended(self, job_id: int, timeout: float, diagnose: Callable[[], str] = lambda: "") -> dict[str, str]:
         return self.wait_job(job_id, "the end", lambda j: j["JobState"] in FINAL_STATES, timeout, diagnose)
 
-    def release(self, job_id: int, *fields: str) -> None:
-        """Start a held or requeued job now (Slurm holds a requeued job about 2 minutes)."""
+    def release(self, job_id: int, *fields: str, requeued_at: float) -> None:
+        """Start a requeued job now (Slurm holds it about 2 minutes), but not in its requeue's second.
+
+        At the requeue, slurmd revokes the job id's credential and later compares a new
+        credential with that revocation in whole seconds: an attempt allocated within the same
+        second is refused ("Job 6 already killed, do not launch batch job"), and the job ends
+        FAILED with exit 1. Slurm's own hold avoids it; a release at once hit it once in CI.
+        """
+        time.sleep(max(0.0, requeued_at + 3.0 - time.time()))
         self.run("scontrol", "update", f"JobId={job_id}", *fields, "StartTime=now")
 
     def log_tail(self, lines: int = 40) -> str:

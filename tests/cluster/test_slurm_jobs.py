@@ -13,7 +13,8 @@ uninterrupted job on the same cluster, bitwise, with one thread per worker in bo
 What a requeued job looks like here (Slurm 22.05): the same job id, ``Restarts`` (and the
 next attempt's ``SLURM_RESTART_COUNT``) one higher, and held for about two minutes
 (``EligibleTime`` = requeue + 2 min); the drivers note that hold and then release the job
-with ``scontrol update StartTime=now``. The time-limit signal (``--signal=USR1@120``) is
+with ``scontrol update StartTime=now``, a few seconds after the requeue (see
+``Cluster.release``). The time-limit signal (``--signal=USR1@120``) is
 sent by slurmctld's periodic check, every 30 s, so the time-limit case trains long enough
 to be running when it comes.
 """
@@ -144,7 +145,7 @@ def preempted_by(site: Site, signal_args: list[str]) -> dict[str, Any]:
     site.training(job_id)
     site.cluster.run("scancel", *signal_args, str(job_id))
     requeue = site.requeued(job_id, 1)
-    site.cluster.release(job_id)
+    site.cluster.release(job_id, requeued_at=requeue["seen_at"])
     return {"job": job_id, **requeue, "end": site.ended(job_id)}
 
 
@@ -156,7 +157,7 @@ def time_limit(site: Site) -> dict[str, Any]:
     site.cluster.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=2")
     limited_at = time.time()
     requeue = site.requeued(job_id, 1)
-    site.cluster.release(job_id, "TimeLimit=10")  # the next attempt must not be signalled at once
+    site.cluster.release(job_id, "TimeLimit=10", requeued_at=requeue["seen_at"])  # the next attempt must not be signalled at once
     return {"job": job_id, "limited_at": limited_at, **requeue, "end": site.ended(job_id)}
 
 
