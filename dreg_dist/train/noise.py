@@ -174,7 +174,8 @@ class NoiseScaleMeter:
             dist.all_reduce(vec)
             vec /= self.world_size
         values = vec.tolist()
-        return {"ema": dict(zip(KEYS, values[:len(KEYS)])), "weight": values[-1], "history": list(self.history)}
+        return {"ema": dict(zip(KEYS, values[:len(KEYS)])), "weight": values[-1], "history": list(self.history),
+                "small_batch": self.small_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the averages and the history; whether this run measures is its own (a resume
@@ -184,13 +185,18 @@ class NoiseScaleMeter:
         self._ema = {k: torch.tensor(float(state["ema"][k]), device=self.device) for k in KEYS}
         self._weight = torch.tensor(float(state["weight"]), device=self.device)
         self.history = list(state.get("history", []))
+        self.small_batch = state.get("small_batch", self.small_batch)
 
     def summary(self) -> dict[str, Any]:
-        """For ``summary.json``: the final values, their history, and how they were measured."""
-        if not self.latest:
+        """For ``summary.json``: the final values, their history, and how they were measured. A run
+        resumed from its last checkpoint with no step left to train logs nothing itself: its final
+        values are the last ones its history holds."""
+        latest = self.latest or {k: v for k, v in (self.history[-1] if self.history else {}).items()
+                                 if k not in ("step", "epoch", "lr")}
+        if not latest:
             return {"measured": False}
         steady = steady_noise_scale((h.get("lr"), h.get("noise_scale")) for h in self.history)
-        return {"measured": True, "final": dict(self.latest),
+        return {"measured": True, "final": dict(latest),
                 **({"steady": steady, "steady_rule": STEADY_RULE} if steady is not None else {}),
                 "history": list(self.history),
                 "small_batch": self.small_batch, "global_batch": self.global_batch, "mode": self.mode,

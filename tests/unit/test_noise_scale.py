@@ -177,6 +177,36 @@ def test_a_run_records_its_noise_scale_and_says_when_it_cannot(tmp_path: Path, t
     assert json.loads((single / "summary.json").read_text())["noise_scale"]["measured"] is False
 
 
+def test_a_run_resumed_with_nothing_left_to_train_keeps_its_noise_scale() -> None:
+    # A run killed after its last checkpoint and launched again trains no step: its summary must
+    # still say what the run measured (it said "not measured" before, a study's selected run among them).
+    model, wstar = regression()
+
+    def meter() -> NoiseScaleMeter:
+        return NoiseScaleMeter(model, torch.device("cpu"), 64, 1, decay=0.9, enabled=True, hookable=False,
+                               scale=lambda: None)
+
+    first = meter()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        model.zero_grad(set_to_none=True)
+        ctx = StepContext(model, model, contextlib.nullcontext, scaler, first_block=first.first_block())
+        accumulate(model, ctx, wstar, 64, 4, gen)
+        first.step([p.grad for p in model.parameters()], torch.tensor(False))
+    first.logged({k: float(v) for k, v in first.rank_values().items()})  # one rank: its means are its own
+    first.record(step=3, epoch=1.0, lr=0.1)
+    done = first.summary()
+    assert done["measured"] and done["final"]["noise_scale"] > 0 and done["small_batch"] == 16
+
+    resumed = meter()
+    resumed.load_state_dict(first.state_dict())
+    again = resumed.summary()
+    assert again["measured"] and again["final"] == done["final"] and again["history"] == done["history"]
+    assert again["small_batch"] == 16 and again["steady"] == pytest.approx(done["steady"])
+    assert meter().summary() == {"measured": False}  # a run that never measured still says so
+
+
 def test_a_bad_moving_average_decay_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"log.noise_scale_ema' must be in \(0, 1\), got 1.5; try 0.95"):
         preflight(load_config(REPO / "configs/quickstart.yaml", ["log.noise_scale_ema=1.5"]), 1)
