@@ -143,9 +143,9 @@ How the numbers are computed:
 - **Test acc**: the exported model (best (epoch, output) on validation) scored once on the test
   split; it plays no part in any choice.
 - **images/s**: mean training throughput over the logging windows; **time/epoch**: a run's
-  wall-clock (validation included) per epoch over the {b} run's at the same batch size, mean
-  over seeds, runs launched once only. Runs of one sweep share a machine, so read it as a
-  cost ratio, not an absolute speed.{cost}
+  wall-clock per epoch (validation included; the median over its epochs, so that a pause or a
+  resume does not count) over the {b} run's at the same batch size, mean over seeds. Runs of one
+  sweep share a machine, so read it as a cost ratio, not an absolute speed.{cost}
 - **Vs {b}, test**: the method's test accuracy minus {b}'s at the same batch size, in
   percentage points. Where {b} ran every seed the method ran, it is the mean of the per-seed
   differences (runs with the same seed share initialisation and data order, so pairing

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -205,10 +206,21 @@ class Run:
 
     @property
     def seconds_per_epoch(self) -> Optional[float]:
-        """Wall-clock per epoch of a finished run launched once (a resumed run's summary
-        holds only its last launch's time), validation included."""
+        """Wall-clock per epoch of a finished run, validation included: the median over its
+        epochs of the time from one validation record to the next. A run paused for a while (its
+        machine lent to other work) or stopped and resumed has a few epochs that took minutes
+        or hours more; the median leaves them out, where the summary's wall time (the last
+        launch only) would count them or the time before a resume not at all. Records without
+        times: the summary's wall time over its epochs, for a run launched once."""
+        if not self.finished:
+            return None
+        ends = sorted((t, e) for t, e in ((_finite(r.get("time")), _finite(r.get("epoch"))) for r in self.val)
+                      if t is not None and e is not None)
+        per_epoch = [(t1 - t0) / (e1 - e0) for (t0, e0), (t1, e1) in zip(ends, ends[1:]) if e1 > e0]
+        if per_epoch:
+            return statistics.median(per_epoch)
         summary = self.summary or {}
-        if not self.finished or summary.get("resumed_from"):
+        if summary.get("resumed_from"):
             return None
         wall, epochs = _finite(summary.get("wall_time_s")), _finite(summary.get("epochs"))
         return wall / epochs if wall is not None and epochs else None

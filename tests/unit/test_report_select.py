@@ -646,3 +646,25 @@ def test_optimizer_variants_cost_and_gap_closed(tmp_path: Path) -> None:
     # Within vanilla's wall-clock (2 epochs at 100 s) DReg at 200 s/epoch has done 1 epoch: its best then is 0.5.
     assert rows["dreg"].best_in_budget == pytest.approx(0.5) and rows["vanilla"].best_in_budget == pytest.approx(0.61)
     assert "](figures/val_acc_compute_bs4096.png)" in text
+
+
+
+def test_time_per_epoch_is_the_median_epoch_so_pauses_and_resumes_do_not_count(tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    run = plant_run(root, "v", method="vanilla", curve=[0.1 * e for e in range(1, 9)], test_acc=0.8, wall=25.0)
+    # 10 s an epoch, but a 2-hour pause in epoch 3 and a resume after epoch 6 whose summary holds
+    # only its last launch's 25 s: neither the total nor the last launch is the run's pace.
+    times = {e: 10.0 * e + (7200.0 if e >= 3 else 0.0) + (1800.0 if e >= 7 else 0.0) for e in range(1, 9)}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["kind"] == "val":
+            line["time"] = times[line["epoch"]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "resumed_from": "checkpoints/last.pt"}))
+    (timed,) = load_runs(root)
+    assert timed.seconds_per_epoch == pytest.approx(10.0)  # the median of 10, 7210, 10, 10, 10, 1810, 10
+    # Records without times (an earlier release's): the summary's wall time, for a run launched once only.
+    plant_run(tmp_path / "h", "once", method="vanilla", curve=[0.5, 0.6], test_acc=0.6, wall=30.0)
+    (once,) = load_runs(tmp_path / "h")
+    assert once.seconds_per_epoch == pytest.approx(15.0)
