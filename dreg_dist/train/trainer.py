@@ -33,6 +33,7 @@ from dreg_dist.distributed import DistEnv, any_rank
 from dreg_dist.methods import StepContext, describe
 from dreg_dist.models import ForwardKeys, as_batch, build_model
 from dreg_dist.optim import build_optimizer, build_scheduler, peak_lr
+from dreg_dist.provenance import code_version
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.train import any_k
 from dreg_dist.train import checkpoint as ckpt
@@ -334,7 +335,8 @@ class Trainer:
         if self.env.is_main:
             self.recorder.event("start", world_size=self.env.world_size, device=str(self.device),
                                 method=self.method.name, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                train_size=self.data.train_size)  # follow-up grids match step counts from it
+                                train_size=self.data.train_size,  # follow-up grids match step counts from it
+                                code=code_version())
             self._say(f"{self.method.name} | {self.cfg.model.arch} | world size {self.env.world_size} on "
                       f"{self.device.type} | global batch {t.global_batch_size} | peak lr {self.lr:.4g} | "
                       f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import dreg_dist
 from dreg_dist.config import load_config
 from dreg_dist.data import build_data
 from dreg_dist.models import build_model
@@ -91,6 +92,10 @@ def test_quickstart_end_to_end_export_matches_meta(tmp_path: Path) -> None:
     (start,) = [r for r in records if r["kind"] == "start"]
     assert start["train_size"] == 2048 - 256 and start["steps_per_epoch"] == start["train_size"] // summary[
         "global_batch_size"]
+    # ...and the code it ran: this checkout's commit (None only where the checkout is not a git one).
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert start["code"]["version"] == dreg_dist.__version__
+    assert start["code"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
     assert 0 < train[0]["epoch"] < 1 and train[-1]["epoch"] == 2
 

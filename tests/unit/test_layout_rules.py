@@ -34,6 +34,7 @@ PACKAGE = REPO / "dreg_dist"
 LAYERS: dict[str, int] = {
     "errors": 0, "io": 0, "run_layout": 0, "distributed": 0, "models": 0,
     "records": 0, "dotted": 0, "stop_signals": 0, "noise_scale": 0,  # torch-free: what sweep and report read runs with
+    "provenance": 0,                 # the code a launch ran (git), torch-free
     "dreg": 1,                       # the DReg library: surgery, objective, export, cost
     "methods": 2,                    # one folder per method, the registry
     "config": 3, "data": 3, "optim": 3,
