@@ -27,10 +27,13 @@ from dreg_dist.sweep.grid import name_value, safe_name
 
 def _runs_table(analysis: Analysis) -> str:
     rows = []
-    for run in sorted(analysis.runs, key=lambda r: r.name):
+    # Sweeps name cells by their varied keys only, so two sweeps (LARS's and LAMB's warmup grids)
+    # can hold the same run name: across several sweeps the folder says which run it is.
+    several = len({run.path.parent for run in analysis.runs}) > 1
+    for run in sorted(analysis.runs, key=lambda r: (r.path.parent.name if several else "", r.name)):
         best = (run.summary or {}).get("best") or {}
         rows.append([
-            f"`{run.name}`", run.method, run.batch_size, run.seed, fmt_lr(run.lr),
+            f"`{run.path.parent.name}/{run.name}`" if several else f"`{run.name}`", run.method, run.batch_size, run.seed, fmt_lr(run.lr),
             run.status,
             pct(run.best_val_acc), best.get("epoch", "—") if run.finished else "—",
             (best.get("path") or "—") if run.finished else "—", pct(run.test_acc),

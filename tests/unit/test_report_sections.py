@@ -302,3 +302,19 @@ def test_accumulation_and_worker_setups_at_one_batch_size(tmp_path: Path) -> Non
     assert "| vanilla | 4096 (accumulation=8, workers=1) | **0.05: 62.00**; 0.1: 58.00 |" in text
     _, runs_rows = _table(text, "## Runs")
     assert len(runs_rows) == 8  # every run is listed
+
+
+def test_the_runs_table_names_each_run_by_its_sweep_when_sweeps_share_run_names(tmp_path: Path) -> None:
+    # LARS's and LAMB's warmup grids both name a cell warmup_epochs2_lr...: without its folder the
+    # runs table would list two rows nobody can tell apart.
+    lars, lamb = tmp_path / "study_lars", tmp_path / "study_lamb"
+    for root, opt, acc in ((lars, "lars", 0.70), (lamb, "lamb", 0.75)):
+        plant_run(root, "warmup_epochs2_lr0.1", method="vanilla", batch=4096, curve=[0.5, acc], test_acc=acc,
+                  extra=[f"optim.name={opt}", "optim.warmup_epochs=2"])
+    text = write_report([lars, lamb], tmp_path / "rep", say=lambda _: None, figures=False).read_text()
+    header, rows = _table(text, "## Runs")
+    assert set(rows) == {"`study_lamb/warmup_epochs2_lr0.1`", "`study_lars/warmup_epochs2_lr0.1`"}
+    assert rows["`study_lamb/warmup_epochs2_lr0.1`"][header.index("test acc (%)")] == "75.00"
+
+    single = write_report([lars], tmp_path / "one", say=lambda _: None, figures=False).read_text()
+    assert set(_table(single, "## Runs")[1]) == {"`warmup_epochs2_lr0.1`"}  # one sweep: names as they are
