@@ -180,6 +180,12 @@ class Catalog:
         """The method whose section holds ``key``; None for keys of the run."""
         return next((d for d in self.by_name.values() if d.owns(key)), None)
 
+    def decides(self, key: str) -> bool:
+        """Whether ``key`` decides if another key of its method applies (DReg's ``form``, which
+        ``radius`` and ``tau`` depend on): the key that names a variant first."""
+        owner = self.owner_of(key)
+        return owner is not None and any(other == owner.field_of(key) for other, _ in owner.applies_when.values())
+
     def label(self, key: str) -> Optional[str]:
         """The method's short label of one of its keys (None: it gives none, or a run key)."""
         owner = self.owner_of(key)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import textwrap
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from dreg_dist.records import BASELINE
+from dreg_dist.records import BASELINE, Catalog
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.keys import Pairs
 from dreg_dist.report.stats import sort_key
@@ -75,11 +75,21 @@ def knobs(g: Group) -> Pairs:
     return (*g.variant, *g.tuned)
 
 
-def distinct(pairs: Sequence[Pairs]) -> list[Pairs]:
-    """Each of ``pairs`` cut to the keys whose values differ among them."""
+def distinct(pairs: Sequence[Pairs], catalog: Optional[Catalog] = None) -> list[Pairs]:
+    """Each of ``pairs`` cut to the keys that tell it from the others: a key whose values differ
+    among them, unless the keys already kept tell the same pairs apart (DReg's paper form changes
+    ``form``, ``ce_reduction`` and ``norm`` together: one of them names it). Keys that decide
+    whether another applies (``catalog.decides``) are kept first, then the rest in order."""
     keys = list(dict.fromkeys(k for p in pairs for k, _ in p))
     varying = [k for k in keys if len({str(dict(p).get(k)) for p in pairs}) > 1]
-    return [tuple((k, v) for k, v in p if k in varying) for p in pairs]
+    if catalog is not None:
+        varying.sort(key=lambda k: not catalog.decides(k))
+    kept: list[str] = []
+    for k in varying:
+        before = len({tuple(str(dict(p).get(x)) for x in kept) for p in pairs})
+        if len({tuple(str(dict(p).get(x)) for x in (*kept, k)) for p in pairs}) > before:
+            kept.append(k)
+    return [tuple((k, v) for k, v in p if k in kept) for p in pairs]
 
 
 def short_labels(groups: Sequence[Group], with_method: bool = True) -> list[str]:
@@ -88,7 +98,7 @@ def short_labels(groups: Sequence[Group], with_method: bool = True) -> list[str]
     out = []
     for g in groups:
         mine = [x for x in groups if x.method == g.method]
-        cut = distinct([knobs(x) for x in mine])[next(i for i, x in enumerate(mine) if x is g)]
+        cut = distinct([knobs(x) for x in mine], g.catalog)[next(i for i, x in enumerate(mine) if x is g)]
         # The baseline's variant alone in its panel is named by what makes it one (its optimizer),
         # not as "vanilla", which reads as the dashed baseline beside it.
         text = g.pairs_label(cut) or (g.pairs_label(g.variant) if g.method == BASELINE and g.variant else "")

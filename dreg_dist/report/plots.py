@@ -192,7 +192,7 @@ class Plotter:
             base = setup.baseline(batch, layout)
             if base is not None and base.best_vals:
                 ax.axhline((_mean(base.best_vals) or 0.0) * 100, label=f"{BASELINE} (baseline)", **BASE_STYLE)
-            for (rest, points), cut, color in zip(shown, distinct([rest for rest, _ in shown]), _COLORS):
+            for (rest, points), cut, color in zip(shown, distinct([rest for rest, _ in shown], analysis.catalog), _COLORS):
                 mean = [(_mean(p.group.best_vals) or 0.0) * 100 for p in points]
                 err = [[m - min(p.group.best_vals) * 100 for m, p in zip(mean, points)],
                        [max(p.group.best_vals) * 100 - m for m, p in zip(mean, points)]]
@@ -245,7 +245,7 @@ class Plotter:
             same = len(set(seed_texts)) == 1
             lrs: set[float] = set()
             counts: set[int] = set()
-            for ((key, _), gs), cut, color, seeds in zip(shown, distinct([knobs(gs[0]) for _, gs in shown]), _COLORS,
+            for ((key, _), gs), cut, color, seeds in zip(shown, distinct([knobs(gs[0]) for _, gs in shown], setup.catalog), _COLORS,
                                                          seed_texts):
                 seeds_on = on.get(freeze(key))
                 pts = [(g.lr, _mean(_on_seeds(g, seeds_on))) for g in gs]
@@ -308,7 +308,7 @@ class Plotter:
         colors = {lr: _COLORS[i % len(_COLORS)] for i, lr in enumerate(lrs)}
         several = len({layout for layout, _ in panels}) > 1
         fig, axes = grid(self.plt, len(panels), ncols=3, legend=False, panel=(3.3, 2.3))
-        for ax, key, cut in zip(axes, panels, distinct([k for _, k in panels])):
+        for ax, key, cut in zip(axes, panels, distinct([k for _, k in panels], setup.catalog)):
             layout = key[0]
             for g, points in panels[key]:
                 ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[g.lr or 0.0],

@@ -17,6 +17,7 @@ import pytest
 
 from .test_critical_batch import _run as plant_noise_run
 from .test_report_select import plant_run
+from ..conftest import REPO
 
 plt = pytest.importorskip("matplotlib.pyplot")
 
@@ -216,3 +217,26 @@ def test_the_baselines_own_variants_get_a_panel_per_kind() -> None:
               group("sam")]
     panels = {name: len(members) for name, _, _, members in family_panels(groups)}
     assert panels == {"vanilla (BN group)": 2, "vanilla (optimizer=lamb)": 1, "vanilla (optimizer=lars)": 2, "sam": 1}
+
+
+def test_a_legend_names_a_variant_by_the_key_that_decides_it_not_by_every_key_that_changes_with_it() -> None:
+    import yaml
+
+    from dreg_dist.records import Catalog, Description
+    from dreg_dist.report.panels import distinct
+
+    # DReg's own description: `form` decides whether `radius` applies, so it names the variant.
+    text = yaml.safe_load((REPO / "dreg_dist/methods/dreg/description.yaml").read_text())
+    catalog = Catalog([Description.from_dict({**text, "section": "dreg"}, name="dreg")])
+    default = (("dreg.ce_reduction", "per_path"), ("dreg.form", "projected"), ("dreg.norm", "per_path"))
+    paper = (("dreg.ce_reduction", "sum"), ("dreg.form", "literal"), ("dreg.norm", "shared"))
+    lines = [(*default, ("dreg.lam", 0.1), ("dreg.radius", 0.25)), (*default, ("dreg.lam", 0.1), ("dreg.radius", 0.5)),
+             (*paper, ("dreg.lam", 0.01)), (*paper, ("dreg.lam", 0.1))]
+    assert distinct(lines, catalog) == [
+        (("dreg.form", "projected"), ("dreg.lam", 0.1), ("dreg.radius", 0.25)),
+        (("dreg.form", "projected"), ("dreg.lam", 0.1), ("dreg.radius", 0.5)),
+        (("dreg.form", "literal"), ("dreg.lam", 0.01)), (("dreg.form", "literal"), ("dreg.lam", 0.1))]
+    # Without a description the first varying key names it; a key that varies on its own stays.
+    assert distinct([default, paper]) == [(("dreg.ce_reduction", "per_path"),), (("dreg.ce_reduction", "sum"),)]
+    two = [(("a", 1), ("b", 1)), (("a", 1), ("b", 2)), (("a", 2), ("b", 1))]
+    assert distinct(two) == two
