@@ -236,6 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check(args: argparse.Namespace) -> list[str]:
+    """The follow-up grid asked for (none: a report); ReportError for flags that do not go together."""
+    asked = [k for k in FOLLOWUPS if getattr(args, k)]
+    if len(asked) > 1:
+        raise ReportError(f"write one follow-up grid at a time: {_flags()}")
+    if args.wide_only and not args.seed_grid:
+        raise ReportError("--wide-only goes with --seed-grid")
+    if args.transfer_grid and not args.batch:
+        raise ReportError("--transfer-grid needs --batch (the global batch size to transfer to)")
+    if not args.transfer_grid and (args.rule != "linear" or args.rate_factors or args.match_steps or args.methods):
+        raise ReportError("--rule, --rate-factors, --match-steps and --methods go with --transfer-grid")
+    if args.best is not None and not args.steps_grid:
+        raise ReportError("--best goes with --steps-grid")
+    if args.best is not None and args.best < 1:
+        raise ReportError(f"--best must be 1 or more, got {args.best}")
+    if args.set and not args.knob_grid:
+        raise ReportError("--set goes with --knob-grid")
+    if args.against and not asked:
+        raise ReportError(f"--against goes with a follow-up grid ({_flags()})")
+    return asked
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     roots = [Path(r) for r in args.runs]
@@ -247,23 +269,7 @@ def main(argv=None) -> int:
             print(f"{root}: records of {len(copied)} finished run(s) -> {Path(args.copy_records) / root.name}")
         return 0
     try:
-        asked = [k for k in FOLLOWUPS if getattr(args, k)]
-        if len(asked) > 1:
-            raise ReportError(f"write one follow-up grid at a time: {_flags()}")
-        if args.wide_only and not args.seed_grid:
-            raise ReportError("--wide-only goes with --seed-grid")
-        if args.transfer_grid and not args.batch:
-            raise ReportError("--transfer-grid needs --batch (the global batch size to transfer to)")
-        if not args.transfer_grid and (args.rule != "linear" or args.rate_factors or args.match_steps or args.methods):
-            raise ReportError("--rule, --rate-factors, --match-steps and --methods go with --transfer-grid")
-        if args.best is not None and not args.steps_grid:
-            raise ReportError("--best goes with --steps-grid")
-        if args.best is not None and args.best < 1:
-            raise ReportError(f"--best must be 1 or more, got {args.best}")
-        if args.set and not args.knob_grid:
-            raise ReportError("--set goes with --knob-grid")
-        if args.against and not asked:
-            raise ReportError(f"--against goes with a follow-up grid ({_flags()})")
+        asked = check(args)
         if asked:
             write_followup(args, list(argv) if argv is not None else sys.argv[1:])
             return 0

@@ -1,0 +1,46 @@
+# Shared by the stage scripts beside it (sourced, with S = this shard, 0 or 1, and SYNC = the
+# stage's phase-marker folder): the runs root R, where grids go (C), the barriers, and the
+# follow-up grids each phase writes from the records before it (docs/results/README.md).
+R=${R:-/work/dreg_runs}; P=cifar10_h2h2; C=${C:-configs/grids}
+G="tiny tiny_lars tiny_lamb tiny_gbn tiny_penalties tiny_gm"
+SEEDED="tiny tiny_lars tiny_lamb tiny_gbn tiny_gm"   # the penalties keep their one run (a stated cut)
+f() { echo $C/${P}_$1.yaml; }
+sweep() {  # sweep NAME: this shard's half of grid NAME (a follow-up that had nothing to run has no grid)
+  [ -f $(f $1) ] && OMP_NUM_THREADS=1 python launch/sweep.py --grid $(f $1) --runs-root $R --shard $S/2; }
+solo() {  # solo NAME: all of grid NAME on 8 worker processes (GradientMix's), by shard 0 while shard 1 waits
+  if [ $S = 0 ] && [ -f $(f $1) ]; then
+    OMP_NUM_THREADS=1 python launch/sweep.py --grid $(f $1) --runs-root $R --nproc-per-node 8; fi; }
+barrier() { touch $SYNC/$1_$S; while [ ! -f $SYNC/$1_0 ] || [ ! -f $SYNC/$1_1 ]; do sleep 30; done; }
+written() {  # written NAME COMMAND...: shard 0 runs COMMAND (it writes grids), the other waits for it
+  local name=$1; shift
+  if [ $S = 0 ]; then "$@"; touch $SYNC/${name}_written; fi
+  while [ ! -f $SYNC/${name}_written ]; do sleep 10; done
+}
+dirs() {  # dirs GRID...: the run folders of stage-1 grids and of their follow-ups
+  for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
+    $R/${P}_${x}_seeds $R/${P}_${x}_seeds34; do [ -d $d ] && echo $d; done; done; }
+others() { dirs tiny_ref $(for x in $G; do [ $x != $1 ] && echo $x; done); }
+follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME from GRID's runs, unless an
+  # earlier launch did (rewritten later it would read its own runs) or GRID has no runs yet
+  local out=$(f $1) d=$(dirs $2) kind=$3; shift 3
+  [ -f $out ] || [ -z "$d" ] || python launch/report.py $d $kind $out "$@"
+}
+
+edge_gm() { follow tiny_gm_edge tiny_gm --edge-grid; }
+seeds() { for g in tiny_ref $SEEDED; do follow ${g}_seeds $g --seed-grid --seeds 1,2; done; }
+seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(others $g) --seeds 3,4 --wide-only; done; }
+steps() { for g in $G; do follow ${g}_steps $g --steps-grid --against $(others $g) --seeds 0 --best 2; done; }
+transfer() {
+  # "The best of (a)" is the variant --best 1 picks: named beside vanilla when it is one of tiny's methods.
+  local best=$C/.best_of_a.yaml M=vanilla r s
+  rm -f $best; python launch/report.py $(dirs tiny) --against $(others tiny) --steps-grid $best --seeds 0 --best 1
+  [ -f $best ] && M=$(python -c "import sys, yaml; print(','.join(dict.fromkeys(['vanilla', \
+    *yaml.safe_load(open(sys.argv[1]))['axes'].get('method', [])])))" $best)
+  for g in tiny tiny_lars tiny_lamb; do for s in "" _steps; do
+    local only=$([ $g = tiny ] && echo "--methods $M") m=${s:+--match-steps}
+    follow ${g}_x8192$s $g --transfer-grid --batch 8192 --seeds 0 $only $m
+    follow ${g}_x8192_sqrt$s $g --transfer-grid --batch 8192 --seeds 0 --rule sqrt $only $m
+  done; done
+  for s in "" _steps; do follow tiny_x8192_retune$s tiny --transfer-grid --batch 8192 --seeds 0 --rule none \
+    --rate-factors 0.25,0.5,1 --methods vanilla ${s:+--match-steps}; done
+}

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Stages 2-5 of cifar10_h2h2 on one core (shard S of 2), in phases both shards finish before the
+# next; each phase's grids are written once by shard 0 from the records before it (lib.sh):
+#   E  GradientMix's edge extension (8 worker processes on both cores)
+#   F  stage 2: seeds 1 and 2 at every selection and at the 512 reference
+#   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
+#   H  stage 3: matched steps (348 epochs at 4096) for vanilla and the two best of (a)
+#   I  stage 4: transfer to 8192 under the linear and the sqrt rule, and vanilla re-tuned there
+#   J  stage 5: cnn_base, the reference and vanilla at 4096, and its horizon check
+# Start both shards with start_stage2.sh beside it; run it again to resume.
+S=$1; HERE=$(cd "$(dirname "$0")" && pwd); SYNC=${R:-/work/dreg_runs}/.sync2
+cd "$HERE/../../.."; . "$HERE/lib.sh"
+
+written gm_edge edge_gm
+solo tiny_gm_edge
+barrier E
+
+written seeds seeds
+for g in tiny_ref tiny tiny_lars tiny_lamb tiny_gbn; do sweep ${g}_seeds; done
+barrier F1; solo tiny_gm_seeds; barrier F
+
+written seeds34 seeds34
+for g in tiny tiny_lars tiny_lamb tiny_gbn; do [ -f $(f ${g}_seeds34) ] && sweep ${g}_seeds34; done
+barrier G1; solo tiny_gm_seeds34; barrier G
+
+written steps steps
+for g in tiny tiny_lars tiny_lamb tiny_gbn tiny_penalties; do [ -f $(f ${g}_steps) ] && sweep ${g}_steps; done
+barrier H1; solo tiny_gm_steps; barrier H
+
+written transfer transfer
+for g in tiny tiny_lars tiny_lamb; do for s in "" _steps; do for r in "" _sqrt; do
+  [ -f $(f ${g}_x8192$r$s) ] && sweep ${g}_x8192$r$s; done; done; done
+for s in "" _steps; do sweep tiny_x8192_retune$s; done
+barrier I
+
+for g in base_ref base; do sweep $g; done
+barrier J1
+sweep base_horizon
+barrier J

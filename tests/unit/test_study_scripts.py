@@ -1,0 +1,72 @@
+"""The second head-to-head's stage scripts (docs/results/cifar10_h2h2/*.sh): every follow-up grid
+they write is asked of ``launch/report.py`` with flags it accepts, from run folders that exist, to
+a grid file under the grids folder, and one of them is written for real from the committed records.
+The sweeps themselves are not run here: they are the study."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from ..conftest import REPO, launch_script
+
+STUDY = REPO / "docs/results/cifar10_h2h2"
+WRITERS = ("edge_gm", "seeds", "seeds34", "steps", "transfer")
+FLAGS = ("--edge-grid", "--seed-grid", "--steps-grid", "--transfer-grid", "--knob-grid")
+
+
+def _bash(script: str, grids: Path, *, record: Path | None = None) -> subprocess.CompletedProcess:
+    # With ``record`` set, `python` is a shell function that writes its arguments down instead of
+    # running: the writers' commands, as they would run, without loading records 27 times.
+    shim = f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; ' if record else ""
+    env = f"R={shlex.quote(str(STUDY / 'runs'))} C={shlex.quote(str(grids))} S=0"
+    return subprocess.run(["bash", "-c", f"{env}; {shim}. {STUDY}/lib.sh; {script}"], cwd=REPO, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_the_stage_scripts_parse() -> None:
+    for script in sorted(STUDY.glob("*.sh")):
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script.name, done.stderr)
+
+
+def test_every_follow_up_the_stages_write_is_a_valid_report_command(tmp_path: Path) -> None:
+    report = launch_script("report.py")
+    record = tmp_path / "commands"
+    done = _bash("; ".join(WRITERS), tmp_path / "grids", record=record)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in record.read_text().splitlines()]
+    # each stage-1 family with records (and the reference) gets seeds, the families 3-4 seeds and
+    # matched steps, then 14 transfer grids and the best-of-(a) probe; GradientMix's join once it ran
+    assert len(commands) >= 5 + 4 + 4 + 15
+    written = set()
+    for argv in commands:
+        assert argv[0] == "launch/report.py", argv
+        args = report.build_parser().parse_args(argv[1:])
+        (kind,) = report.check(args)  # exactly one follow-up, with flags that go together
+        out = Path(getattr(args, kind))
+        assert out.parent == tmp_path / "grids" and out.name.startswith("cifar10_h2h2_") or out.name == ".best_of_a.yaml"
+        for run_dir in (*args.runs, *(args.against or ())):
+            assert Path(run_dir).is_dir(), run_dir
+        written.add(out.name)
+    assert {"cifar10_h2h2_tiny_ref_seeds.yaml", "cifar10_h2h2_tiny_lamb_x8192_sqrt_steps.yaml",
+            "cifar10_h2h2_tiny_x8192_retune.yaml", "cifar10_h2h2_tiny_seeds34.yaml"} <= written
+    assert not any("tiny_penalties_seeds" in name for name in written)  # the penalties keep their one run
+
+
+def test_a_follow_up_is_written_once_from_the_records(tmp_path: Path) -> None:
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    done = _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", grids)
+    assert done.returncode == 0, done.stderr
+    path = grids / "cifar10_h2h2_tiny_ref_seeds.yaml"
+    grid = yaml.safe_load(path.read_text())
+    assert grid["axes"]["train.seed"] == [1, 2] and grid["lr_grid"] == [0.4]  # the reference's selection
+    path.write_text("# kept\n")
+    assert _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", grids).returncode == 0
+    assert path.read_text() == "# kept\n"  # an earlier launch's grid is never rewritten
+    done = _bash("follow nothing_seeds no_such_grid --seed-grid --seeds 1", grids)
+    assert done.returncode == 0 and not (grids / "cifar10_h2h2_nothing_seeds.yaml").exists()
