@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stage 1 of cifar10_h2h2 on one core (shard S of 2), in phases both shards finish before the next:
-#   A  the stage-1 grids left: LARS, vanilla's warmup-5 control, LAMB, ghost BN
+#   A  the stage-1 grids left: LARS, vanilla's warmup-5 control, LAMB, ghost BN and its warmup-5 control
 #   B  one more rate beyond each selection at an edge (grids written by shard 0 from A's records)
 #   C  a second extension where a selection is still at an edge; SAM's and extragradient's second knob value
 #   D  the penalties (100 core-minutes a run)
@@ -13,7 +13,7 @@ edges() { local sfx=_edge; [ $1 = 2 ] && sfx=_edge2; for g in $FAM; do follow $g
 run_edges() { local sfx=_edge; [ $1 = 2 ] && sfx=_edge2; for g in $FAM; do sweep $g$sfx; done; }
 knob() { follow tiny_knob tiny --knob-grid --seeds 0 --set methods.sam.rho=0.02 --set methods.extragradient.gamma_scale=2.0; }
 
-for g in tiny_lars tiny_warmup tiny_lamb tiny_gbn; do sweep $g; done
+for g in tiny_lars tiny_warmup tiny_lamb tiny_gbn tiny_gbn_warmup; do sweep $g; done
 barrier A
 written edges1 edges 1
 run_edges 1
