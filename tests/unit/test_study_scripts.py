@@ -48,7 +48,9 @@ def test_every_follow_up_the_stages_write_is_a_valid_report_command(tmp_path: Pa
         args = report.build_parser().parse_args(argv[1:])
         (kind,) = report.check(args)  # exactly one follow-up, with flags that go together
         out = Path(getattr(args, kind))
-        assert out.parent == tmp_path / "grids" and out.name.startswith("cifar10_h2h2_") or out.name == ".best_of_a.yaml"
+        # grids go to the grids folder; the best-of-(a) probe, not a grid to run, beside the runs
+        assert (out.parent == tmp_path / "grids" and out.name.startswith("cifar10_h2h2_")
+                or out == STUDY / "runs/.best_of_a.yaml"), out
         for run_dir in (*args.runs, *(args.against or ())):
             assert Path(run_dir).is_dir(), run_dir
         written.add(out.name)

@@ -32,7 +32,7 @@ seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(
 steps() { for g in $G; do follow ${g}_steps $g --steps-grid --against $(others $g) --seeds 0 --best 2; done; }
 transfer() {
   # "The best of (a)" is the variant --best 1 picks: named beside vanilla when it is one of tiny's methods.
-  local best=$C/.best_of_a.yaml M=vanilla r s
+  local best=$R/.best_of_a.yaml M=vanilla s
   rm -f $best; python launch/report.py $(dirs tiny) --against $(others tiny) --steps-grid $best --seeds 0 --best 1
   [ -f $best ] && M=$(python -c "import sys, yaml; print(','.join(dict.fromkeys(['vanilla', \
     *yaml.safe_load(open(sys.argv[1]))['axes'].get('method', [])])))" $best)

@@ -7,6 +7,7 @@
 #   H  stage 3: matched steps (348 epochs at 4096) for vanilla and the two best of (a)
 #   I  stage 4: transfer to 8192 under the linear and the sqrt rule, and vanilla re-tuned there
 #   J  stage 5: cnn_base, the reference and vanilla at 4096, and its horizon check
+#      (the best method of (a) on cnn_base has no grid yet: it is written once stage 2 has named it)
 # Start both shards with start_stage2.sh beside it; run it again to resume.
 S=$1; HERE=$(cd "$(dirname "$0")" && pwd); SYNC=${R:-/work/dreg_runs}/.sync2
 cd "$HERE/../../.."; . "$HERE/lib.sh"
