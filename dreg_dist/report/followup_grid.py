@@ -66,15 +66,23 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
     axes = dict(grid.get("axes") or {})
     axes["train.seed"] = list(seeds)
     cell_values = cell_values or {}
-    only = []
+    cells: list[tuple[Group, dict[str, Any]]] = []
     for key, (group, lr) in picks.items():
         if lr is None:
             continue
-        base = {**_cell_filter(group, axes), LR_KEY: lr}
-        only += [{**base, **values} for values in cell_values.get(key) or [{}]]
-    if not only:
+        # A knob tuned in another folder of the family (vanilla's warmup in its _warmup grid) is
+        # not an axis of the first grid: the cells carry the selection's value, or they would run
+        # the first grid's.
+        tuned = {k: v for k, v in group.tuned if k not in axes}
+        base = {**_cell_filter(group, axes), **tuned, LR_KEY: lr}
+        cells += [(group, {**base, **values}) for values in cell_values.get(key) or [{}]]
+    if not cells:
         raise ReportError("nothing to run: no method variant needs a follow-up")
-    own = sorted({k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
+    own = sorted({k for _, entry in cells for k in entry if k not in axes and k != LR_KEY}
+                 | {k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
+    # A key made an axis here is set on every cell: the others keep the value they ran with.
+    only = [{**{k: g.runs[0].flat[k] for k in own if k not in entry and g.runs and k in g.runs[0].flat}, **entry}
+            for g, entry in cells]
     for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
         axes[k] = sorted({entry[k] for entry in only if k in entry})
     gone = _unused_axes(axes, only, str(grid.get("config")))
@@ -90,6 +98,7 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
            "overrides": overrides, "axes": axes,
            "lr_grid": sorted({e[LR_KEY] for e in only}), "exclude": exclude, "only": only}
     tune = [k for k in grid.get("tune") or [] if k not in gone]
+    tune += sorted({k for _, (g, lr) in picks.items() if lr is not None for k, _ in g.tuned} - set(tune) - gone)
     if tune:
         out["tune"] = tune
     return out

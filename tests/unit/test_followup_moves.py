@@ -180,3 +180,26 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     assert "with another value: nothing to run" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
+
+
+def test_a_knob_tuned_in_another_folder_of_the_family_goes_with_its_selection(
+        stages: tuple[Path, Path], tmp_path: Path) -> None:
+    """Vanilla's warmup is tuned in a folder of its own (the first grid fixes it by an override):
+    the seeds and the edge of a selection made there run its warmup, the others keep theirs."""
+    ref, big = stages
+    warm = tmp_path / "runs" / "warm"
+    for lr, val in ((0.1, 0.75), (0.2, 0.78)):
+        plant_run(warm, f"w5_lr{lr}", method="vanilla", batch=4096, lr=lr, curve=[val / 2, val, val, val],
+                  test_acc=0.5, extra=["train.accumulation_steps=8", "optim.warmup_epochs=5"])
+    grid = {"name": "warm", "config": BASE, "overrides": ["train.epochs=4", "train.global_batch_size=4096",
+                                                          "train.accumulation_steps=8"],
+            "axes": {"method": ["vanilla"], "optim.warmup_epochs": [5], "train.seed": [0]},
+            "lr_grid": [0.1, 0.2], "exclude": [], "tune": ["optim.warmup_epochs"]}
+    (warm / "sweep.json").write_text(json.dumps({"name": "warm", "grid": grid, "command": ["launch/sweep.py"]}))
+    report = launch_script("report.py").main
+    seeds, edge = tmp_path / "seeds.yaml", tmp_path / "edge.yaml"
+    assert report([str(big), str(warm), "--seed-grid", str(seeds), "--seeds", "1"]) == 0
+    assert _cells(seeds) == [("dreg", 0.05, None, 2), ("sam", 0.05, None, 2), ("vanilla", 0.2, None, 5)]
+    assert "optim.warmup_epochs" in load_grid(seeds).tune
+    assert report([str(big), str(warm), "--edge-grid", str(edge)]) == 0
+    assert ("vanilla", 0.4, None, 5) in _cells(edge)  # beyond 0.2, at the warmup it was best with

@@ -1,13 +1,16 @@
 """The second head-to-head's stage scripts (docs/results/cifar10_h2h2/*.sh): every follow-up grid
 they write is asked of ``launch/report.py`` with flags it accepts, from run folders that exist, to
-a grid file under the grids folder, and one of them is written for real from the committed records.
-The sweeps themselves are not run here: they are the study."""
+a grid file under the grids folder, and follow-ups are written for real from a copy of the
+committed records. The sweeps themselves are not run here: they are the study."""
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 import yaml
 
@@ -15,14 +18,24 @@ from ..conftest import REPO, launch_script
 
 STUDY = REPO / "docs/results/cifar10_h2h2"
 WRITERS = ("edge_gm", "seeds", "seeds34", "steps", "transfer")
-FLAGS = ("--edge-grid", "--seed-grid", "--steps-grid", "--transfer-grid", "--knob-grid")
 
 
-def _bash(script: str, grids: Path, *, record: Path | None = None) -> subprocess.CompletedProcess:
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """A copy of the study's committed records, without the follow-ups that ran already (the
+    writers would rightly refuse to rerun their seeds), so that nothing is written beside them."""
+    root = tmp_path / "runs"
+    shutil.copytree(STUDY / "runs", root)
+    for done in root.glob("*_seeds*"):
+        shutil.rmtree(done)
+    return root
+
+
+def _bash(script: str, runs: Path, grids: Path, *, record: Path | None = None) -> subprocess.CompletedProcess:
     # With ``record`` set, `python` is a shell function that writes its arguments down instead of
     # running: the writers' commands, as they would run, without loading records 27 times.
     shim = f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; ' if record else ""
-    env = f"R={shlex.quote(str(STUDY / 'runs'))} C={shlex.quote(str(grids))} S=0"
+    env = f"R={shlex.quote(str(runs))} C={shlex.quote(str(grids))} S=0"
     return subprocess.run(["bash", "-c", f"{env}; {shim}. {STUDY}/lib.sh; {script}"], cwd=REPO, text=True,
                           capture_output=True, timeout=120)
 
@@ -33,10 +46,10 @@ def test_the_stage_scripts_parse() -> None:
         assert done.returncode == 0, (script.name, done.stderr)
 
 
-def test_every_follow_up_the_stages_write_is_a_valid_report_command(tmp_path: Path) -> None:
+def test_every_follow_up_the_stages_write_is_a_valid_report_command(runs: Path, tmp_path: Path) -> None:
     report = launch_script("report.py")
     record = tmp_path / "commands"
-    done = _bash("; ".join(WRITERS), tmp_path / "grids", record=record)
+    done = _bash("; ".join(WRITERS), runs, tmp_path / "grids", record=record)
     assert done.returncode == 0, done.stderr
     commands = [shlex.split(line) for line in record.read_text().splitlines()]
     # each stage-1 family with records (and the reference) gets seeds, the families 3-4 seeds and
@@ -50,7 +63,7 @@ def test_every_follow_up_the_stages_write_is_a_valid_report_command(tmp_path: Pa
         out = Path(getattr(args, kind))
         # grids go to the grids folder; the best-of-(a) probe, not a grid to run, beside the runs
         assert (out.parent == tmp_path / "grids" and out.name.startswith("cifar10_h2h2_")
-                or out == STUDY / "runs/.best_of_a.yaml"), out
+                or out == runs / ".best_of_a.yaml"), out
         for run_dir in (*args.runs, *(args.against or ())):
             assert Path(run_dir).is_dir(), run_dir
         written.add(out.name)
@@ -59,16 +72,31 @@ def test_every_follow_up_the_stages_write_is_a_valid_report_command(tmp_path: Pa
     assert not any("tiny_penalties_seeds" in name for name in written)  # the penalties keep their one run
 
 
-def test_a_follow_up_is_written_once_from_the_records(tmp_path: Path) -> None:
+def test_a_follow_up_is_written_once_from_the_records(runs: Path, tmp_path: Path) -> None:
     grids = tmp_path / "grids"
     grids.mkdir()
-    done = _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", grids)
+    done = _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", runs, grids)
     assert done.returncode == 0, done.stderr
     path = grids / "cifar10_h2h2_tiny_ref_seeds.yaml"
     grid = yaml.safe_load(path.read_text())
     assert grid["axes"]["train.seed"] == [1, 2] and grid["lr_grid"] == [0.4]  # the reference's selection
     path.write_text("# kept\n")
-    assert _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", grids).returncode == 0
+    assert _bash("follow tiny_ref_seeds tiny_ref --seed-grid --seeds 1,2", runs, grids).returncode == 0
     assert path.read_text() == "# kept\n"  # an earlier launch's grid is never rewritten
-    done = _bash("follow nothing_seeds no_such_grid --seed-grid --seeds 1", grids)
+    done = _bash("follow nothing_seeds no_such_grid --seed-grid --seeds 1", runs, grids)
     assert done.returncode == 0 and not (grids / "cifar10_h2h2_nothing_seeds.yaml").exists()
+
+
+def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs: Path, tmp_path: Path) -> None:
+    # Vanilla's selection at 4096 came from cifar10_h2h2_tiny_warmup (5 warmup epochs); the
+    # family's first grid runs 2. Its seeds must run 5, the other methods' their own 2.
+    from dreg_dist.sweep.grid import expand_grid, load_grid
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    done = _bash("follow tiny_seeds tiny --seed-grid --seeds 1", runs, grids)
+    assert done.returncode == 0, done.stderr
+    cells = expand_grid(load_grid(grids / "cifar10_h2h2_tiny_seeds.yaml"))
+    warmups = {(c.method, c.values.get("optim.warmup_epochs")) for c in cells}
+    assert ("vanilla", 5.0) in warmups and ("vanilla", 2.0) not in warmups
+    assert all(w == 2.0 for m, w in warmups if m != "vanilla")

@@ -26,17 +26,26 @@ follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME fr
   [ -f $out ] || [ -z "$d" ] || python launch/report.py $d $kind $out "$@"
 }
 
-edge_gm() { follow tiny_gm_edge tiny_gm --edge-grid; }
+edge_gm() { follow tiny_gm_edge$1 tiny_gm --edge-grid; }   # edge_gm [2]: the first or the second extension
 seeds() { for g in tiny_ref $SEEDED; do follow ${g}_seeds $g --seed-grid --seeds 1,2; done; }
-seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(others $g) --seeds 3,4 --wide-only; done; }
+# The penalties' single runs are not read for the intervals: one seed has none.
+seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(others $g | grep -v _penalties) \
+  --seeds 3,4 --wide-only; done; }
 steps() { for g in $G; do follow ${g}_steps $g --steps-grid --against $(others $g) --seeds 0 --best 2; done; }
 transfer() {
-  # "The best of (a)" is the variant --best 1 picks: named beside vanilla when it is one of tiny's methods.
-  local best=$R/.best_of_a.yaml M=vanilla s
+  # Vanilla, LARS and LAMB, and the best of (a): the variant `--best 1` picks. A probe per family
+  # finds it: tiny's always holds vanilla (the baseline beside the pick) and names its method
+  # when it is one of tiny's; another family's writes a grid only when its own selection is the best.
+  local best=$R/.best_of_a.yaml M=vanilla s g extra=""
   rm -f $best; python launch/report.py $(dirs tiny) --against $(others tiny) --steps-grid $best --seeds 0 --best 1
   [ -f $best ] && M=$(python -c "import sys, yaml; print(','.join(dict.fromkeys(['vanilla', \
     *yaml.safe_load(open(sys.argv[1]))['axes'].get('method', [])])))" $best)
-  for g in tiny tiny_lars tiny_lamb; do for s in "" _steps; do
+  for g in tiny_gbn tiny_gm tiny_penalties; do
+    rm -f $best; [ -n "$(dirs $g)" ] || continue
+    python launch/report.py $(dirs $g) --against $(others $g) --steps-grid $best --seeds 0 --best 1 && extra=$g
+  done
+  rm -f $best
+  for g in tiny tiny_lars tiny_lamb $extra; do for s in "" _steps; do
     local only=$([ $g = tiny ] && echo "--methods $M") m=${s:+--match-steps}
     follow ${g}_x8192$s $g --transfer-grid --batch 8192 --seeds 0 $only $m
     follow ${g}_x8192_sqrt$s $g --transfer-grid --batch 8192 --seeds 0 --rule sqrt $only $m

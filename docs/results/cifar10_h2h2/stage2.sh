@@ -1,7 +1,7 @@
 #!/bin/bash
 # Stages 2-5 of cifar10_h2h2 on one core (shard S of 2), in phases both shards finish before the
 # next; each phase's grids are written once by shard 0 from the records before it (lib.sh):
-#   E  GradientMix's edge extension (8 worker processes on both cores)
+#   E  GradientMix's edge extensions, one and where still at the edge a second (8 worker processes on both cores)
 #   F  stage 2: seeds 1 and 2 at every selection and at the 512 reference
 #   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
 #   H  stage 3: matched steps (348 epochs at 4096) for vanilla and the two best of (a)
@@ -10,10 +10,13 @@
 #      (the best method of (a) on cnn_base has no grid yet: it is written once stage 2 has named it)
 # Start both shards with start_stage2.sh beside it; run it again to resume.
 S=$1; HERE=$(cd "$(dirname "$0")" && pwd); SYNC=${R:-/work/dreg_runs}/.sync2
-cd "$HERE/../../.."; . "$HERE/lib.sh"
+cd "$HERE/../../.."; . "$HERE/lib.sh"; mkdir -p "$SYNC"
 
 written gm_edge edge_gm
 solo tiny_gm_edge
+barrier E1
+written gm_edge2 edge_gm 2
+solo tiny_gm_edge2
 barrier E
 
 written seeds seeds
@@ -29,10 +32,10 @@ for g in tiny tiny_lars tiny_lamb tiny_gbn tiny_penalties; do [ -f $(f ${g}_step
 barrier H1; solo tiny_gm_steps; barrier H
 
 written transfer transfer
-for g in tiny tiny_lars tiny_lamb; do for s in "" _steps; do for r in "" _sqrt; do
-  [ -f $(f ${g}_x8192$r$s) ] && sweep ${g}_x8192$r$s; done; done; done
+for g in tiny tiny_lars tiny_lamb tiny_gbn tiny_penalties; do for s in "" _steps; do for r in "" _sqrt; do
+  sweep ${g}_x8192$r$s; done; done; done
 for s in "" _steps; do sweep tiny_x8192_retune$s; done
-barrier I
+barrier I1; for s in "" _steps; do for r in "" _sqrt; do solo tiny_gm_x8192$r$s; done; done; barrier I
 
 for g in base_ref base; do sweep $g; done
 barrier J1

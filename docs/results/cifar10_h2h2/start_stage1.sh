@@ -6,9 +6,13 @@
 # their checkpoints, and each follow-up grid already written is kept.
 export R=${R:-/work/dreg_runs}
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../../.." && pwd)
+if pgrep -f 'cifar10_h2h2/[s]tage[12].sh|cifar10_h2h2_tiny_gm[.]yaml' >/dev/null; then
+  echo "a stage of cifar10_h2h2 is running already: stop it first (its markers would be cleared under it)"; exit 1; fi
 mkdir -p "$R"; rm -rf "$R/.sync"; mkdir -p "$R/.sync"
 nohup setsid bash "$HERE/stage1.sh" 0 >> "$R/stage1_0.log" 2>&1 &
 nohup setsid bash "$HERE/stage1.sh" 1 >> "$R/stage1_1.log" 2>&1 &
-nohup setsid bash -c "while pgrep -f 'cifar10_h2h2/[s]tage1.sh' >/dev/null; do sleep 60; done; cd '$REPO' &&
+# GradientMix once both shards passed their last barrier (not merely stopped: a killed stage 1 must
+# not start it); the marker follows even if one of its cells failed, with the sweep's exit code logged.
+nohup setsid bash -c "while [ ! -f '$R/.sync/D_0' ] || [ ! -f '$R/.sync/D_1' ]; do sleep 60; done; cd '$REPO' &&
   OMP_NUM_THREADS=1 python launch/sweep.py --grid configs/grids/cifar10_h2h2_tiny_gm.yaml --runs-root '$R' \
-  --nproc-per-node 8 && touch '$R/.sync/stage1_done'" >> "$R/after.log" 2>&1 &
+  --nproc-per-node 8; echo \"gradientmix sweep exit code \$?\"; touch '$R/.sync/stage1_done'" >> "$R/after.log" 2>&1 &

@@ -7,6 +7,8 @@
 # written is kept.
 export R=${R:-/work/dreg_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
+if pgrep -f 'cifar10_h2h2/[s]tage2.sh|[.]sync/stage1_done' >/dev/null; then
+  echo "stages 2-5 of cifar10_h2h2 are running or waiting already: stop them first"; exit 1; fi
 mkdir -p "$R"; rm -rf "$R/.sync2"; mkdir -p "$R/.sync2"
 nohup setsid bash -c "while [ ! -f '$R/.sync/stage1_done' ]; do sleep 60; done
   bash '$HERE/stage2.sh' 0 >> '$R/stage2_0.log' 2>&1 & bash '$HERE/stage2.sh' 1 >> '$R/stage2_1.log' 2>&1 & wait" \
