@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the optimizer steps and warmup steps of the baseline at the smallest batch (matched "
                              "steps), instead of a report")
     parser.add_argument("--best", type=int, default=None, metavar="N",
-                        help="with --steps-grid: only the N method variants with the best mean best validation "
-                             "accuracy at each batch (any batch setup), and the baseline beside them")
+                        help="with --steps-grid: only the N methods with the best mean best validation accuracy at "
+                             "each batch (any batch setup), each at its best variant (LARS, LAMB and ghost BN "
+                             "count as methods), and the baseline beside them")
     parser.add_argument("--knob-grid", default=None, metavar="FILE",
                         help="write a grid that runs each selection whose method owns a --set key at its selected "
                              "learning rate with that key set, instead of a report")

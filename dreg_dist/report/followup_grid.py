@@ -85,6 +85,9 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
             for g, entry in cells]
     for k in own:  # an axis of the first grid too (a tuned warmup) takes the cells' values
         axes[k] = sorted({entry[k] for entry in only if k in entry})
+    for k, values in axes.items():  # a value that ran only in a later folder of the family
+        if k not in own and k != "method" and isinstance(values, list):
+            axes[k] = values + [v for v in dict.fromkeys(e[k] for e in only if k in e) if v not in values]
     gone = _unused_axes(axes, only, str(grid.get("config")))
     axes = {k: v for k, v in axes.items() if k not in gone}
     if "method" in axes:

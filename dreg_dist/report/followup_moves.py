@@ -34,6 +34,7 @@ from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
 from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, RULE_KEYS, WARMUP_KEY
+from dreg_dist.report.panels import panel_name
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import freeze
@@ -186,11 +187,22 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
     return followup(grid, name, description, seeds, picks, cells), lines
 
 
+def _best_methods(groups: Sequence[Group]) -> list[Group]:
+    """Each method's best variant, best first: "the two best methods" are two methods, not two
+    forms of one (DReg's two forms, ghost BN's two groups; LARS, LAMB and ghost BN count as
+    methods of their own, as in the figures' panels)."""
+    top: dict[str, Group] = {}
+    for g in sorted(groups, key=lambda g: -statistics.fmean(g.best_vals)):
+        top.setdefault(panel_name(g), g)
+    return list(top.values())
+
+
 def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str, *,
                best: Optional[int] = None, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
     """Each selection above the smallest batch (with runs in ``own``) at its own batch, for the
     optimizer steps of the baseline at the smallest batch size (see the module doc); ``best``: only
-    the ``best`` method variants with the highest mean best validation accuracy at each batch."""
+    the ``best`` methods with the highest mean best validation accuracy at each batch (each at its
+    best variant)."""
     check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
@@ -202,8 +214,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
         for g in setup.selected:
             if g.batch_size != min(setup.batch_sizes) and g.best_vals and not (g.method == BASELINE and not g.variant):
                 ranked.setdefault((setup.key, g.batch_size), []).append(g)
-    kept = [g for gs in ranked.values()
-            for g in sorted(gs, key=lambda g: -statistics.fmean(g.best_vals))[:best if best is not None else len(gs)]]
+    kept = [g for gs in ranked.values() for g in (gs if best is None else _best_methods(gs)[:best])]
     kept_layouts = {(s.key, g.batch_size, g.layout) for s in analysis.setups for g in kept if g in s.groups}
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     cells: dict[tuple, list[dict[str, Any]]] = {}
@@ -230,7 +241,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
     if not picks:
         raise ReportError("nothing to run at matched steps: no selection above the reference's batch in this folder")
     description = (f"Matched steps: each selected method variant of '{grid.get('name')}'"
-                   + (f" among the {best} best on validation (and the baseline)" if best is not None else "")
+                   + (f" among the {best} best methods on validation (and the baseline)" if best is not None else "")
                    + " at its batch and learning rate for the optimizer steps of the baseline at the smallest "
                      "batch, its warmup the same share of them. " + str(grid.get("description") or ""))
     return followup(grid, name, description, seeds, picks, cells), lines

@@ -24,7 +24,7 @@ TRAIN = 45_000
 
 
 def _sweep(root: Path, batch: int, accumulation: int, cells: Sequence[tuple[str, float, float]],
-           train_size: Optional[int] = TRAIN, workers: int = 1) -> Path:
+           train_size: Optional[int] = TRAIN, workers: int = 1, extra: Sequence[str] = ()) -> Path:
     """A stage's folder: one run per (method, lr, best validation), seed 0, 4 epochs, warmup 2.
     Its grid has the axes of DReg's and SAM's own keys, as the study's do: a follow-up that runs
     neither must leave them out (an axis that applies to no cell is an error)."""
@@ -37,8 +37,8 @@ def _sweep(root: Path, batch: int, accumulation: int, cells: Sequence[tuple[str,
             "lr_grid": sorted({c[1] for c in cells}), "exclude": []}
     for method, lr, val in cells:
         run = plant_run(root, f"{method}_lr{lr}", method=method, batch=batch, lr=lr, curve=[val / 2, val, val, val],
-                        test_acc=0.5, extra=[f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2"],
-                        workers=workers if workers > 1 else None)
+                        test_acc=0.5, extra=[f"train.accumulation_steps={accumulation}", "optim.warmup_epochs=2",
+                                             *extra], workers=workers if workers > 1 else None)
         lines = (run / "metrics.jsonl").read_text().splitlines()
         start: dict[str, Any] = {"kind": "start", "time": 0.0, "world_size": workers, "lr": lr * batch / 256,
                                  "steps_per_epoch": TRAIN // batch}
@@ -203,3 +203,15 @@ def test_a_knob_tuned_in_another_folder_of_the_family_goes_with_its_selection(
     assert "optim.warmup_epochs" in load_grid(seeds).tune
     assert report([str(big), str(warm), "--edge-grid", str(edge)]) == 0
     assert ("vanilla", 0.4, None, 5) in _cells(edge)  # beyond 0.2, at the warmup it was best with
+
+
+def test_best_counts_methods_not_two_forms_of_one(stages: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two DReg variants ahead of SAM: the two best methods are DReg (its better variant) and SAM."""
+    ref, big = stages
+    more = [_sweep(tmp_path / "runs" / f"lam{lam}", 4096, 8, [("dreg", 0.05, val)], extra=[f"dreg.lam={lam}"])
+            for lam, val in ((0.01, 0.76), (0.5, 0.75))]
+    out = tmp_path / "steps.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), *map(str, more), "--against", str(ref), "--steps-grid", str(out), "--best", "2"]) == 0
+    cells = sorted((c.method, c.values.get("dreg.lam"), c.values["optim.lr"]) for c in expand_grid(load_grid(out)))
+    assert cells == [("dreg", 0.01, 0.05), ("sam", None, 0.05), ("vanilla", None, 0.1)]

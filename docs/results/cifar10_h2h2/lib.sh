@@ -33,7 +33,7 @@ seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(
   --seeds 3,4 --wide-only; done; }
 steps() { for g in $G; do follow ${g}_steps $g --steps-grid --against $(others $g) --seeds 0 --best 2; done; }
 transfer() {
-  # Vanilla, LARS and LAMB, and the best of (a): the variant `--best 1` picks. A probe per family
+  # Vanilla, LARS and LAMB, and the best of (a): the method `--best 1` picks (its best variant). A probe per family
   # finds it: tiny's always holds vanilla (the baseline beside the pick) and names its method
   # when it is one of tiny's; another family's writes a grid only when its own selection is the best.
   local best=$R/.best_of_a.yaml M=vanilla s g extra=""
