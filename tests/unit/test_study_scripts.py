@@ -5,6 +5,7 @@ committed records. The sweeps themselves are not run here: they are the study.""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -100,3 +101,21 @@ def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs
     warmups = {(c.method, c.values.get("optim.warmup_epochs")) for c in cells}
     assert ("vanilla", 5.0) in warmups and ("vanilla", 2.0) not in warmups
     assert all(w == 2.0 for m, w in warmups if m != "vanilla")
+
+
+def _guard(script: Path) -> re.Pattern:
+    return re.compile(re.search(r"pgrep -f '([^']+)'", script.read_text()).group(1))
+
+
+def test_stage_two_can_start_beside_stage_one_and_neither_twice() -> None:
+    # The README starts stage 1 and then stage 2 at once, so stage 2's guard must not see stage 1
+    # (whose GradientMix waiter names stage 2's marker); stage 1's sees both, as it clears the
+    # markers stage 2 waits for. The processes a start script leaves are its lines after the guard, with the folder filled in;
+    # the guard is pgrep's extended regex, which Python's re reads the same for these patterns.
+    def launched(name: str) -> str:
+        text = (STUDY / name).read_text()
+        return text[text.index("mkdir -p"):].replace("$HERE", str(STUDY)).replace("$R", "/runs")
+
+    stage1, stage2 = _guard(STUDY / "start_stage1.sh"), _guard(STUDY / "start_stage2.sh")
+    assert stage2.search(launched("start_stage2.sh")) and not stage2.search(launched("start_stage1.sh"))
+    assert stage1.search(launched("start_stage1.sh")) and stage1.search(launched("start_stage2.sh"))

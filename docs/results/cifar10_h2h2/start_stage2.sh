@@ -7,7 +7,9 @@
 # written is kept.
 export R=${R:-/work/dreg_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
-if pgrep -f 'cifar10_h2h2/[s]tage2.sh|[.]sync/stage1_done' >/dev/null; then
+# The waiter below names stage2.sh on its command line, so this finds it too; the marker's name
+# cannot be the pattern: stage 1's GradientMix waiter names it as well.
+if pgrep -f 'cifar10_h2h2/[s]tage2[.]sh' >/dev/null; then
   echo "stages 2-5 of cifar10_h2h2 are running or waiting already: stop them first"; exit 1; fi
 mkdir -p "$R"; rm -rf "$R/.sync2"; mkdir -p "$R/.sync2"
 nohup setsid bash -c "while [ ! -f '$R/.sync/stage1_done' ]; do sleep 60; done
