@@ -15,6 +15,7 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.keys import BATCH_KEY, LR_KEY
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.select import LrResult
+from dreg_dist.report.stats import hashable
 from dreg_dist.sweep.resolve import registered
 
 Grid = dict[str, Any]
@@ -94,8 +95,11 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
         axes["method"] = [m for m in axes["method"] if any(e.get("method") == m for e in only)]
     only = [{k: v for k, v in entry.items() if k not in gone} for entry in only]
     # The first grid's learning-rate excludes described its own lr_grid, and those of the keys the
-    # cells set described its own axes; ``only`` replaces them.
-    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & (set(own) | gone)]
+    # cells set described its own axes; ``only`` replaces them. An exclude that would drop a cell
+    # goes too: a knob value the first grid left to a later folder (extragradient's second step
+    # scale) can be what that folder selected.
+    exclude = [dict(e) for e in grid.get("exclude") or [] if LR_KEY not in e and not set(e) & (set(own) | gone)
+               and not any(_drops(e, entry) for entry in only)]
     overrides = [o for o in grid.get("overrides") or [] if o.split("=", 1)[0] not in own]
     out = {"name": name, "description": description, "config": grid.get("config"),
            "overrides": overrides, "axes": axes,
@@ -105,6 +109,10 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
     if tune:
         out["tune"] = tune
     return out
+
+
+def _drops(exclude: Mapping[str, Any], cell: Mapping[str, Any]) -> bool:
+    return all(k in cell and hashable(cell[k]) == hashable(v) for k, v in exclude.items())
 
 
 def _unused_axes(axes: Mapping[str, Any], only: Sequence[Mapping[str, Any]], config: str) -> set[str]:

@@ -308,7 +308,9 @@ def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
             if a.is_file():
                 shutil.copyfile(a, b)
         copied.append(out.root)
-    if (root / "sweep.json").is_file():
+    # A sweep with nothing over yet leaves no folder: committed, a sweep.json with no runs beside it
+    # would be a sweep folder that no report or follow-up can read.
+    if (root / "sweep.json").is_file() and (copied or dest.is_dir()):
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "sweep.json", dest / "sweep.json")
     return copied

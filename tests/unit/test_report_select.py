@@ -272,6 +272,24 @@ def test_a_methods_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
     assert "| `dreg_0.01_0.1` | lam=0.01 | 0.1 | 0 |" in text and "| `dreg_0.1_0.1` | lam=0.1 | 0.1 | 0 |" in text
 
 
+def test_a_knob_value_the_first_grid_excluded_can_be_selected_and_seeded(tmp_path: Path) -> None:
+    """The study's first grid excludes SAM's second rho, which a later folder runs at SAM's rate;
+    when that value wins, the seed follow-up must run it, not drop it through the old exclude."""
+    runs = tmp_path / "runs"
+    grid = {"name": "first", "config": BASE, "overrides": ["train.epochs=3"],
+            "axes": {"method": ["vanilla", "sam"], "methods.sam.rho": [0.02, 0.05], "train.seed": [0]},
+            "lr_grid": [0.1], "exclude": [{"method": "sam", "methods.sam.rho": 0.02}], "tune": ["methods.sam.rho"]}
+    for folder, method, rho, acc in (("first", "vanilla", None, 0.70), ("first", "sam", 0.05, 0.72),
+                                     ("knob", "sam", 0.02, 0.76)):
+        plant_run(runs / folder, f"{method}_{rho}", method=method, lr=0.1, curve=[acc / 2, acc, acc], test_acc=0.5,
+                  extra=[f"methods.sam.rho={rho}"] if rho else [])
+        (runs / folder / "sweep.json").write_text(json.dumps({"name": folder, "grid": grid, "command": []}))
+    out = tmp_path / "seeds.yaml"
+    assert _cli("report.py")([str(runs / "first"), str(runs / "knob"), "--seed-grid", str(out), "--seeds", "1"]) == 0
+    cells = {(c.method, c.values.get("methods.sam.rho")) for c in expand_grid(load_grid(out))}
+    assert cells == {("vanilla", None), ("sam", 0.02)}
+
+
 def test_an_optimizer_knob_is_tuned_with_the_learning_rate(tmp_path: Path) -> None:
     """``tune: [optim.warmup_epochs]`` (LARS's warmup): selected with the rate on validation, in
     the same setup as plain SGD; without ``tune`` a second warmup would split off a setup of its
@@ -603,6 +621,10 @@ def test_copy_records_takes_only_finished_runs_small_files(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "records" / "g" / "vanilla").iterdir()) == \
         ["config.yaml", "metrics.jsonl", "summary.json"]
     assert (tmp_path / "records" / "g" / "sweep.json").is_file()
+    plant_run(tmp_path / "runs" / "h", "fisher", method="fisher", curve=[0.5], test_acc=0.5, finished=False)
+    (tmp_path / "runs" / "h" / "sweep.json").write_text("{}")
+    assert copy_records(tmp_path / "runs" / "h", tmp_path / "records" / "h") == []
+    assert not (tmp_path / "records" / "h").exists()  # nothing over yet: no folder of a lone sweep.json
     again = load_runs(tmp_path / "records" / "g")  # the report reads the copies as it read the runs
     assert [(r.name, r.best_val_acc, r.test_acc, r.status) for r in again] == [
         ("sam", 0.5, None, "diverged at step 12"), ("vanilla", 0.6, 0.5, "finished")]

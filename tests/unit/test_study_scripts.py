@@ -90,7 +90,7 @@ def test_a_follow_up_is_written_once_from_the_records(runs: Path, tmp_path: Path
 
 def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs: Path, tmp_path: Path) -> None:
     # Vanilla's selection at 4096 came from cifar10_h2h2_tiny_warmup (5 warmup epochs); the
-    # family's first grid runs 2. Its seeds must run 5, the other methods' their own 2.
+    # family's first grid runs 2. Its seeds must run 5, each other variant its own selection's one.
     from dreg_dist.sweep.grid import expand_grid, load_grid
 
     grids = tmp_path / "grids"
@@ -98,9 +98,11 @@ def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs
     done = _bash("follow tiny_seeds tiny --seed-grid --seeds 1", runs, grids)
     assert done.returncode == 0, done.stderr
     cells = expand_grid(load_grid(grids / "cifar10_h2h2_tiny_seeds.yaml"))
-    warmups = {(c.method, c.values.get("optim.warmup_epochs")) for c in cells}
-    assert ("vanilla", 5.0) in warmups and ("vanilla", 2.0) not in warmups
-    assert all(w == 2.0 for m, w in warmups if m != "vanilla")
+    warmups = {(c.method, c.values.get("dreg.form"), c.values.get("optim.warmup_epochs")) for c in cells}
+    assert ("vanilla", None, 5.0) in warmups and ("vanilla", None, 2.0) not in warmups
+    variants = [(m, form) for m, form, _ in warmups]
+    assert len(variants) == len(set(variants)) >= 4  # one warmup per selection, never both
+    assert ("dreg", "literal", 2.0) in warmups  # the paper form only ever ran 2
 
 
 def _guard(script: Path) -> re.Pattern:

@@ -17,7 +17,7 @@ written() {  # written NAME COMMAND...: shard 0 runs COMMAND (it writes grids), 
   while [ ! -f $SYNC/${name}_written ]; do sleep 10; done
 }
 dirs() {  # dirs GRID...: the run folders of stage-1 grids and of their follow-ups
-  for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
+  for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_warmup_rest $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
     $R/${P}_${x}_seeds $R/${P}_${x}_seeds34; do [ -d $d ] && echo $d; done; done; }
 others() { dirs tiny_ref $(for x in $G; do [ $x != $1 ] && echo $x; done); }
 follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME from GRID's runs, unless an

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Stages 2-5 of cifar10_h2h2 on one core (shard S of 2), in phases both shards finish before the
 # next; each phase's grids are written once by shard 0 from the records before it (lib.sh):
+#   E0 the warmup-5 control of DReg's default, SAM and extragradient (stage 1's last, written after
+#      its knob phase had named their selections; its records are read with tiny's from here on)
 #   E  GradientMix's edge extensions, one and where still at the edge a second (8 worker processes on both cores)
 #   F  stage 2: seeds 1 and 2 at every selection and at the 512 reference
 #   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
@@ -12,6 +14,8 @@
 S=$1; HERE=$(cd "$(dirname "$0")" && pwd); SYNC=${R:-/work/dreg_runs}/.sync2
 cd "$HERE/../../.."; . "$HERE/lib.sh"; mkdir -p "$SYNC"
 
+sweep tiny_warmup_rest
+barrier E0
 written gm_edge edge_gm
 solo tiny_gm_edge
 barrier E1
