@@ -245,14 +245,19 @@ class Plotter:
             same = len(set(seed_texts)) == 1
             lrs: set[float] = set()
             counts: set[int] = set()
+            lost = False
             for ((key, _), gs), cut, color, seeds in zip(shown, distinct([knobs(gs[0]) for _, gs in shown], setup.catalog), _COLORS,
                                                          seed_texts):
                 seeds_on = on.get(freeze(key))
-                pts = [(g.lr, _mean(_on_seeds(g, seeds_on))) for g in gs]
-                pts = [(x, y * 100) for x, y in pts if y is not None]
-                lrs.update(x for x, _ in pts)
+                pts = [(g, g.lr, _mean(_on_seeds(g, seeds_on))) for g in gs]
+                pts = [(g, x, y * 100) for g, x, y in pts if y is not None]
+                lrs.update(x for _, x, _ in pts)
                 label = (setup.pairs_label(cut) or method) + ("" if same else f" ({seeds})")
-                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=color, markersize=3.5, label=label)
+                ax.plot([x for _, x, _ in pts], [y for _, _, y in pts], "o-", color=color, markersize=3.5, label=label)
+                # A diverged run's point is its best before it stopped: not a result to read as one.
+                if gone := [(x, y) for g, x, y in pts if g.diverged]:
+                    lost = True
+                    ax.plot(*zip(*gone), "x", color=color, markersize=8, mew=1.8, zorder=4)
                 chosen = next((g for g in setup.selected if g.compare_key == key), None)
                 if chosen is not None and any(g is chosen for g in gs):
                     mean, half = mean_ci(chosen.best_vals)
@@ -263,6 +268,8 @@ class Plotter:
                 n = str(min(counts)) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
                 ax.plot([], [], "*", color="0.6", markeredgecolor="k", markersize=9,
                         label="selected (1 seed)" if n == "1" else f"selected: mean of {n} seeds ± 95% CI")
+            if lost:
+                ax.plot([], [], "x", color="0.4", mew=1.8, label="diverged (best before)")
             self._log_lr_axis(ax, sorted(lrs))
             ax.set_title(wrap(f"{method}, BS {setup.batch_text(batch, layout)}"), fontsize=9)
             notes = ([f"lines: {seed_texts[0]}"] if same else []) + (

@@ -72,6 +72,11 @@ def _plant_sweep(root: Path) -> None:
                   curve=_curve(0.6 + 0.005 * i), test_acc=0.6, wall=150.0)
     for lr, peak in ((0.0005, 0.5), (0.00625, 0.6), (0.008, 0.62), (0.032, 0.66), (0.125, 0.65), (2.0, 0.3)):
         plant(root, f"sam_{lr}", method="sam", batch=4096, lr=lr, curve=_curve(peak), test_acc=peak, wall=200.0)
+    lost = root / "sam_4.0"
+    plant(root, lost.name, method="sam", batch=4096, lr=4.0, curve=[0.2, 0.25], test_acc=0.1, finished=False,
+          extra=["train.epochs=6"])  # stopped at epoch 2 of 6
+    with (lost / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "diverged", "step": 25, "epoch": 2, "reason": "loss is not finite"}\n')
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +182,16 @@ def test_every_figure_kind_is_drawn(drawn: list[tuple[str, Any]]) -> None:
 def test_no_text_overlaps_and_nothing_leaves_the_saved_figure(drawn: list[tuple[str, Any]]) -> None:
     problems = [p for name, fig in drawn for p in _problems(name, fig)]
     assert not problems, f"{len(problems)} layout problem(s):\n" + "\n".join(problems[:40])
+
+
+def test_a_diverged_rate_is_marked_not_drawn_as_a_result(drawn: list[tuple[str, Any]]) -> None:
+    ((fig, ax),) = [(fig, ax) for name, fig in drawn if name.endswith("lr_sensitivity.png")
+                    for ax in fig.axes if ax.get_title().startswith("sam")]
+    marks = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
+    assert [list(m.get_xdata()) for m in marks] == [[4.0]] and list(marks[0].get_ydata()) == [25.0]
+    assert "diverged (best before)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    others = [a for a in fig.axes if a is not ax and a.get_legend() is not None]
+    assert not any("diverged" in t.get_text() for a in others for t in a.get_legend().get_texts())
 
 
 def test_a_line_whose_seeds_end_at_different_epochs_says_so_in_its_label() -> None:
