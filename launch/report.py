@@ -86,7 +86,7 @@ def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
     from dreg_dist.report.analysis import analyse
     from dreg_dist.report.followup import edge_grid, seed_grid
     from dreg_dist.report.followup_moves import knob_grid, steps_grid, transfer_grid
-    from dreg_dist.report.runs import load_runs, tuned_keys
+    from dreg_dist.report.runs import drop_copies, load_runs, tuned_keys
 
     own = [Path(r) for r in args.runs]
     roots = own + [Path(r) for r in args.against or []]
@@ -97,7 +97,8 @@ def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
     sweep = read_sweep(own[0])
     if not sweep or not isinstance(sweep.get("grid"), dict):
         raise ReportError(f"'{own[0]}' has no sweep.json with its grid: run it with launch/sweep.py")
-    analysis = analyse([run for found in runs.values() for run in found], tuned=tuned_keys(roots))
+    found = drop_copies((run for rs in runs.values() for run in rs), say=lambda line: print(line, file=sys.stderr))
+    analysis = analyse(found, tuned=tuned_keys(roots))
     first = sweep["grid"]
     kind = next(k for k in FOLLOWUPS if getattr(args, k))
     out = Path(getattr(args, kind))

@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.compare import THRESHOLDS, GapClosed, Row
-from dreg_dist.report.runs import StepCosts
+from dreg_dist.report.step_costs import StepCosts
 from dreg_dist.report.stats import Difference, mean_ci
 from dreg_dist.sweep.grid import name_value
 

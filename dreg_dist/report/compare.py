@@ -39,7 +39,7 @@ class Row:
     """Mean seconds per epoch over the baseline's at the same batch size (same sweep, same machine)."""
     step_cost: Optional[float] = None
     """Mean over its runs that have one of the benchmarked cost of an optimizer step over the
-    baseline's (:class:`dreg_dist.report.runs.StepCosts`)."""
+    baseline's (:class:`dreg_dist.report.step_costs.StepCosts`)."""
     best_in_budget: Optional[float] = None
     """Mean over seeds of the best validation accuracy reached within the baseline's compute
     (its epochs), estimated from epochs x this row's step cost (time/epoch where it has none)."""

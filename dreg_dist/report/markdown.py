@@ -16,7 +16,7 @@ from dreg_dist.report.compare import rows as rows_of
 from dreg_dist.report.critical import Target, noise_section, trade_off_section
 from dreg_dist.report.mdtable import table
 from dreg_dist.report.panels import MAX_SHOWN
-from dreg_dist.report.runs import StepCosts
+from dreg_dist.report.step_costs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
 from dreg_dist.report.step_gap import step_gap_section
@@ -279,12 +279,13 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     learning-rate sweep and its seed rerun), draw the figures and write ``out_dir/report.md``.
 
     ``title`` replaces "Results: <sweeps>"; ``preface``: a Markdown file put verbatim under the
-    title; ``step_cost``: a benchmark's step-cost file (:func:`dreg_dist.report.runs.read_step_costs`).
+    title; ``step_cost``: a benchmark's step-cost file (:func:`dreg_dist.report.step_costs.read_step_costs`).
     ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
     from dreg_dist.report.analysis import analyse
     from dreg_dist.report.critical_plots import batch_size_figures
     from dreg_dist.report.plots import Plotter, ReportError
-    from dreg_dist.report.runs import load_runs, read_step_costs, read_sweep, tuned_keys
+    from dreg_dist.report.runs import drop_copies, load_runs, read_sweep, tuned_keys
+    from dreg_dist.report.step_costs import read_step_costs
 
     roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
     runs = []
@@ -292,6 +293,7 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
         if not root.is_dir():
             raise ReportError(f"'{root}' is not a folder of runs")
         runs += load_runs(root)
+    runs = drop_copies(runs, say)
     costs = None
     if step_cost is not None:
         try:

@@ -14,15 +14,16 @@ releases are read as the release that wrote them resolved them (:mod:`dreg_dist.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from dreg_dist.dotted import flatten
-from dreg_dist.records import BASELINE, Catalog, Description, RunRecord, read_record
+from dreg_dist.records import Catalog, Description, RunRecord, read_record
 from dreg_dist.run_layout import RunLayout
 
 
@@ -289,6 +290,24 @@ def load_runs(root: Union[str, Path]) -> list[Run]:
     return [r for r in runs if r is not None]
 
 
+def drop_copies(runs: Iterable[Run], say: Callable[[str], None] = print) -> list[Run]:
+    """``runs`` with each run copied into two sweep folders (its config the same but for its
+    folder, its log byte for byte: a stage's cell reused as a later stage's) kept once, the first,
+    or its seed would count twice."""
+    seen: dict[tuple[str, str], Run] = {}
+    out: list[Run] = []
+    for run in runs:
+        config = json.dumps({k: v for k, v in run.flat.items() if k != "run_dir"}, sort_keys=True, default=str)
+        log = RunLayout(run.path).metrics
+        key = (config, hashlib.sha256(log.read_bytes()).hexdigest() if log.is_file() else str(run.path))
+        if key in seen:
+            say(f"report: {run.path} is a copy of {seen[key].path}: counted once")
+            continue
+        seen[key] = run
+        out.append(run)
+    return out
+
+
 def copy_records(root: Union[str, Path], dest: Union[str, Path]) -> list[Path]:
     """Copy the small records (config.yaml, record.json, metrics.jsonl, summary.json) of every run under
     ``root`` that is over (finished, or diverged: stopped on a non-finite value) to
@@ -324,25 +343,6 @@ def read_sweep(root: Union[str, Path]) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-@dataclass
-class StepCosts:
-    """A benchmark's measured cost of one optimizer step per run, over the baseline's at the
-    same batch setup (``bench/method_cost.py``): ``{"machine": {...}, "costs": [{"label",
-    "runs": ["<sweep>/<run>", ...], "reference", "ms_per_step", "ratio"}, ...]}``."""
-
-    ratios: dict[str, float]
-    """Run id (:attr:`Run.run_id`) -> ratio."""
-    machine: dict[str, Any] = field(default_factory=dict)
-
-    def apply(self, runs: Iterable[Run]) -> int:
-        """Set each listed run's ``step_cost``; the number of the file's run ids that match no run."""
-        seen = set()
-        for run in runs:
-            run.step_cost = self.ratios.get(run.run_id)
-            seen.add(run.run_id)
-        return len(set(self.ratios) - seen)
-
-
 def tuned_keys(roots: Iterable[Union[str, Path]]) -> list[str]:
     """The method keys the sweeps' grids tune with the learning rate (their ``tune`` lists)."""
     out: list[str] = []
@@ -350,36 +350,6 @@ def tuned_keys(roots: Iterable[Union[str, Path]]) -> list[str]:
         grid = (read_sweep(root) or {}).get("grid") or {}
         out += [k for k in grid.get("tune") or [] if isinstance(k, str) and k not in out]
     return out
-
-
-def read_step_costs(path: Union[str, Path]) -> StepCosts:
-    """A step-cost file (see :class:`StepCosts`) whose ratios are against the report's baseline
-    method; ValueError, one line, when it is not one."""
-    reference = BASELINE
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"step-cost file '{path}' cannot be read as JSON: {err}") from None
-    costs = data.get("costs") if isinstance(data, dict) else None
-    if not isinstance(costs, list):
-        raise ValueError(f"step-cost file '{path}' has no 'costs' list")
-    ratios: dict[str, float] = {}
-    for i, entry in enumerate(costs):
-        ratio = _finite(entry.get("ratio")) if isinstance(entry, dict) else None
-        ids = entry.get("runs") if isinstance(entry, dict) else None
-        if ratio is None or ratio <= 0 or not isinstance(ids, list) or not all(isinstance(r, str) for r in ids):
-            raise ValueError(f"step-cost file '{path}': costs[{i}] needs 'runs' (a list of '<sweep>/<run>') "
-                             "and a positive 'ratio'")
-        # A ratio against anything else would be read as one against the report's baseline.
-        if entry.get("reference", reference) != reference:
-            raise ValueError(f"step-cost file '{path}': costs[{i}] is against '{entry['reference']}', "
-                             f"the report compares against '{reference}'")
-        for run_id in ids:
-            if ratios.get(run_id, ratio) != ratio:
-                raise ValueError(f"step-cost file '{path}': run '{run_id}' has two different ratios")
-            ratios[run_id] = ratio
-    machine = data.get("machine")
-    return StepCosts(ratios=ratios, machine=machine if isinstance(machine, dict) else {})
 
 
 def iter_finite(values: Iterable[Any]) -> list[float]:

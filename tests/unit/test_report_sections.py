@@ -17,7 +17,8 @@ from dreg_dist.report.compare import compute_cost, gap_closed, transfers
 from dreg_dist.report.stats import mean_ci
 from dreg_dist.report.markdown import write_report
 from dreg_dist.report.plots import ReportError
-from dreg_dist.report.runs import load_runs, read_step_costs
+from dreg_dist.report.runs import load_runs
+from dreg_dist.report.step_costs import read_step_costs
 from dreg_dist.report.compare import rows as rows_of
 
 from ..conftest import REPO, launch_script
@@ -318,3 +319,24 @@ def test_the_runs_table_names_each_run_by_its_sweep_when_sweeps_share_run_names(
 
     single = write_report([lars], tmp_path / "one", say=lambda _: None, figures=False).read_text()
     assert set(_table(single, "## Runs")[1]) == {"`warmup_epochs2_lr0.1`"}  # one sweep: names as they are
+
+
+def test_a_run_copied_into_two_sweep_folders_counts_once(tmp_path: Path) -> None:
+    # The study reuses stage 0's 40-epoch run as the reference's cell: one run, in two folders.
+    import shutil
+
+    from dreg_dist.report.runs import drop_copies
+
+    first = plant_run(tmp_path / "horizon", "ep40", method="vanilla", lr=0.4, curve=[0.5, 0.7], test_acc=0.7)
+    copy = tmp_path / "ref" / "vanilla_lr0.4"
+    shutil.copytree(first, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace(str(first), str(copy)))
+    rerun = plant_run(tmp_path / "ref", "vanilla_again", method="vanilla", lr=0.4, curve=[0.5, 0.6], test_acc=0.6)
+    said: list[str] = []
+    kept = drop_copies([*load_runs(tmp_path / "horizon"), *load_runs(tmp_path / "ref")], say=said.append)
+    assert [r.path for r in kept] == [first, rerun]  # a run of the same config with its own log is kept
+    assert said == [f"report: {copy} is a copy of {first}: counted once"]
+    text = write_report([tmp_path / "horizon", tmp_path / "ref"], tmp_path / "out", say=lambda _: None,
+                        figures=False).read_text()
+    assert "| vanilla | 0.4 | 0, 0 |" in text  # two seed-0 runs (the rerun), not three
