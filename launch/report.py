@@ -119,7 +119,8 @@ def write_followup(args: argparse.Namespace, argv: list[str]) -> None:
         if not factors or not all(f > 0 for f in factors):
             raise ReportError(f"--rate-factors must be comma-separated positive numbers, got '{args.rate_factors}'")
         grid, lines = transfer_grid(analysis, first, _seeds(args.seeds), args.batch, out.stem, rule=args.rule,
-                                    factors=factors, match_steps=args.match_steps, own=mine, methods=methods)
+                                    factors=factors, match_steps=args.match_steps, own=mine, methods=methods,
+                                    best=args.best)
         what = "Learning rates selected on validation, run at another batch size:"
     elif kind == "steps_grid":
         grid, lines = steps_grid(analysis, first, _seeds(args.seeds), out.stem, best=args.best, own=mine)
@@ -210,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the optimizer steps and warmup steps of the baseline at the smallest batch (matched "
                              "steps), instead of a report")
     parser.add_argument("--best", type=int, default=None, metavar="N",
-                        help="with --steps-grid: only the N methods with the best mean best validation accuracy at "
-                             "each batch (any batch setup), each at its best variant (LARS, LAMB and ghost BN "
-                             "count as methods), and the baseline beside them")
+                        help="with --steps-grid or --transfer-grid: only the N methods with the best mean best "
+                             "validation accuracy at each batch (any batch setup), each at its best variant (LARS, "
+                             "LAMB and ghost BN count as methods), and the baseline beside them")
     parser.add_argument("--knob-grid", default=None, metavar="FILE",
                         help="write a grid that runs each selection whose method owns a --set key at its selected "
                              "learning rate with that key set, instead of a report")
@@ -249,8 +250,8 @@ def check(args: argparse.Namespace) -> list[str]:
         raise ReportError("--transfer-grid needs --batch (the global batch size to transfer to)")
     if not args.transfer_grid and (args.rule != "linear" or args.rate_factors or args.match_steps or args.methods):
         raise ReportError("--rule, --rate-factors, --match-steps and --methods go with --transfer-grid")
-    if args.best is not None and not args.steps_grid:
-        raise ReportError("--best goes with --steps-grid")
+    if args.best is not None and not (args.steps_grid or args.transfer_grid):
+        raise ReportError("--best goes with --steps-grid or --transfer-grid")
     if args.best is not None and args.best < 1:
         raise ReportError(f"--best must be 1 or more, got {args.best}")
     if args.set and not args.knob_grid:

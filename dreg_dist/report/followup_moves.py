@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group
@@ -102,9 +102,10 @@ def _picked(analysis: Analysis, own: Optional[Sequence[Path]],
 
 def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], batch: int, name: str, *,
                   rule: str = "linear", factors: Sequence[float] = (1.0,), match_steps: bool = False,
-                  own: Optional[Sequence[Path]] = None,
-                  methods: Optional[Sequence[str]] = None) -> tuple[Grid, list[str]]:
-    """Each selection (with runs in ``own``, of ``methods`` when given) at global batch ``batch``
+                  own: Optional[Sequence[Path]] = None, methods: Optional[Sequence[str]] = None,
+                  best: Optional[int] = None) -> tuple[Grid, list[str]]:
+    """Each selection (with runs in ``own``, of ``methods`` when given, of the ``best`` methods
+    and the baseline beside them when given: see :func:`steps_grid`) at global batch ``batch``
     for ``seeds``, under ``rule`` (see the module doc)."""
     check(grid, analysis)
     if BATCH_KEY in (grid.get("axes") or {}):
@@ -116,8 +117,12 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
     if rule != "none" and tuple(factors) != (1.0,):
         raise ReportError("--rate-factors goes with --rule none (rates set directly around the tuned peak)")
     picked = _picked(analysis, own, methods)
+    if best is not None:
+        keep = _among_best(analysis, best)
+        picked = [(key, g) for key, g in picked if keep(g)]
     if not picked:
-        raise ReportError("nothing to transfer: no selection" + (f" of {', '.join(methods)}" if methods else ""))
+        raise ReportError("nothing to transfer: no selection" + (f" of {', '.join(methods)}" if methods else "")
+                          + (f" among the {best} best methods" if best is not None else ""))
     tuned = {g.batch_size for _, g in picked}
     if len(tuned) > 1:
         raise ReportError(f"the selections are at batch sizes {sorted(tuned)}: transfer from one (name its folder first)")
@@ -197,6 +202,30 @@ def _best_methods(groups: Sequence[Group]) -> list[Group]:
     return list(top.values())
 
 
+def _among_best(analysis: Analysis, best: Optional[int]) -> Callable[[Group], bool]:
+    """Whether a selection above the smallest batch is one of the ``best`` methods at its batch,
+    each at its best variant (None: every one), or the baseline beside them. Ranked per batch over
+    its batch setups (workers, accumulation), so that a method on 8 worker processes competes with
+    the one-process ones; a baseline runs where a kept variant does, and in the batch setup with the
+    most selections (the study's main one)."""
+    ranked: dict[tuple, list[Group]] = {}
+    for setup in analysis.setups:
+        for g in setup.selected:
+            if g.batch_size != min(setup.batch_sizes) and g.best_vals and not (g.method == BASELINE and not g.variant):
+                ranked.setdefault((setup.key, g.batch_size), []).append(g)
+    kept = [g for gs in ranked.values() for g in (gs if best is None else _best_methods(gs)[:best])]
+    kept_layouts = {(s.key, g.batch_size, g.layout) for s in analysis.setups for g in kept if g in s.groups}
+
+    def keep(group: Group) -> bool:
+        if not (group.method == BASELINE and not group.variant):
+            return any(g is group for g in kept)
+        setup = next(s for s in analysis.setups if group in s.groups)
+        main = max(setup.layouts(group.batch_size),
+                   key=lambda lay: sum(g.batch_size == group.batch_size and g.layout == lay for g in setup.selected))
+        return (setup.key, group.batch_size, group.layout) in kept_layouts or group.layout == main
+    return keep
+
+
 def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str, *,
                best: Optional[int] = None, own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
     """Each selection above the smallest batch (with runs in ``own``) at its own batch, for the
@@ -206,30 +235,16 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
     check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
-    # Ranked per batch over its batch setups (workers, accumulation), so that a method on 8 worker
-    # processes competes with the one-process ones; a baseline runs where a kept variant does, and
-    # in the batch setup with the most selections (the study's main one).
-    ranked: dict[tuple, list[Group]] = {}
-    for setup in analysis.setups:
-        for g in setup.selected:
-            if g.batch_size != min(setup.batch_sizes) and g.best_vals and not (g.method == BASELINE and not g.variant):
-                ranked.setdefault((setup.key, g.batch_size), []).append(g)
-    kept = [g for gs in ranked.values() for g in (gs if best is None else _best_methods(gs)[:best])]
-    kept_layouts = {(s.key, g.batch_size, g.layout) for s in analysis.setups for g in kept if g in s.groups}
+    keep = _among_best(analysis, best)
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     cells: dict[tuple, list[dict[str, Any]]] = {}
     lines = []
     for key, group in _picked(analysis, own, None):
         setup = next(s for s in analysis.setups if group in s.groups)
         ref = setup.reference(group)
-        if ref is None or group.batch_size == ref.batch_size:
+        if ref is None or group.batch_size == ref.batch_size or not keep(group):
             continue
         is_base = group.method == BASELINE and not group.variant
-        main = max(setup.layouts(group.batch_size),
-                   key=lambda lay: sum(g.batch_size == group.batch_size and g.layout == lay for g in setup.selected))
-        if not (any(g is group for g in kept) or is_base and ((setup.key, group.batch_size, group.layout)
-                                                              in kept_layouts or group.layout == main)):
-            continue
         ref_steps, _ = _run_budget(ref.runs[0])
         steps, warmup_steps = _run_budget(group.runs[0])
         # The selection's own warmup, as the same share of its schedule (the reference's own where

@@ -215,3 +215,23 @@ def test_best_counts_methods_not_two_forms_of_one(stages: tuple[Path, Path], tmp
     assert report([str(big), *map(str, more), "--against", str(ref), "--steps-grid", str(out), "--best", "2"]) == 0
     cells = sorted((c.method, c.values.get("dreg.lam"), c.values["optim.lr"]) for c in expand_grid(load_grid(out)))
     assert cells == [("dreg", 0.01, 0.05), ("sam", None, 0.05), ("vanilla", None, 0.1)]
+
+
+def test_transfer_of_the_best_method_takes_its_best_variant_and_the_baseline(stages: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    """`--best 1` with --transfer-grid: DReg ahead in two variants moves at its better one, with
+    vanilla beside it; a folder whose selections are not the best has nothing to move."""
+    ref, big = stages
+    more = [_sweep(tmp_path / "runs" / f"lam{lam}", 4096, 8, [("dreg", 0.05, val)], extra=[f"dreg.lam={lam}"])
+            for lam, val in ((0.01, 0.76), (0.5, 0.75))]
+    out = tmp_path / "x8192.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), *map(str, more), "--against", str(ref), "--transfer-grid", str(out), "--batch", "8192",
+                   "--seeds", "0", "--best", "1"]) == 0
+    cells = sorted((c.method, c.values.get("dreg.lam"), c.values["optim.lr"]) for c in expand_grid(load_grid(out)))
+    assert cells == [("dreg", 0.01, 0.05), ("vanilla", None, 0.1)]
+    assert report([str(big), "--against", *map(str, more), str(ref), "--transfer-grid", str(tmp_path / "b.yaml"),
+                   "--batch", "8192", "--seeds", "0", "--best", "1"]) == 0
+    assert [c.method for c in expand_grid(load_grid(tmp_path / "b.yaml"))] == ["vanilla"]  # DReg's runs are elsewhere
+    assert report([str(more[1]), "--against", str(big), str(more[0]), str(ref), "--transfer-grid",
+                   str(tmp_path / "c.yaml"), "--batch", "8192", "--seeds", "0", "--best", "1"]) == 2

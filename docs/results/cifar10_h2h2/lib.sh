@@ -33,23 +33,19 @@ seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(
   --seeds 3,4 --wide-only; done; }
 steps() { for g in $G; do follow ${g}_steps $g --steps-grid --against $(others $g) --seeds 0 --best 2; done; }
 transfer() {
-  # Vanilla, LARS and LAMB, and the best of (a): the method `--best 1` picks (its best variant). A probe per family
-  # finds it: tiny's always holds vanilla (the baseline beside the pick) and names its method
-  # when it is one of tiny's; another family's writes a grid only when its own selection is the best.
-  local best=$R/.best_of_a.yaml M=vanilla s g extra=""
-  rm -f $best; python launch/report.py $(dirs tiny) --against $(others tiny) --steps-grid $best --seeds 0 --best 1
-  [ -f $best ] && M=$(python -c "import sys, yaml; print(','.join(dict.fromkeys(['vanilla', \
-    *yaml.safe_load(open(sys.argv[1]))['axes'].get('method', [])])))" $best)
-  for g in tiny_gbn tiny_gm tiny_penalties; do
-    rm -f $best; [ -n "$(dirs $g)" ] || continue
-    python launch/report.py $(dirs $g) --against $(others $g) --steps-grid $best --seeds 0 --best 1 && extra=$g
+  # Vanilla, LARS and LAMB, and the best method of (a) at its best variant (`--best 1`, ranked against
+  # every family, so DReg's paper form does not ride along with its default): tiny's grids hold vanilla
+  # beside it and name it when it is one of tiny's; another family writes grids only when its own
+  # selection is the best (otherwise it has nothing to move, and says so).
+  local g s m best
+  for g in tiny tiny_lars tiny_lamb tiny_gbn tiny_gm tiny_penalties; do
+    [ -n "$(dirs $g)" ] || continue
+    best=$(case $g in tiny_lars|tiny_lamb) ;; *) echo "--best 1 --against $(others $g)";; esac)
+    for s in "" _steps; do m=${s:+--match-steps}
+      follow ${g}_x8192$s $g --transfer-grid --batch 8192 --seeds 0 $best $m
+      follow ${g}_x8192_sqrt$s $g --transfer-grid --batch 8192 --seeds 0 --rule sqrt $best $m
+    done
   done
-  rm -f $best
-  for g in tiny tiny_lars tiny_lamb $extra; do for s in "" _steps; do
-    local only=$([ $g = tiny ] && echo "--methods $M") m=${s:+--match-steps}
-    follow ${g}_x8192$s $g --transfer-grid --batch 8192 --seeds 0 $only $m
-    follow ${g}_x8192_sqrt$s $g --transfer-grid --batch 8192 --seeds 0 --rule sqrt $only $m
-  done; done
   for s in "" _steps; do follow tiny_x8192_retune$s tiny --transfer-grid --batch 8192 --seeds 0 --rule none \
     --rate-factors 0.25,0.5,1 --methods vanilla ${s:+--match-steps}; done
 }
