@@ -149,16 +149,26 @@ def preempted_by(site: Site, signal_args: list[str]) -> dict[str, Any]:
     return {"job": job_id, **requeue, "end": site.ended(job_id)}
 
 
+def _seconds(run_time: str) -> int:
+    """``scontrol``'s ``[D-]HH:MM:SS`` in seconds."""
+    days, _, clock = run_time.rpartition("-")
+    h, m, sec = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+
+
 def time_limit(site: Site) -> dict[str, Any]:
-    # A 10-minute limit and the header's --signal=USR1@120 until training runs; then a
-    # 2-minute limit leaves less than 120 s, so Slurm's next check sends SIGUSR1.
+    # A 10-minute limit and the header's --signal=USR1@120 until training runs; then a limit that
+    # leaves 80-140 s, so Slurm's next check (every 30 s) sends SIGUSR1 with time left to checkpoint.
+    # The limit counts from the job's start in whole minutes, so it is set from the time already
+    # run: a loaded machine's rendezvous can take 90 s, and a flat 2 minutes then left none.
     job_id = site.train(LONG, "--time=10")
     site.training(job_id)
-    site.cluster.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=2")
+    minutes = -(-(_seconds(site.cluster.job(job_id)["RunTime"]) + 80) // 60)
+    site.cluster.run("scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}")
     limited_at = time.time()
     requeue = site.requeued(job_id, 1)
     site.cluster.release(job_id, "TimeLimit=10", requeued_at=requeue["seen_at"])  # the next attempt must not be signalled at once
-    return {"job": job_id, "limited_at": limited_at, **requeue, "end": site.ended(job_id)}
+    return {"job": job_id, "limited_at": limited_at, "minutes": minutes, **requeue, "end": site.ended(job_id)}
 
 
 def cancelled(site: Site) -> dict[str, Any]:
@@ -386,7 +396,7 @@ def test_time_limit_signal_requeues_and_the_job_resumes_exactly(site: Site) -> N
     got = result(site, "time_limit")
     job_id, end = got["job"], got["end"]
     assert (end["JobState"], end["ExitCode"], end["Restarts"]) == ("COMPLETED", "0:0", "1")
-    assert got["held"]["TimeLimit"] == "00:02:00"
+    assert got["held"]["TimeLimit"] == f"00:{got['minutes']:02d}:00"
     out = site.output(job_id).read_text()
     first, second = out.split(f"train.sbatch: job {job_id} (attempt 2)")
     assert "stopped (signal SIGUSR1)" in first  # nothing but --signal=USR1@120 sent one
