@@ -26,10 +26,24 @@ import os
 import signal
 import socket
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 SIGNAL_EXIT_BASE = 128
 """An agent stopped by signal N exits with 128 + N, as a shell reports a process killed by N."""
+
+
+def signal_in(err: BaseException, kind: type) -> Optional[Any]:
+    """The ``kind`` exception ``err`` is or was raised while handling, if any. torch's handler
+    raises wherever the agent is: inside torch's metrics wrapper before it has read its clock, the
+    wrapper's own ``finally`` then fails (UnboundLocalError) with the signal as its context."""
+    seen: set[int] = set()
+    at: Optional[BaseException] = err
+    while at is not None and id(at) not in seen:
+        if isinstance(at, kind):
+            return at
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -39,7 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         torchrun_main(list(argv) if argv is not None else None)
-    except SignalException as exc:
+    except Exception as err:
+        exc = signal_in(err, SignalException)
+        if exc is None:
+            raise
         name = signal.Signals(exc.sigval).name
         grace = os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30")
         print(f"agent on {socket.gethostname()}: stopped by {name}; its workers had up to {grace} s to "
