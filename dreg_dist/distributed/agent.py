@@ -66,4 +66,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status > SIGNAL_EXIT_BASE:
+        # Stopped by a signal, with torchrun's own shutdown done: end here. The interpreter's
+        # teardown, with torch's store threads still alive, can abort (exit 134, not 128 + N: seen
+        # once on the local Slurm cluster under SIGTERM, both agents having printed their line).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
