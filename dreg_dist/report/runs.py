@@ -34,14 +34,15 @@ def _finite(x: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl; a torn last line (a killed run) is skipped."""
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """All records of a metrics.jsonl, a torn last line (a killed run) skipped, and the sha256
+    of its bytes (None when it cannot be read): a run copied into two folders has the same."""
     records: list[dict[str, Any]] = []
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except OSError:
-        return records
-    for line in lines:
+        return records, None
+    for line in data.decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
@@ -51,7 +52,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             continue
         if isinstance(rec, dict):
             records.append(rec)
-    return records
+    return records, hashlib.sha256(data).hexdigest()
 
 
 def val_accuracy(record: dict[str, Any]) -> Optional[float]:
@@ -97,6 +98,8 @@ class Run:
     start: dict[str, Any] = field(default_factory=dict)
     """The trainer's last ``start`` record: the peak learning rate it scaled to (``lr``), its
     ``steps_per_epoch`` and (newer records) ``train_size``."""
+    log_digest: Optional[str] = None
+    """sha256 of the run's metrics.jsonl as loaded (None when it had none)."""
     step_cost: Optional[float] = None
     """Cost of one optimizer step of this run's configuration over the baseline's, measured by a
     benchmark (:func:`read_step_costs`); None when not measured."""
@@ -261,7 +264,8 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     diverged: Optional[int] = None
     workers: Optional[int] = None
     start: dict[str, Any] = {}
-    for rec in read_metrics(layout.metrics):
+    records, digest = read_metrics(layout.metrics)
+    for rec in records:
         kind = rec.get("kind")
         if kind == "diverged" and isinstance(rec.get("step"), int):
             diverged = rec["step"]
@@ -276,7 +280,7 @@ def load_run(path: Union[str, Path]) -> Optional[Run]:
     return Run(name=path.name, path=path, config=config, flat=flat, method=record.method, record=record,
                summary=summary,
                val=[val[k] for k in sorted(val)], train=[train[k] for k in sorted(train)], diverged_step=diverged,
-               started_workers=workers, start=start)
+               started_workers=workers, start=start, log_digest=digest)
 
 
 def load_runs(root: Union[str, Path]) -> list[Run]:
@@ -298,8 +302,7 @@ def drop_copies(runs: Iterable[Run], say: Callable[[str], None] = print) -> list
     out: list[Run] = []
     for run in runs:
         config = json.dumps({k: v for k, v in run.flat.items() if k != "run_dir"}, sort_keys=True, default=str)
-        log = RunLayout(run.path).metrics
-        key = (config, hashlib.sha256(log.read_bytes()).hexdigest() if log.is_file() else str(run.path))
+        key = (config, run.log_digest or str(run.path))
         if key in seen:
             say(f"report: {run.path} is a copy of {seen[key].path}: counted once")
             continue
