@@ -80,15 +80,18 @@ def distinct(pairs: Sequence[Pairs], catalog: Optional[Catalog] = None) -> list[
     among them, unless the keys already kept tell the same pairs apart (DReg's paper form changes
     ``form``, ``ce_reduction`` and ``norm`` together: one of them names it). Keys that decide
     whether another applies (``catalog.decides``) are kept first, then the rest in order."""
+    rows = [{k: str(v) for k, v in p} for p in pairs]
     keys = list(dict.fromkeys(k for p in pairs for k, _ in p))
-    varying = [k for k in keys if len({str(dict(p).get(k)) for p in pairs}) > 1]
+    varying = [k for k in keys if len({r.get(k) for r in rows}) > 1]
     if catalog is not None:
         varying.sort(key=lambda k: not catalog.decides(k))
     kept: list[str] = []
+    told_apart = 1  # how many classes the kept keys split the pairs into
     for k in varying:
-        before = len({tuple(str(dict(p).get(x)) for x in kept) for p in pairs})
-        if len({tuple(str(dict(p).get(x)) for x in (*kept, k)) for p in pairs}) > before:
+        classes = len({tuple(r.get(x) for x in (*kept, k)) for r in rows})
+        if classes > told_apart:
             kept.append(k)
+            told_apart = classes
     return [tuple((k, v) for k, v in p if k in kept) for p in pairs]
 
 
