@@ -18,7 +18,7 @@ import yaml
 from ..conftest import REPO, launch_script
 
 STUDY = REPO / "docs/results/cifar10_h2h2"
-WRITERS = ("edge_gm", "seeds", "seeds34", "steps", "transfer")
+WRITERS = ("edge_gm", "edge_rest", "seeds", "seeds34", "steps", "transfer")
 
 
 @pytest.fixture
@@ -104,6 +104,39 @@ def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs
     variants = [(m, form) for m, form, _ in warmups]
     assert len(variants) == len(set(variants)) >= 4  # one warmup per selection, never both
     assert ("dreg", "literal", 2.0) in warmups  # the paper form only ever ran 2
+
+
+def test_a_warmup_control_selection_at_its_variants_top_rate_gets_the_next_rate(runs: Path, tmp_path: Path) -> None:
+    # SAM tried 0.025-0.1 at 2 warmup epochs; its 5-warmup control runs 0.1 alone. Should that one
+    # be SAM's best, the selection is at the top of its variant's rates and stage 2 extends it at
+    # its own warmup before any seed grid reads the family.
+    import json
+
+    from dreg_dist.sweep.grid import expand_grid, load_grid
+
+    source = runs / "cifar10_h2h2_tiny" / "sam_rho0.05_lr0.1"
+    planted = runs / "cifar10_h2h2_tiny_warmup_rest" / "sam_rho0.05_warmup_epochs5_lr0.1"
+    shutil.copytree(source, planted)
+    config = planted / "config.yaml"
+    config.write_text(config.read_text().replace("warmup_epochs: 2.0", "warmup_epochs: 5.0")
+                      .replace(str(source.relative_to(runs)), str(planted.relative_to(runs))))
+    lines = []
+    for line in (planted / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "val":
+            rec["acc"] = rec["best_acc"] = min(1.0, rec["acc"] + 0.02)
+        lines.append(json.dumps(rec))
+    (planted / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    summary = json.loads((planted / "summary.json").read_text())
+    summary["best"]["val_acc"]["model"] += 0.02
+    (planted / "summary.json").write_text(json.dumps(summary))
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    done = _bash("edge_rest", runs, grids)
+    assert done.returncode == 0, done.stderr
+    cells = expand_grid(load_grid(grids / "cifar10_h2h2_tiny_warmup_rest_edge.yaml"))
+    assert [(c.method, c.values.get("optim.lr"), c.values.get("optim.warmup_epochs"), c.values.get("methods.sam.rho"))
+            for c in cells] == [("sam", 0.2, 5.0, 0.05)]  # SAM alone: every other selection is bracketed
 
 
 def _guard(script: Path) -> re.Pattern:

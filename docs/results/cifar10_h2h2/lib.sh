@@ -17,7 +17,7 @@ written() {  # written NAME COMMAND...: shard 0 runs COMMAND (it writes grids), 
   while [ ! -f $SYNC/${name}_written ]; do sleep 10; done
 }
 dirs() {  # dirs GRID...: the run folders of stage-1 grids and of their follow-ups
-  for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_warmup_rest $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
+  for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_warmup_rest $R/${P}_${x}_warmup_rest_edge $R/${P}_${x}_warmup_rest_edge2 $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
     $R/${P}_${x}_seeds $R/${P}_${x}_seeds34; do [ -d $d ] && echo $d; done; done; }
 others() { dirs tiny_ref $(for x in $G; do [ $x != $1 ] && echo $x; done); }
 follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME from GRID's runs, unless an
@@ -27,6 +27,9 @@ follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME fr
 }
 
 edge_gm() { follow tiny_gm_edge$1 tiny_gm --edge-grid; }   # edge_gm [2]: the first or the second extension
+# edge_rest [2]: the same for tiny after the warmup control (a 5-warmup selection may sit at the top
+# of the rates its variant tried)
+edge_rest() { follow tiny_warmup_rest_edge$1 tiny --edge-grid; }
 seeds() { for g in tiny_ref $SEEDED; do follow ${g}_seeds $g --seed-grid --seeds 1,2; done; }
 # The penalties' single runs are not read for the intervals: one seed has none.
 seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(others $g | grep -v _penalties) \

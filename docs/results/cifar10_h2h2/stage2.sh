@@ -3,6 +3,8 @@
 # next; each phase's grids are written once by shard 0 from the records before it (lib.sh):
 #   E0 the warmup-5 control of DReg's default, SAM and extragradient (stage 1's last, written after
 #      its knob phase had named their selections; its records are read with tiny's from here on)
+#   E0e one more rate beyond a selection the control left at its variant's edge, and a second
+#      where it is still there (nothing runs where the control's selections are bracketed)
 #   E  GradientMix's edge extensions, one and where still at the edge a second (8 worker processes on both cores)
 #   F  stage 2: seeds 1 and 2 at every selection and at the 512 reference
 #   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
@@ -16,6 +18,12 @@ cd "$HERE/../../.."; . "$HERE/lib.sh"; mkdir -p "$SYNC"
 
 sweep tiny_warmup_rest
 barrier E0
+written rest_edge edge_rest
+sweep tiny_warmup_rest_edge
+barrier E0e1
+written rest_edge2 edge_rest 2
+sweep tiny_warmup_rest_edge2
+barrier E0e
 written gm_edge edge_gm
 solo tiny_gm_edge
 barrier E1
