@@ -33,7 +33,7 @@ from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
-from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, RULE_KEYS, WARMUP_KEY
+from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, LR_KEY, RULE_KEYS, WARMUP_KEY
 from dreg_dist.report.panels import panel_name
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import Run
@@ -166,30 +166,48 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
 
 
 def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
-              values: Mapping[str, Any], own: Optional[Sequence[Path]] = None) -> tuple[Grid, list[str]]:
-    """Each selection whose method owns one of ``values``' keys at its selected rate with that key
-    set: a method's second knob value tried where its rate was chosen, not over the whole grid."""
+              values: Mapping[str, Any], own: Optional[Sequence[Path]] = None,
+              factors: Sequence[float] = (1.0,)) -> tuple[Grid, list[str]]:
+    """Each selection whose method owns one of ``values``' keys at its selected rate (times each of
+    ``factors``) with that key set: a method's second knob value tried where its rate was chosen,
+    not over the whole grid. A key of the run that no method owns (``optim.warmup_epochs``) applies
+    to every selection that ran another value of it: a control, such as a longer warmup at twice
+    the rate, for the methods of a folder tuned without it."""
     check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
     picks: dict[tuple, tuple[Group, Optional[float]]] = {}
     cells: dict[tuple, list[dict[str, Any]]] = {}
     lines = []
+
+    def applies(key: str, group: Group) -> bool:
+        owner = analysis.catalog.owner_of(key)
+        return owner.name == group.method if owner is not None else key in group.runs[0].flat
+
     for key, group in _picked(analysis, own, None):
         # A value the selection already has would rerun its own cell: a second seed 0 in the report.
-        mine = {k: v for k, v in values.items() if (d := analysis.catalog.owner_of(k)) and d.name == group.method
-                and group.runs[0].flat.get(k) != v}
+        mine = {k: v for k, v in values.items() if applies(k, group) and group.runs[0].flat.get(k) != v}
         if not mine:
             continue
-        picks[key], cells[key] = (group, group.lr), [mine]
-        lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)} with "
+        rates = [float(f"{group.lr * f:.6g}") for f in factors]
+        picks[key], cells[key] = (group, group.lr), [{**mine, LR_KEY: lr} for lr in rates]
+        lines.append(f"{group.label} batch {group.batch_size}: lr {', '.join(name_value(x) for x in rates)} with "
                      + ", ".join(f"{k}={name_value(v)}" for k, v in mine.items()))
     if not picks:
-        raise ReportError(f"no selection's method owns {', '.join(values)} with another value: nothing to run")
-    description = (f"Each selected method variant of '{grid.get('name')}' at its selected learning rate with "
-                   + ", ".join(f"{k}={name_value(v)}" for k, v in values.items()) + " (its own key only). "
-                   + str(grid.get("description") or ""))
-    return followup(grid, name, description, seeds, picks, cells), lines
+        raise ReportError(f"no selection's method owns {', '.join(values)} with another value: nothing to run "
+                          "(a key of the run applies to every selection: check its spelling)")
+    at = "its selected learning rate" if list(factors) == [1.0] else (
+        "its selected learning rate times " + ", ".join(name_value(f) for f in factors))
+    description = (f"Each selected method variant of '{grid.get('name')}' at {at} with "
+                   + ", ".join(f"{k}={name_value(v)}" for k, v in values.items())
+                   + " (a method's key for its own selections only). " + str(grid.get("description") or ""))
+    out = followup(grid, name, description, seeds, picks, cells)
+    # A key of the run set here is chosen with the rate, as the method's own knobs are: the report
+    # then selects across its values instead of reading each as a variant of its own.
+    run_keys = [k for k in values if analysis.catalog.owner_of(k) is None and k not in (out.get("tune") or [])]
+    if run_keys:
+        out["tune"] = [*(out.get("tune") or []), *run_keys]
+    return out, lines
 
 
 def _best_methods(groups: Sequence[Group]) -> list[Group]:

@@ -182,6 +182,34 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     assert "the value is not valid YAML" in capsys.readouterr().err
 
 
+def test_a_key_of_the_run_is_a_control_for_every_selection_at_multiples_of_its_rate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A longer warmup at twice the rate for a folder tuned at 2 warmup epochs (GradientMix's):
+    every selection gets it, a selection that ran it already gets none, and a misspelt key that no
+    method owns and no run has is refused rather than set on every cell."""
+    root = tmp_path / "runs" / "gm"
+    grid = {"name": "gm", "config": BASE, "overrides": ["train.epochs=2"],
+            "axes": {"method": ["vanilla", "sam"], "train.seed": [0]}, "lr_grid": [0.05, 0.1]}
+    for method, lr, val in (("vanilla", 0.05, 0.7), ("vanilla", 0.1, 0.6), ("sam", 0.05, 0.6), ("sam", 0.1, 0.74)):
+        plant_run(root, f"{method}_{lr}", method=method, lr=lr, curve=[val / 2, val], test_acc=0.5)
+    (root / "sweep.json").write_text(json.dumps({"name": "gm", "grid": grid, "command": ["launch/sweep.py"]}))
+    out = tmp_path / "warmup.yaml"
+    report = launch_script("report.py").main
+    warmup = load_run(root / "vanilla_0.05").flat["optim.warmup_epochs"]
+    assert report([str(root), "--knob-grid", str(out), "--seeds", "0", "--set", f"optim.warmup_epochs={warmup + 3}",
+                   "--rate-factors", "2"]) == 0
+    cells = sorted((c.method, c.values["optim.lr"], c.values["optim.warmup_epochs"])
+                   for c in expand_grid(load_grid(out)))
+    assert cells == [("sam", 0.2, warmup + 3), ("vanilla", 0.1, warmup + 3)]
+    assert "optim.warmup_epochs" in load_grid(out).tune  # selected with the rate, not a variant of its own
+    assert report([str(root), "--knob-grid", str(out), "--set", f"optim.warmup_epochs={warmup}"]) == 2
+    assert "with another value: nothing to run" in capsys.readouterr().err  # every selection ran it
+    assert report([str(root), "--knob-grid", str(out), "--set", "optim.warmup_epoch=5"]) == 2
+    assert "check its spelling" in capsys.readouterr().err
+    assert report([str(root), "--edge-grid", str(out), "--rate-factors", "2"]) == 2
+    assert "--rate-factors goes with --transfer-grid or --knob-grid" in capsys.readouterr().err
+
+
 def test_a_knob_tuned_in_another_folder_of_the_family_goes_with_its_selection(
         stages: tuple[Path, Path], tmp_path: Path) -> None:
     """Vanilla's warmup is tuned in a folder of its own (the first grid fixes it by an override):

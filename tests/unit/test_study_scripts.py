@@ -18,7 +18,7 @@ import yaml
 from ..conftest import REPO, launch_script
 
 STUDY = REPO / "docs/results/cifar10_h2h2"
-WRITERS = ("edge_gm", "edge_rest", "seeds", "seeds34", "steps", "transfer")
+WRITERS = ("edge_gm", "warmup_gm", "edge_rest tiny", "edge_rest tiny_gm", "seeds", "seeds34", "steps", "transfer")
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_a_warmup_control_selection_at_its_variants_top_rate_gets_the_next_rate(
     (planted / "summary.json").write_text(json.dumps(summary))
     grids = tmp_path / "grids"
     grids.mkdir()
-    done = _bash("edge_rest", runs, grids)
+    done = _bash("edge_rest tiny", runs, grids)
     assert done.returncode == 0, done.stderr
     cells = expand_grid(load_grid(grids / "cifar10_h2h2_tiny_warmup_rest_edge.yaml"))
     assert [(c.method, c.values.get("optim.lr"), c.values.get("optim.warmup_epochs"), c.values.get("methods.sam.rho"))

@@ -27,9 +27,12 @@ follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME fr
 }
 
 edge_gm() { follow tiny_gm_edge$1 tiny_gm --edge-grid; }   # edge_gm [2]: the first or the second extension
-# edge_rest [2]: the same for tiny after the warmup control (a 5-warmup selection may sit at the top
-# of the rates its variant tried)
-edge_rest() { follow tiny_warmup_rest_edge$1 tiny --edge-grid; }
+# edge_rest FAMILY [2]: the same for a family after its warmup control (a 5-warmup selection may sit
+# at the top of the rates its variant tried)
+edge_rest() { follow $1_warmup_rest_edge$2 $1 --edge-grid; }
+# GradientMix's folder (it and vanilla on its 8 workers) was tuned at 2 warmup epochs only: each
+# selection at 5 and twice its rate, as tiny_warmup_rest.yaml gives DReg's default, SAM and extragradient
+warmup_gm() { follow tiny_gm_warmup_rest tiny_gm --knob-grid --seeds 0 --set optim.warmup_epochs=5 --rate-factors 2; }
 seeds() { for g in tiny_ref $SEEDED; do follow ${g}_seeds $g --seed-grid --seeds 1,2; done; }
 # The penalties' single runs are not read for the intervals: one seed has none.
 seeds34() { for g in $SEEDED; do follow ${g}_seeds34 $g --seed-grid --against $(others $g | grep -v _penalties) \

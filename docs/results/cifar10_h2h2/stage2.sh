@@ -5,7 +5,9 @@
 #      its knob phase had named their selections; its records are read with tiny's from here on)
 #   E0e one more rate beyond a selection the control left at its variant's edge, and a second
 #      where it is still there (nothing runs where the control's selections are bracketed)
-#   E  GradientMix's edge extensions, one and where still at the edge a second (8 worker processes on both cores)
+#   E  GradientMix's edge extensions, one and where still at the edge a second, then its warmup-5
+#      control (it and vanilla on its 8 workers, at twice their rates) and that control's edges
+#      (8 worker processes on both cores)
 #   F  stage 2: seeds 1 and 2 at every selection and at the 512 reference
 #   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
 #   H  stage 3: matched steps (348 epochs at 4096) for vanilla and the two best of (a)
@@ -18,10 +20,10 @@ cd "$HERE/../../.."; . "$HERE/lib.sh"; mkdir -p "$SYNC"
 
 sweep tiny_warmup_rest
 barrier E0
-written rest_edge edge_rest
+written rest_edge edge_rest tiny
 sweep tiny_warmup_rest_edge
 barrier E0e1
-written rest_edge2 edge_rest 2
+written rest_edge2 edge_rest tiny 2
 sweep tiny_warmup_rest_edge2
 barrier E0e
 written gm_edge edge_gm
@@ -29,6 +31,15 @@ solo tiny_gm_edge
 barrier E1
 written gm_edge2 edge_gm 2
 solo tiny_gm_edge2
+barrier E2
+written gm_warmup warmup_gm
+solo tiny_gm_warmup_rest
+barrier E3
+written gm_rest_edge edge_rest tiny_gm
+solo tiny_gm_warmup_rest_edge
+barrier E4
+written gm_rest_edge2 edge_rest tiny_gm 2
+solo tiny_gm_warmup_rest_edge2
 barrier E
 
 written seeds seeds
