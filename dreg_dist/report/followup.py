@@ -154,9 +154,10 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
             continue
         step = lrs[0] * lrs[0] / lrs[1] if edge == "lowest" else lrs[-1] * lrs[-1] / lrs[-2]
         step = float(f"{step:.6g}")  # 0.0125 / 2 is written 0.00625, not 0.006250000000000001
-        picks[key] = (chosen_group(groups, chosen), step)
+        group = chosen_group(groups, chosen)
+        picks[key] = (group, step)
         seeds |= set(common.get(freeze(key)) or {s for g in groups for s in g.seeds})
-        lines.append(f"{groups[0].label} batch {groups[0].batch_size}: best at lr {name_value(chosen.lr)} "
+        lines.append(f"{group.label} batch {group.batch_size}: best at lr {name_value(chosen.lr)} "
                      f"of {', '.join(name_value(x) for x in lrs)}; adds {name_value(step)}")
     if not lines:
         raise ReportError("every selected learning rate is inside its grid: nothing to extend")

@@ -141,6 +141,8 @@ def test_a_warmup_control_selection_at_its_variants_top_rate_gets_the_next_rate(
     # vanilla's selection (5 warmup epochs, 0.1 of 0.025-0.2) is bracketed: it gets none
     assert "vanilla" not in {c.method for c in cells}
     assert all(c.values.get("optim.warmup_epochs") == 5.0 for c in cells)  # each at its selection's warmup
+    header = (grids / "cifar10_h2h2_tiny_warmup_rest_edge.yaml").read_text()
+    assert "sam (rho=0.05, warmup=5.0) batch 4096: best at lr 0.1 of 0.025, 0.05, 0.1; adds 0.2" in header
 
 
 def _guard(script: Path) -> re.Pattern:
