@@ -38,7 +38,7 @@ from dreg_dist.report.panels import panel_name
 from dreg_dist.report.plots import ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import freeze
-from dreg_dist.sweep.grid import name_value
+from dreg_dist.sweep.grid import TUNABLE_RUN_KEYS, name_value
 
 RULES = ("linear", "sqrt", "none")
 
@@ -167,12 +167,14 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
 
 def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int], name: str,
               values: Mapping[str, Any], own: Optional[Sequence[Path]] = None,
-              factors: Sequence[float] = (1.0,)) -> tuple[Grid, list[str]]:
+              factors: Sequence[float] = (1.0,), best: Optional[int] = None) -> tuple[Grid, list[str]]:
     """Each selection whose method owns one of ``values``' keys at its selected rate (times each of
     ``factors``) with that key set: a method's second knob value tried where its rate was chosen,
     not over the whole grid. A key of the run that no method owns (``optim.warmup_epochs``) applies
     to every selection that ran another value of it: a control, such as a longer warmup at twice
-    the rate, for the methods of a folder tuned without it."""
+    the rate, for the methods of a folder tuned without it. With ``best``, only the selections of
+    the ``best`` methods (see :func:`steps_grid`), without the baseline beside them: moving the best
+    method to another network (``--set model.arch=...``), whose baseline has its own grid."""
     check(grid, analysis)
     if not seeds:
         raise ReportError("--seeds needs at least one seed")
@@ -184,7 +186,11 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         owner = analysis.catalog.owner_of(key)
         return owner.name == group.method if owner is not None else key in group.runs[0].flat
 
-    for key, group in _picked(analysis, own, None):
+    picked = _picked(analysis, own, None)
+    if best is not None:
+        keep = _among_best(analysis, best)
+        picked = [(key, g) for key, g in picked if keep(g) and not (g.method == BASELINE and not g.variant)]
+    for key, group in picked:
         # A value the selection already has would rerun its own cell: a second seed 0 in the report.
         mine = {k: v for k, v in values.items() if applies(k, group) and group.runs[0].flat.get(k) != v}
         if not mine:
@@ -194,17 +200,19 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         lines.append(f"{group.label} batch {group.batch_size}: lr {', '.join(name_value(x) for x in rates)} with "
                      + ", ".join(f"{k}={name_value(v)}" for k, v in mine.items()))
     if not picks:
-        raise ReportError(f"no selection's method owns {', '.join(values)} with another value: nothing to run "
-                          "(a key of the run applies to every selection: check its spelling)")
+        among = f" among the {best} best methods" if best is not None else ""
+        raise ReportError(f"no selection{among} to run with another value of {', '.join(values)} (a method's key "
+                          "applies to its own selections, a key of the run to every one: check its spelling)")
     at = "its selected learning rate" if list(factors) == [1.0] else (
         "its selected learning rate times " + ", ".join(name_value(f) for f in factors))
     description = (f"Each selected method variant of '{grid.get('name')}' at {at} with "
                    + ", ".join(f"{k}={name_value(v)}" for k, v in values.items())
                    + " (a method's key for its own selections only). " + str(grid.get("description") or ""))
     out = followup(grid, name, description, seeds, picks, cells)
-    # A key of the run set here is chosen with the rate, as the method's own knobs are: the report
-    # then selects across its values instead of reading each as a variant of its own.
-    run_keys = [k for k in values if analysis.catalog.owner_of(k) is None and k not in (out.get("tune") or [])]
+    # An optimizer knob of the run set here (a warmup) is chosen with the rate, as the method's own
+    # knobs are: the report then selects across its values instead of reading each as a variant.
+    # Other keys of the run (the network) are what the cells compare across, never tuned.
+    run_keys = [k for k in values if k in TUNABLE_RUN_KEYS and k not in (out.get("tune") or [])]
     if run_keys:
         out["tune"] = [*(out.get("tune") or []), *run_keys]
     return out, lines

@@ -173,11 +173,11 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     assert cells == [("sam", 0.05, 0.02)]
     assert "sam batch 512: lr 0.05 with methods.sam.rho=0.02" in out.read_text()
     assert report([str(root), "--knob-grid", str(out), "--set", "dreg.lam=0.5"]) == 2
-    assert "no selection's method owns dreg.lam" in capsys.readouterr().err
+    assert "no selection to run with another value of dreg.lam" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out)]) == 2
     assert "needs --set KEY=VALUE" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=0.05"]) == 2  # its own value
-    assert "with another value: nothing to run" in capsys.readouterr().err
+    assert "with another value of methods.sam.rho" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
 
@@ -203,11 +203,28 @@ def test_a_key_of_the_run_is_a_control_for_every_selection_at_multiples_of_its_r
     assert cells == [("sam", 0.2, warmup + 3), ("vanilla", 0.1, warmup + 3)]
     assert "optim.warmup_epochs" in load_grid(out).tune  # selected with the rate, not a variant of its own
     assert report([str(root), "--knob-grid", str(out), "--set", f"optim.warmup_epochs={warmup}"]) == 2
-    assert "with another value: nothing to run" in capsys.readouterr().err  # every selection ran it
+    assert "with another value of optim.warmup_epochs" in capsys.readouterr().err  # every selection ran it
     assert report([str(root), "--knob-grid", str(out), "--set", "optim.warmup_epoch=5"]) == 2
     assert "check its spelling" in capsys.readouterr().err
     assert report([str(root), "--edge-grid", str(out), "--rate-factors", "2"]) == 2
     assert "--rate-factors goes with --transfer-grid or --knob-grid" in capsys.readouterr().err
+
+
+def test_the_best_method_moves_to_another_network_without_its_baseline(stages: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """Stage 5's grid: the best method of (a) (SAM here, 74 against DReg's 72), at its selected rate
+    halved, as is and doubled, on the wider network; vanilla (its own grid there) and DReg get none."""
+    ref, big = stages
+    out = tmp_path / "wider.yaml"
+    report = launch_script("report.py").main
+    assert report([str(big), "--against", str(ref), "--knob-grid", str(out), "--seeds", "0", "--set",
+                   "model.arch=cnn_base", "--set", "train.epochs=3", "--rate-factors", "0.5,1,2", "--best", "1"]) == 0
+    cells = sorted((c.method, c.values["optim.lr"], c.values["model.arch"], c.values["train.epochs"])
+                   for c in expand_grid(load_grid(out)))
+    assert cells == [("sam", 0.025, "cnn_base", 3), ("sam", 0.05, "cnn_base", 3), ("sam", 0.1, "cnn_base", 3)]
+    assert report([str(big), "--against", str(ref), "--knob-grid", str(out), "--seeds", "0", "--set",
+                   "model.arch=cnn_base", "--best", "2"]) == 0
+    assert {c.method for c in expand_grid(load_grid(out))} == {"sam", "dreg"}
 
 
 def test_a_knob_tuned_in_another_folder_of_the_family_goes_with_its_selection(

@@ -18,7 +18,8 @@ import yaml
 from ..conftest import REPO, launch_script
 
 STUDY = REPO / "docs/results/cifar10_h2h2"
-WRITERS = ("edge_gm", "warmup_gm", "edge_rest tiny", "edge_rest tiny_gm", "seeds", "seeds34", "steps", "transfer")
+WRITERS = ("edge_gm", "warmup_gm", "edge_rest tiny", "edge_rest tiny_gm", "seeds", "seeds34", "steps", "transfer",
+           "base_best", "edge_base")
 
 
 @pytest.fixture
@@ -143,6 +144,28 @@ def test_a_warmup_control_selection_at_its_variants_top_rate_gets_the_next_rate(
     assert all(c.values.get("optim.warmup_epochs") == 5.0 for c in cells)  # each at its selection's warmup
     header = (grids / "cifar10_h2h2_tiny_warmup_rest_edge.yaml").read_text()
     assert "sam (rho=0.05, warmup=5.0) batch 4096: best at lr 0.1 of 0.025, 0.05, 0.1; adds 0.2" in header
+
+
+def test_stage_five_moves_the_one_best_method_of_a_to_cnn_base(runs: Path, tmp_path: Path) -> None:
+    # Whichever method the records rank first (LARS, LAMB and ghost BN count as methods; plain
+    # vanilla has its own cnn_base grid), one family writes the grid: that method's selection alone,
+    # at half, one and two times its rate, on cnn_base for 20 epochs.
+    from dreg_dist.sweep.grid import expand_grid, load_grid
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    done = _bash("base_best", runs, grids)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in grids.iterdir()] == ["cifar10_h2h2_base_best.yaml"]
+    cells = expand_grid(load_grid(grids / "cifar10_h2h2_base_best.yaml"))
+    assert len(cells) == 3
+    assert all("model.arch=cnn_base" in c.overrides and "train.epochs=20" in c.overrides for c in cells)
+    variants = {tuple(sorted((k, str(v)) for k, v in c.values.items() if k not in ("optim.lr",))) for c in cells}
+    assert len(variants) == 1  # one method variant, its knobs and warmup as selected
+    rates = sorted(float(c.values["optim.lr"]) for c in cells)
+    assert rates[1] == pytest.approx(2 * rates[0]) and rates[2] == pytest.approx(4 * rates[0])
+    picked = dict(next(iter(variants)))
+    assert picked.get("method") != "vanilla" or picked.get("optim.name") or picked.get("train.bn_group_size")
 
 
 def _guard(script: Path) -> re.Pattern:

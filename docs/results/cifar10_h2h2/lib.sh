@@ -32,6 +32,13 @@ edge_gm() { follow tiny_gm_edge$1 tiny_gm --edge-grid; }   # edge_gm [2]: the fi
 edge_rest() { follow $1_warmup_rest_edge$2 $1 --edge-grid; }
 # GradientMix's folder (it and vanilla on its 8 workers) was tuned at 2 warmup epochs only: each
 # selection at 5 and twice its rate, as tiny_warmup_rest.yaml gives DReg's default, SAM and extragradient
+# Stage 5: the best method of (a), ranked over every family after the seeds, moved to cnn_base at its
+# cnn_tiny selection (knobs and warmup) for 20 epochs, the rate halved, as is and doubled; the family
+# holding it writes the grid, the others have nothing to move (vanilla has its own grid there).
+base_best() { local g; for g in $G; do [ -n "$(dirs $g)" ] && follow base_best $g --knob-grid --seeds 0 \
+  --set model.arch=cnn_base --set train.epochs=20 --rate-factors 0.5,1,2 --best 1 --against $(others $g); done; }
+edge_base() { for g in base_ref base base_best; do follow ${g}_edge $g --edge-grid; done; }
+gm_grid() { [ -f $(f $1) ] && grep -q "method: gradientmix" $(f $1); }  # its cells need GradientMix's 8 workers
 warmup_gm() { follow tiny_gm_warmup_rest tiny_gm --knob-grid --seeds 0 --set optim.warmup_epochs=5 --rate-factors 2; }
 seeds() { for g in tiny_ref $SEEDED; do follow ${g}_seeds $g --seed-grid --seeds 1,2; done; }
 # The penalties' single runs are not read for the intervals: one seed has none.
