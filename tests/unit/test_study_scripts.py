@@ -115,6 +115,8 @@ def test_a_warmup_control_selection_at_its_variants_top_rate_gets_the_next_rate(
 
     from dreg_dist.sweep.grid import expand_grid, load_grid
 
+    for done in runs.glob("cifar10_h2h2_tiny_warmup_rest*"):  # the study's own control: this test plants one
+        shutil.rmtree(done)
     source = runs / "cifar10_h2h2_tiny" / "sam_rho0.05_lr0.1"
     planted = runs / "cifar10_h2h2_tiny_warmup_rest" / "sam_rho0.05_warmup_epochs5_lr0.1"
     shutil.copytree(source, planted)
