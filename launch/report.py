@@ -12,6 +12,9 @@ another batch (under a rule, for the same steps) or budget (the reference's step
 ``--title``, ``--preface FILE`` (the study's verdict, under the title) and ``--step-cost FILE``
 (a benchmark's per-step cost ratios) shape the report; the report's "Reproduce" block repeats
 every option given, paths relative to the repository root, so that line alone regenerates it.
+A follow-up the records do not need (every selected rate bracketed, no interval too wide, no
+selection to move) writes no grid and exits with 3, apart from errors (2), so that a study script
+can keep that answer.
 """
 
 import argparse
@@ -22,13 +25,14 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(os.path.abspath(__file__)).parents[1]
+NOTHING_TO_RUN = 3
 sys.path.insert(0, str(REPO))
 
 from dreg_dist.errors import ConfigError  # noqa: E402
 from dreg_dist.report.critical import TargetError, parse_targets  # noqa: E402
 from dreg_dist.report.followup_moves import RULES  # noqa: E402
 from dreg_dist.report.markdown import write_report  # noqa: E402
-from dreg_dist.report.plots import ReportError  # noqa: E402
+from dreg_dist.report.plots import NothingToRun, ReportError  # noqa: E402
 from dreg_dist.report.runs import read_sweep  # noqa: E402
 
 
@@ -289,6 +293,9 @@ def main(argv=None) -> int:
             write_followup(args, list(argv) if argv is not None else sys.argv[1:])
             return 0
         report(args)
+    except NothingToRun as err:
+        print(f"no follow-up grid: {err}", file=sys.stderr)
+        return NOTHING_TO_RUN
     except (ReportError, ConfigError, TargetError) as err:  # ConfigError: a run record this release cannot read
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import seed_difference
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
-from dreg_dist.report.plots import ReportError
+from dreg_dist.report.plots import NothingToRun, ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.stats import freeze
@@ -126,8 +126,8 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         lines.append(f"{chosen_group(groups, chosen).label} batch {groups[0].batch_size}: "
                      + (f"lr {name_value(chosen.lr)}" if chosen is not None else "none (no validation result)"))
     if wide_only and not picks:
-        raise ReportError(f"no selection has a 95% interval wider than {WIDE_FRACTION:.2g} of the gap: no more "
-                          "seeds needed")
+        raise NothingToRun(f"no selection has a 95% interval wider than {WIDE_FRACTION:.2g} of the gap: no more "
+                           "seeds needed")
     which = "each method variant's" if not wide_only else (
         f"the method variants whose 95% interval against the baseline is wider than {WIDE_FRACTION:.2g} of the "
         "gap (and the baseline), at their")
@@ -160,7 +160,7 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
         lines.append(f"{group.label} batch {group.batch_size}: best at lr {name_value(chosen.lr)} "
                      f"of {', '.join(name_value(x) for x in lrs)}; adds {name_value(step)}")
     if not lines:
-        raise ReportError("every selected learning rate is inside its grid: nothing to extend")
+        raise NothingToRun("every selected learning rate is inside its grid: nothing to extend")
     description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
                    "highest. " + str(grid.get("description") or ""))
     return followup(grid, name, description, sorted(seeds), picks), lines

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.keys import BATCH_KEY, LR_KEY
-from dreg_dist.report.plots import ReportError
+from dreg_dist.report.plots import NothingToRun, ReportError
 from dreg_dist.report.select import LrResult
 from dreg_dist.report.stats import hashable
 from dreg_dist.sweep.resolve import registered
@@ -78,7 +78,7 @@ def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequen
         base = {**_cell_filter(group, axes), **tuned, LR_KEY: lr}
         cells += [(group, {**base, **values}) for values in cell_values.get(key) or [{}]]
     if not cells:
-        raise ReportError("nothing to run: no method variant needs a follow-up")
+        raise NothingToRun("nothing to run: no method variant needs a follow-up")
     own = sorted({k for _, entry in cells for k in entry if k not in axes and k != LR_KEY}
                  | {k for values in cell_values.values() for entry in values for k in entry if k != LR_KEY})
     # A key made an axis here is set on every cell: the others keep the value they ran with.

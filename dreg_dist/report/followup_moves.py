@@ -35,7 +35,7 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
 from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, LR_KEY, RULE_KEYS, WARMUP_KEY
 from dreg_dist.report.panels import panel_name
-from dreg_dist.report.plots import ReportError
+from dreg_dist.report.plots import NothingToRun, ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import TUNABLE_RUN_KEYS, name_value
@@ -116,13 +116,16 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
         raise ReportError(f"--rule must be one of {', '.join(RULES)}, got '{rule}'")
     if rule != "none" and tuple(factors) != (1.0,):
         raise ReportError("--rate-factors goes with --rule none (rates set directly around the tuned peak)")
+    missing = sorted(set(methods or ()) - {r.method for r in analysis.runs})
+    if missing:
+        raise ReportError(f"--methods {', '.join(missing)}: no run of it in these folders: check its spelling")
     picked = _picked(analysis, own, methods)
     if best is not None:
         keep = _among_best(analysis, best)
         picked = [(key, g) for key, g in picked if keep(g)]
     if not picked:
-        raise ReportError("nothing to transfer: no selection" + (f" of {', '.join(methods)}" if methods else "")
-                          + (f" among the {best} best methods" if best is not None else ""))
+        raise NothingToRun("nothing to transfer: no selection" + (f" of {', '.join(methods)}" if methods else "")
+                           + (f" among the {best} best methods" if best is not None else ""))
     tuned = {g.batch_size for _, g in picked}
     if len(tuned) > 1:
         raise ReportError(f"the selections are at batch sizes {sorted(tuned)}: transfer from one (name its folder first)")
@@ -187,6 +190,10 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         return owner.name == group.method if owner is not None else key in group.runs[0].flat
 
     picked = _picked(analysis, own, None)
+    unknown = [k for k in values if analysis.catalog.owner_of(k) is None
+               and not any(k in g.runs[0].flat for _, g in picked)]
+    if unknown:
+        raise ReportError(f"--set {', '.join(unknown)}: no method of these records owns it and no run has it: check its spelling")
     if best is not None:
         keep = _among_best(analysis, best)
         picked = [(key, g) for key, g in picked if keep(g) and not (g.method == BASELINE and not g.variant)]
@@ -201,8 +208,8 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
                      + ", ".join(f"{k}={name_value(v)}" for k, v in mine.items()))
     if not picks:
         among = f" among the {best} best methods" if best is not None else ""
-        raise ReportError(f"no selection{among} to run with another value of {', '.join(values)} (a method's key "
-                          "applies to its own selections, a key of the run to every one: check its spelling)")
+        raise NothingToRun(f"no selection{among} to run with another value of {', '.join(values)} (a method's key "
+                           "applies to its own selections, a key of the run to every one)")
     at = "its selected learning rate" if list(factors) == [1.0] else (
         "its selected learning rate times " + ", ".join(name_value(f) for f in factors))
     description = (f"Each selected method variant of '{grid.get('name')}' at {at} with "
@@ -280,7 +287,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
         rank = "" if is_base else f", {statistics.fmean(group.best_vals):.2%} best validation"
         lines.append(f"{group.label} batch {group.batch_size}: lr {name_value(group.lr)}{rank}; {told}")
     if not picks:
-        raise ReportError("nothing to run at matched steps: no selection above the reference's batch in this folder")
+        raise NothingToRun("nothing to run at matched steps: no selection above the reference's batch in this folder")
     description = (f"Matched steps: each selected method variant of '{grid.get('name')}'"
                    + (f" among the {best} best methods on validation (and the baseline)" if best is not None else "")
                    + " at its batch and learning rate for the optimizer steps of the baseline at the smallest "

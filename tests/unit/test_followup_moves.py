@@ -92,7 +92,7 @@ def test_a_retuning_grid_sets_rates_directly_around_the_tuned_peak(stages: tuple
     assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", "--seeds", "0"]) == 0
     assert _cells(out) == [("dreg", 0.05, None, None), ("sam", 0.05, None, None), ("vanilla", 0.1, None, None)]
     for bad, said in ((["--rate-factors", "0.5"], "--rate-factors goes with --rule none"),
-                      (["--methods", "nope"], "nothing to transfer: no selection of nope")):
+                      (["--methods", "nope"], "--methods nope: no run of it in these folders: check its spelling")):
         assert report([str(big), "--transfer-grid", str(out), "--batch", "8192", *bad]) == 2
         assert said in capsys.readouterr().err
     assert report([str(big), "--match-steps"]) == 2
@@ -111,7 +111,7 @@ def test_matched_steps_for_the_reference_with_the_best_variants(stages: tuple[Pa
     text = out.read_text()
     assert "35 epochs x 10 steps = 350 steps (for 348), warmup 17.4 epochs = 174 steps" in text
     assert "sam batch 4096: lr 0.05, 74.00% best validation" in text
-    assert report([str(ref), "--against", str(big), "--steps-grid", str(out), "--seeds", "0"]) == 2
+    assert report([str(ref), "--against", str(big), "--steps-grid", str(out), "--seeds", "0"]) == 3  # an answer
     assert "nothing to run at matched steps" in capsys.readouterr().err
     assert report([str(big), "--against", str(ref), "--steps-grid", str(out), "--best", "0"]) == 2
     assert "--best must be 1 or more" in capsys.readouterr().err
@@ -140,7 +140,7 @@ def test_best_ranks_across_batch_setups_and_a_baseline_runs_where_its_variants_d
                      workers=8)
     out = tmp_path / "steps.yaml"
     report = launch_script("report.py").main
-    assert report([str(workers), "--against", str(big), str(ref), "--steps-grid", str(out), "--best", "1"]) == 2
+    assert report([str(workers), "--against", str(big), str(ref), "--steps-grid", str(out), "--best", "1"]) == 3
     assert report([str(workers), "--against", str(big), str(ref), "--steps-grid", str(out), "--best", "3"]) == 0
     assert _cells(out) == [("gradientmix", 0.05, 35, 17.4), ("vanilla", 0.1, 35, 17.4)]  # 3rd of sam, dreg, it
 
@@ -172,11 +172,11 @@ def test_a_second_knob_value_runs_at_the_selected_rate_only(tmp_path: Path, caps
     cells = [(c.method, c.values["optim.lr"], c.values.get("methods.sam.rho")) for c in expand_grid(load_grid(out))]
     assert cells == [("sam", 0.05, 0.02)]
     assert "sam batch 512: lr 0.05 with methods.sam.rho=0.02" in out.read_text()
-    assert report([str(root), "--knob-grid", str(out), "--set", "dreg.lam=0.5"]) == 2
-    assert "no selection to run with another value of dreg.lam" in capsys.readouterr().err
+    assert report([str(root), "--knob-grid", str(out), "--set", "dreg.lam=0.5"]) == 2  # DReg never ran here
+    assert "--set dreg.lam: no method of these records owns it" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out)]) == 2
     assert "needs --set KEY=VALUE" in capsys.readouterr().err
-    assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=0.05"]) == 2  # its own value
+    assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=0.05"]) == 3  # its own value
     assert "with another value of methods.sam.rho" in capsys.readouterr().err
     assert report([str(root), "--knob-grid", str(out), "--set", "methods.sam.rho=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
@@ -202,10 +202,11 @@ def test_a_key_of_the_run_is_a_control_for_every_selection_at_multiples_of_its_r
                    for c in expand_grid(load_grid(out)))
     assert cells == [("sam", 0.2, warmup + 3), ("vanilla", 0.1, warmup + 3)]
     assert "optim.warmup_epochs" in load_grid(out).tune  # selected with the rate, not a variant of its own
-    assert report([str(root), "--knob-grid", str(out), "--set", f"optim.warmup_epochs={warmup}"]) == 2
+    assert report([str(root), "--knob-grid", str(out), "--set", f"optim.warmup_epochs={warmup}"]) == 3
     assert "with another value of optim.warmup_epochs" in capsys.readouterr().err  # every selection ran it
     assert report([str(root), "--knob-grid", str(out), "--set", "optim.warmup_epoch=5"]) == 2
-    assert "check its spelling" in capsys.readouterr().err
+    assert "--set optim.warmup_epoch: no method of these records owns it and no run has it: check its spelling" \
+        in capsys.readouterr().err
     assert report([str(root), "--edge-grid", str(out), "--rate-factors", "2"]) == 2
     assert "--rate-factors goes with --transfer-grid or --knob-grid" in capsys.readouterr().err
 
@@ -279,4 +280,4 @@ def test_transfer_of_the_best_method_takes_its_best_variant_and_the_baseline(sta
                    "--batch", "8192", "--seeds", "0", "--best", "1"]) == 0
     assert [c.method for c in expand_grid(load_grid(tmp_path / "b.yaml"))] == ["vanilla"]  # DReg's runs are elsewhere
     assert report([str(more[1]), "--against", str(big), str(more[0]), str(ref), "--transfer-grid",
-                   str(tmp_path / "c.yaml"), "--batch", "8192", "--seeds", "0", "--best", "1"]) == 2
+                   str(tmp_path / "c.yaml"), "--batch", "8192", "--seeds", "0", "--best", "1"]) == 3  # nothing to move: an answer

@@ -222,7 +222,7 @@ def test_more_seeds_only_where_the_interval_is_wider_than_a_third_of_the_gap(
     assert "the baseline of a wide selection" in text and "over 0.33 of the gap of 10.00" in text
     # SAM's sweep alone has nothing wide: its baseline lives in the other sweep and is not rerun from here.
     assert report([str(narrow), "--against", str(ref), str(big), "--seed-grid", str(out), "--seeds", "3,4",
-                   "--wide-only"]) == 2
+                   "--wide-only"]) == 3
     assert "no more seeds needed" in capsys.readouterr().err
     assert report([str(big), "--edge-grid", str(out), "--wide-only"]) == 2
     assert "--wide-only goes with --seed-grid" in capsys.readouterr().err
@@ -411,7 +411,7 @@ def test_edge_grid_extends_only_selections_at_the_edge(tmp_path: Path, capsys: p
         method, lam = ("dreg", 0.1) if lr == 0.0125 else ("vanilla", None)
         plant_run(tmp_path / "runs" / "edge", f"{method}_{lr}", method=method, lam=lam or 0.1, lr=lr, curve=[acc],
                   test_acc=0.5)
-    assert report([str(root), str(tmp_path / "runs" / "edge"), "--edge-grid", str(out)]) == 2
+    assert report([str(root), str(tmp_path / "runs" / "edge"), "--edge-grid", str(out)]) == 3
     assert "nothing to extend" in capsys.readouterr().err
 
 

@@ -90,6 +90,24 @@ def test_a_follow_up_is_written_once_from_the_records(runs: Path, tmp_path: Path
     assert done.returncode == 0 and not (grids / "cifar10_h2h2_nothing_seeds.yaml").exists()
 
 
+def test_a_follow_up_with_nothing_to_run_keeps_that_answer_for_a_resume(runs: Path, tmp_path: Path) -> None:
+    # LARS's selection is bracketed after its one extension. A resume of stage 1 in a later machine
+    # has stage 2's folders beside it, which an edge writer would read: it must not ask again.
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    done = _bash("follow tiny_lars_edge2 tiny_lars --edge-grid", runs, grids)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in grids.iterdir()] == ["cifar10_h2h2_tiny_lars_edge2.none"]
+    assert "nothing to extend" in (grids / "cifar10_h2h2_tiny_lars_edge2.none").read_text()
+    record = tmp_path / "commands"
+    assert _bash("follow tiny_lars_edge2 tiny_lars --edge-grid", runs, grids, record=record).returncode == 0
+    assert not record.exists()  # not asked again
+    # an error is not an answer: nothing is kept, and the next launch asks again
+    done = _bash("follow tiny_lars_knob tiny_lars --knob-grid --seeds 0 --set optim.warmup_epoch=5", runs, grids)
+    assert done.returncode == 0 and "check its spelling" in done.stdout
+    assert not list(grids.glob("cifar10_h2h2_tiny_lars_knob*"))
+
+
 def test_the_seeds_of_a_selection_tuned_in_its_warmup_folder_run_its_warmup(runs: Path, tmp_path: Path) -> None:
     # Vanilla's selection at 4096 came from cifar10_h2h2_tiny_warmup (5 warmup epochs); the
     # family's first grid runs 2. Its seeds must run 5, each other variant its own selection's one.

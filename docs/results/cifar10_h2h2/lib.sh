@@ -20,10 +20,24 @@ dirs() {  # dirs GRID...: the run folders of stage-1 grids and of their follow-u
   for x in "$@"; do for d in $R/${P}_$x $R/${P}_${x}_warmup $R/${P}_${x}_warmup_rest $R/${P}_${x}_warmup_rest_edge $R/${P}_${x}_warmup_rest_edge2 $R/${P}_${x}_edge $R/${P}_${x}_edge2 $R/${P}_${x}_knob \
     $R/${P}_${x}_seeds $R/${P}_${x}_seeds34; do [ -d $d ] && echo $d; done; done; }
 others() { dirs tiny_ref $(for x in $G; do [ $x != $1 ] && echo $x; done); }
+none() { echo $C/${P}_$1.none; }  # NAME's answer where its records needed no grid (committed with the grids)
+asked() { [ -f $(f $1) ] || [ -f $(none $1) ]; }
+ask() {  # ask OUT GRID --KIND-grid ARGS...: write follow-up file OUT from GRID's runs; SAID holds what
+  # report.py said, the exit code is its (3: the records need nothing run), 2 where GRID has no runs
+  local out=$1 d=$(dirs $2) kind=$3 rc; shift 3
+  SAID=""; [ -n "$d" ] || return 2
+  SAID=$(python launch/report.py $d $kind $out "$@" 2>&1); rc=$?
+  [ -z "$SAID" ] || printf '%s\n' "$SAID"
+  return $rc
+}
 follow() {  # follow NAME GRID --KIND-grid ARGS...: write follow-up grid NAME from GRID's runs, unless an
-  # earlier launch did (rewritten later it would read its own runs) or GRID has no runs yet
-  local out=$(f $1) d=$(dirs $2) kind=$3; shift 3
-  [ -f $out ] || [ -z "$d" ] || python launch/report.py $d $kind $out "$@"
+  # earlier launch asked already: rewritten later it would read its own runs, and a resume must not
+  # ask again what once had nothing to run, with later stages' records beside it now (hence NAME.none)
+  asked $1 && return 0
+  local name=$1; shift
+  ask $(f $name) "$@"
+  [ $? = 3 ] && printf '%s\n' "$SAID" > $(none $name)
+  return 0
 }
 
 edge_gm() { follow tiny_gm_edge$1 tiny_gm --edge-grid; }   # edge_gm [2]: the first or the second extension
@@ -35,8 +49,21 @@ edge_rest() { follow $1_warmup_rest_edge$2 $1 --edge-grid; }
 # Stage 5: the best method of (a), ranked over every family after the seeds, moved to cnn_base at its
 # cnn_tiny selection (knobs and warmup) for 20 epochs, the rate halved, as is and doubled; the family
 # holding it writes the grid, the others have nothing to move (vanilla has its own grid there).
-base_best() { local g; for g in $G; do [ -n "$(dirs $g)" ] && follow base_best $g --knob-grid --seeds 0 \
-  --set model.arch=cnn_base --set train.epochs=20 --rate-factors 0.5,1,2 --best 1 --against $(others $g); done; }
+base_best() {  # asked once: the families without the best answer "nothing to move" until one writes it
+  asked base_best && return 0
+  local g rc all=3 said=""
+  for g in $G; do
+    ask $(f base_best) $g --knob-grid --seeds 0 --set model.arch=cnn_base --set train.epochs=20 \
+      --rate-factors 0.5,1,2 --best 1 --against $(others $g); rc=$?
+    case $rc in
+      0) [ -f $(f base_best) ] && return 0;;
+      3) said="$said$g: $SAID"$'\n';;
+      *) [ -z "$(dirs $g)" ] || all=$rc;;  # 2 without runs: a family that did not run has nothing to say
+    esac
+  done
+  [ $all = 3 ] && printf '%s' "$said" > $(none base_best)
+  return 0
+}
 edge_base() { for g in base_ref base base_best; do follow ${g}_edge $g --edge-grid; done; }
 gm_grid() { [ -f $(f $1) ] && grep -q "method: gradientmix" $(f $1); }  # its cells need GradientMix's 8 workers
 warmup_gm() { follow tiny_gm_warmup_rest tiny_gm --knob-grid --seeds 0 --set optim.warmup_epochs=5 --rate-factors 2; }
