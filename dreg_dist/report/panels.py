@@ -122,9 +122,13 @@ def _family(g: Group) -> str:
 
 
 def panel_name(g: Group) -> str:
-    """The title of the panel ``g`` is drawn in: its method, with the kind of a baseline variant."""
+    """The title of the panel ``g`` is drawn in: its method, with the kind of a baseline variant;
+    the baseline with another optimizer is named by it ('lamb', not 'vanilla (optimizer=lamb)')."""
     fam = _family(g)
-    return f"{g.method} ({fam})" if fam != g.method else g.method
+    if fam == g.method:
+        return g.method
+    optimizer = dict(g.variant).get("optim.name") if g.method == BASELINE else None
+    return str(optimizer) if optimizer is not None else f"{g.method}, {fam}"
 
 
 def family_panels(groups: Sequence[Group]) -> list[tuple[str, int, Pairs, list[Group]]]:

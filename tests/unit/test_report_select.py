@@ -338,7 +338,7 @@ def test_ghost_batch_norm_is_a_variant_of_vanilla_in_the_same_setup(tmp_path: Pa
 
     panels = {name: [g.label for g in members] for name, batch, _, members in family_panels(setup.selected)
               if batch == 4096}
-    assert panels == {"vanilla (BN group)": ["vanilla (BN group=32)", "vanilla (BN group=128)"]}
+    assert panels == {"vanilla, BN group": ["vanilla (BN group=32)", "vanilla (BN group=128)"]}
 
 
 def test_a_key_its_form_makes_moot_is_not_a_variant(tmp_path: Path) -> None:
