@@ -204,3 +204,17 @@ def test_stage_two_can_start_beside_stage_one_and_neither_twice() -> None:
     stage1, stage2 = _guard(STUDY / "start_stage1.sh"), _guard(STUDY / "start_stage2.sh")
     assert stage2.search(launched("start_stage2.sh")) and not stage2.search(launched("start_stage1.sh"))
     assert stage1.search(launched("start_stage1.sh")) and stage1.search(launched("start_stage2.sh"))
+
+
+def test_the_report_reads_every_cnn_tiny_folder_by_name_and_nothing_else(tmp_path: Path) -> None:
+    record = tmp_path / "command"
+    shim = f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; export -f python; '
+    done = subprocess.run(["bash", "-c", f"{shim}OUT={shlex.quote(str(tmp_path / 'out'))} bash {STUDY}/report.sh"],
+                          cwd=REPO, text=True, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (argv,) = [shlex.split(line) for line in record.read_text().splitlines()]
+    args = launch_script("report.py").build_parser().parse_args(argv[1:])
+    read = {Path(r).name for r in args.runs}
+    committed = {p.name for p in (STUDY / "runs").iterdir() if p.is_dir()}
+    assert read == {n for n in committed if n.startswith("cifar10_h2h2_tiny")}  # every stage folder of cnn_tiny
+    assert "cifar10_h2h2_horizon" in committed and args.out == str(tmp_path / "out") and args.title
