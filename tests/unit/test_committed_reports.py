@@ -1,5 +1,5 @@
-"""Every committed report whose run records are committed next to it (``docs/results/NAME/
-report.md`` with ``docs/results/NAME/runs/``) regenerates byte for byte from the command its own
+"""Every committed report whose run records are committed (``docs/results/NAME/report.md`` with
+``docs/results/NAME/runs/``, or reading another study folder's ``runs/``) regenerates byte for byte from the command its own
 "Reproduce" block prints: the report is a function of the committed records and that line, not
 of the clock, the machine or where it ran. Committing new records without regenerating the
 report fails here. Figures are not drawn (the same file names are computed), so this stays fast
@@ -33,16 +33,22 @@ def _reproduce_line(text: str, where: Path) -> str:
 
 def test_committed_reports_regenerate_from_their_reproduce_line(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    subjects = sorted(p for p in RESULTS.glob("*/report.md") if (p.parent / "runs").is_dir())
-    assert subjects, ("no docs/results/*/report.md with its run records in a runs/ folder next to it: "
-                      "this check would check nothing")
     cli = _report_cli()
     monkeypatch.chdir(REPO)  # the line's paths are relative to the repository root
-    for committed in subjects:
+    subjects = []
+    for committed in sorted(RESULTS.glob("*/report.md")):
         name = committed.parent.relative_to(REPO)
         text = committed.read_text()
+        args = cli.build_parser().parse_args(shlex.split(_reproduce_line(text, name))[2:])
+        # its records committed (next to it, or in the study folder another report shares)
+        if all(Path(r).parts[:2] == ("docs", "results") and Path(r).is_dir() for r in args.runs):
+            subjects.append((committed, name, text, args))
+        else:
+            assert not (committed.parent / "runs").is_dir(), f"{name} has records but reads others"
+    assert subjects, ("no docs/results/*/report.md whose run records are committed: "
+                      "this check would check nothing")
+    for committed, name, text, args in subjects:
         line = _reproduce_line(text, name)
-        args = cli.build_parser().parse_args(shlex.split(line)[2:])
         assert Path(args.out) == name, f"{name}: its Reproduce line writes to {args.out}"
         fresh = cli.report(args, out_dir=tmp_path / name, figures=False).read_text()
         if fresh != text:
