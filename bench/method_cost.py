@@ -5,8 +5,8 @@ A study's sweep measures wall-clock per epoch too, but its runs share the machin
 other runs and jobs whose load changes by the minute, so its time/epoch ratios are rough
 (runs of the head-to-head came out *faster* than vanilla under a lighter load). This
 benchmark takes the study's own run folders, builds each distinct training configuration
-the way the trainer does (the method, its model surgery, the optimizer at the run's peak
-learning rate, the micro-batch split) and times one optimizer step of each
+the way the trainer does (the method, its model surgery, ghost batch norm, the optimizer at the
+run's peak learning rate, the micro-batch split) and times one optimizer step of each
 (``Method.compute_gradients`` over the step's micro-batches + the optimizer step) in
 interleaved rounds on one process with one thread. The ratio is the median over rounds of
 the step's CPU time over vanilla SGD's at the same batch setup (same architecture, global
@@ -51,8 +51,9 @@ from _common import interleave, machine, median, paired_ratio, print_load, print
 from dreg_dist.config import Config, build_method
 from dreg_dist.config.load import config_from_record
 from dreg_dist.methods import BASELINE, StepContext
-from dreg_dist.models import build_model
+from dreg_dist.models import ForwardKeys, build_model, with_positions
 from dreg_dist.optim import build_optimizer, peak_lr
+from dreg_dist.train import any_k
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ class Variant:
 
     @property
     def is_reference(self) -> bool:
-        return self.cfg.method == BASELINE and self.cfg.optim.name == "sgd"
+        return self.cfg.method == BASELINE and self.cfg.optim.name == "sgd" and self.cfg.train.bn_group_size is None
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
@@ -104,8 +105,10 @@ def variant_key(cfg: Config) -> tuple[str, str, str]:
     hp_cfg = cfg.method_config
     hp = dataclasses.asdict(hp_cfg) if dataclasses.is_dataclass(hp_cfg) else {}
     default = dataclasses.asdict(type(hp_cfg)()) if dataclasses.is_dataclass(hp_cfg) else {}
-    work = {"method": cfg.method, "hp": hp, "optim": o.name, "amp": t.amp, "channels_last": t.channels_last}
-    label = cfg.method + (f" ({o.name})" if o.name != "sgd" else "")
+    work = {"method": cfg.method, "hp": hp, "optim": o.name, "amp": t.amp, "channels_last": t.channels_last,
+            "bn_group_size": t.bn_group_size}
+    label = cfg.method + (f" ({o.name})" if o.name != "sgd" else "") + (
+        f" (BN group {t.bn_group_size})" if t.bn_group_size is not None else "")
     changed = {k: v for k, v in hp.items() if default.get(k) != v}  # the label names what differs from the defaults
     if changed:
         label += " " + " ".join(f"{k}={v}" for k, v in sorted(changed.items()))
@@ -133,18 +136,24 @@ def make_step(cfg: Config, steps: int) -> Callable[[], None]:
     method = build_method(cfg)
     model = method.prepare_model(build_model(cfg.model.arch, cfg.model.num_classes,
                                              zero_init_residual=cfg.model.zero_init_residual))
+    # What the trainer adds after the method's surgery (keyed random ops, ghost batch norm and its
+    # per-step running statistics) is part of a step's work: ghost BN's is nearly all of its cost.
+    keys = ForwardKeys(t.seed)
+    any_k.prepare_model(model, t, keys)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     lr = peak_lr(cfg.optim, t.global_batch_size)
     optimizer = build_optimizer(model, cfg.optim, lr)
+    any_k.install_step_hooks(optimizer, model, keys)
     micro = t.global_batch_size // t.accumulation_steps
-    batches = [(torch.randn(micro, 3, 32, 32).contiguous(memory_format=fmt),
-                torch.randint(0, cfg.model.num_classes, (micro,))) for _ in range(t.accumulation_steps)]
+    batches = with_positions([(torch.randn(micro, 3, 32, 32).contiguous(memory_format=fmt),
+                               torch.randint(0, cfg.model.num_classes, (micro,))) for _ in range(t.accumulation_steps)], 0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     count = [0]
 
     def step() -> None:
         for _ in range(steps):
+            keys.begin_step(count[0])
             ctx = StepContext(model, model, contextlib.nullcontext, scaler, lr=lr, step=count[0])
             method.compute_gradients(ctx, batches)
             optimizer.step()

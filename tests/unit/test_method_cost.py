@@ -41,6 +41,8 @@ def test_method_cost_groups_runs_and_ratios_over_vanilla(tmp_path: Path) -> None
     _run(tmp_path, "lr", "sam_lr0.1", {"method": "sam", "optim": {"lr": 0.1}})
     _run(tmp_path, "lr", "sam_lr0.2", {"method": "sam", "optim": {"lr": 0.2}})
     _run(tmp_path, "lr", "lars", {"method": "vanilla", "optim": {"name": "lars", "lr": 1.0}})
+    _run(tmp_path, "lr", "ghost", {"method": "vanilla",
+                                   "train": {"global_batch_size": 32, "accumulation_steps": 2, "bn_group_size": 8}})
     _run(tmp_path, "mix", "gradientmix", {"method": "gradientmix"}, world_size=2)
     _run(tmp_path, "mix", "gradientmix_seed1", {"method": "gradientmix"}, world_size=2, running=True)
     out = tmp_path / "cost.json"
@@ -49,7 +51,9 @@ def test_method_cost_groups_runs_and_ratios_over_vanilla(tmp_path: Path) -> None
     doc = json.loads(out.read_text())
     by_label = {c["label"]: c for c in doc["costs"]}
     # learning rate does not change a step's work: runs differing only in it share one measurement
-    assert sorted(by_label) == ["sam", "vanilla", "vanilla (lars)"]
+    # ghost batch norm is a configuration of its own (its statistics are its step's extra work), not vanilla
+    assert sorted(by_label) == ["sam", "vanilla", "vanilla (BN group 8)", "vanilla (lars)"]
+    assert by_label["vanilla (BN group 8)"]["runs"] == ["lr/ghost"]
     assert by_label["vanilla"]["runs"] == ["lr/vanilla_lr0.1", "lr/vanilla_lr0.2"]
     assert by_label["sam"]["runs"] == ["lr/sam_lr0.1", "lr/sam_lr0.2"]
     assert by_label["vanilla"]["ratio"] == 1.0  # the reference, over itself in every round
