@@ -20,6 +20,7 @@ from dreg_dist.report.step_costs import StepCosts
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.signals import methods_with_signals, signal_id, signals_of, signals_section
 from dreg_dist.report.step_gap import step_gap_section
+from dreg_dist.report.time_spent import time_spent_section
 from dreg_dist.report.transfer_budget import transfer_budget_section
 from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import name_value, safe_name
@@ -143,6 +144,7 @@ def render(analysis: Analysis, *, title: str, source: str, figures: dict[tuple, 
     for setup in analysis.setups:
         out += _setup_section(analysis, setup, figures, bs_spec, heading="##" if len(analysis.setups) > 1 else "",
                               step_costs=step_costs is not None)
+    out += time_spent_section(analysis.runs)
     out += ["## Runs", "", _runs_table(analysis), ""]
     return "\n".join(out).rstrip() + "\n"
 

@@ -340,3 +340,25 @@ def test_a_run_copied_into_two_sweep_folders_counts_once(tmp_path: Path) -> None
     text = write_report([tmp_path / "horizon", tmp_path / "ref"], tmp_path / "out", say=lambda _: None,
                         figures=False).read_text()
     assert "| vanilla | 0.4 | 0, 0 |" in text  # two seed-0 runs (the rerun), not three
+
+
+def test_time_spent_is_each_runs_median_epoch_times_its_epochs_per_folder(tmp_path: Path) -> None:
+    # A run paused for an hour in its third epoch (its machine lent to tests) counts its median
+    # epoch, not its wall time; runs of a folder add up; a run that did not finish is not timed.
+    root = tmp_path / "runs"
+    plant_run(root / "lr", "vanilla", method="vanilla", curve=[0.5, 0.6], test_acc=0.5, wall=240.0)
+    paused = plant_run(root / "lr", "sam", method="sam", curve=[0.5, 0.6, 0.65, 0.7], test_acc=0.5, wall=3780.0)
+    log = [json.loads(x) for x in (paused / "metrics.jsonl").read_text().splitlines()]
+    for rec, t in zip((r for r in log if r["kind"] == "val"), (60.0, 120.0, 3720.0, 3780.0)):
+        rec["time"] = t
+    (paused / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log))
+    plant_run(root / "gm", "gradientmix", method="gradientmix", curve=[0.5, 0.6], test_acc=0.5, wall=600.0,
+              workers=8)
+    plant_run(root / "gm", "unfinished", method="vanilla", curve=[0.5], test_acc=0.5, finished=False)
+    report = write_report([root / "lr", root / "gm"], tmp_path / "out", figures=False).read_text()
+    header, rows = _table(report, "## Time spent")
+    assert header == ["folder", "runs", "processes a run", "minutes (sum)", "minutes a run"]
+    # sam: median of (60, 60, 3600) s an epoch is 60 s, x 4 epochs = 4 minutes; vanilla 240 s / 2 epochs x 2
+    assert rows["`lr`"] == ["`lr`", "2", "1", "8", "4-4"]
+    assert rows["`gm`"] == ["`gm`", "1", "8", "10", "10-10"]
+    assert "In all: 18 run-minutes (0.3 run-hours)." in report
