@@ -32,7 +32,7 @@ from dreg_dist.errors import ConfigError  # noqa: E402
 from dreg_dist.report.critical import TargetError, parse_targets  # noqa: E402
 from dreg_dist.report.followup_moves import RULES  # noqa: E402
 from dreg_dist.report.markdown import write_report  # noqa: E402
-from dreg_dist.report.plots import NothingToRun, ReportError  # noqa: E402
+from dreg_dist.report.errors import NothingToRun, ReportError  # noqa: E402
 from dreg_dist.report.runs import read_sweep  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import seed_difference
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
-from dreg_dist.report.plots import NothingToRun, ReportError
+from dreg_dist.report.errors import NothingToRun, ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.select import common_seeds, edge_of
 from dreg_dist.report.stats import freeze

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.keys import BATCH_KEY, LR_KEY
-from dreg_dist.report.plots import NothingToRun, ReportError
+from dreg_dist.report.errors import NothingToRun, ReportError
 from dreg_dist.report.select import LrResult
 from dreg_dist.report.stats import hashable
 from dreg_dist.sweep.resolve import registered

@@ -35,7 +35,7 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
 from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, LR_KEY, RULE_KEYS, WARMUP_KEY
 from dreg_dist.report.panels import panel_name
-from dreg_dist.report.plots import NothingToRun, ReportError
+from dreg_dist.report.errors import NothingToRun, ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.stats import freeze
 from dreg_dist.sweep.grid import TUNABLE_RUN_KEYS, name_value

@@ -285,7 +285,8 @@ def write_report(roots: Union[Path, Sequence[Path]], out_dir: Path, *, bs_spec: 
     ``figures=False`` writes the same report.md (same figure names) without drawing anything."""
     from dreg_dist.report.analysis import analyse
     from dreg_dist.report.critical_plots import batch_size_figures
-    from dreg_dist.report.plots import Plotter, ReportError
+    from dreg_dist.report.errors import ReportError
+    from dreg_dist.report.plots import Plotter
     from dreg_dist.report.runs import drop_copies, load_runs, read_sweep, tuned_keys
     from dreg_dist.report.step_costs import read_step_costs
 

@@ -37,6 +37,7 @@ from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import Transfer, compute_cost
 from dreg_dist.report.panels import (BASE_STYLE, DPI, MAX_SHOWN, best_few, distinct, family_panels, grid, knobs,
                                      legend_right, panel_name, short_labels, wrap)
+from dreg_dist.report.errors import ReportError
 from dreg_dist.report.runs import iter_finite
 from dreg_dist.report.select import common_seeds
 from dreg_dist.report.stats import freeze, mean_ci, sort_key
@@ -44,15 +45,6 @@ from dreg_dist.report.signals import series, signal_id
 from dreg_dist.sweep.grid import name_value, safe_name
 
 FIG_DIR = "figures"
-
-
-class ReportError(RuntimeError):
-    """A report cannot be written (missing dependency, no runs); one line."""
-
-
-class NothingToRun(ReportError):
-    """A follow-up grid asked of records that need none (every rate bracketed, no wide interval,
-    no selection to move): the answer, not a fault, so a study script can keep it (exit code 3)."""
 
 
 def _pyplot() -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import pytest
 
-from dreg_dist.report.plots import ReportError
+from dreg_dist.report.errors import ReportError
 from dreg_dist.report.followup_moves import steps_per_epoch
 from dreg_dist.report.runs import load_run
 from dreg_dist.sweep.grid import expand_grid, load_grid

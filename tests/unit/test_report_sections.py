@@ -16,7 +16,7 @@ from dreg_dist.report.analysis import analyse
 from dreg_dist.report.compare import compute_cost, gap_closed, transfers
 from dreg_dist.report.stats import mean_ci
 from dreg_dist.report.markdown import write_report
-from dreg_dist.report.plots import ReportError
+from dreg_dist.report.errors import ReportError
 from dreg_dist.report.runs import load_runs
 from dreg_dist.report.step_costs import read_step_costs
 from dreg_dist.report.compare import rows as rows_of
