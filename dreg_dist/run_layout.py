@@ -58,6 +58,11 @@ class RunLayout:
         return self.root / "tb"
 
     @property
+    def sweep_lock(self) -> Path:
+        """Held by the sweep running this cell (:mod:`dreg_dist.sweep.cell_lock`)."""
+        return self.root / ".sweep.lock"
+
+    @property
     def requeue_marker(self) -> Path:
         """Tells train.sbatch that the job stopped for preemption and wants a requeue."""
         return self.root / "preempted.json"

@@ -7,7 +7,10 @@ is one whose trainer stopped on a non-finite value (``diverged``: resuming it re
 steps into the same overflow; ``retry_diverged`` launches it anyway); any other cell is
 launched, and the trainer resumes it from ``checkpoints/last.pt`` when there is one. ``RUNS_ROOT/NAME/sweep.json`` lists every cell, its overrides and its status; it is
 rewritten after each cell (atomically; statuses are re-read from the run folders, so
-parallel ``--cell-index`` jobs of a Slurm array do not lose each other's results).
+parallel ``--cell-index`` jobs of a Slurm array do not lose each other's results). A cell another
+sweep is running (it holds the run folder's lock, :mod:`dreg_dist.sweep.cell_lock`) is never
+launched beside it: it waits until the others have run, then until that sweep lets go, and is
+launched only if that sweep did not finish it.
 
 Exit status: 0 when every launched cell ended without error (a diverged cell is a result,
 not an error), 1 when one failed (the
@@ -37,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 from dreg_dist.io import atomic_write_text
 from dreg_dist.run_layout import RunLayout
 from dreg_dist.stop_signals import REQUEUE_EXIT_CODE, PreemptionFlag
+from dreg_dist.sweep.cell_lock import CellLock
 from dreg_dist.sweep.grid import REPO, Cell, Grid
 
 SWEEP_FILE = "sweep.json"
@@ -263,17 +267,35 @@ class SweepRunner:
         durations: list[float] = []
         failed = 0
         preempted = False
+        queue, busy = list(to_run), set()
         try:
-            for pos, st in enumerate(to_run):
-                if signals.signum is not None:
-                    break
-                done = self.counts().get("finished", 0)
-                self.say(f"cell {st.cell.index} {st.cell.name} ({st.cell.describe()}): "
-                         f"{'resuming' if st.status in ('partial', 'preempted', 'stopped', 'failed') else 'starting'}"
-                         f" | {done}/{total} done | elapsed {fmt_duration(time.monotonic() - start)}"
-                         f" | ETA {fmt_duration(self._eta(durations, len(to_run) - pos))}")
-                t0 = time.monotonic()
-                self._run_cell(st, signals)
+            while queue and signals.signum is None:
+                st = queue.pop(0)
+                lock = CellLock(st.run_dir)
+                if st.cell.index not in busy and not lock.acquire():
+                    self.say(f"cell {st.cell.index} {st.cell.name}: another sweep is running it ({lock.holder()}); "
+                             "back to it at the end")
+                    busy.add(st.cell.index)
+                    queue.append(st)
+                    continue
+                try:
+                    if st.cell.index in busy:  # what the other sweep left decides
+                        if not self._wait_for(st, lock, signals):
+                            break
+                        st.status = disk_status(st.run_dir, st.epochs)
+                        if st.status in done_states:
+                            self.say(f"cell {st.cell.index} {st.cell.name}: {st.status} by the other sweep")
+                            self.write()
+                            continue
+                    done = self.counts().get("finished", 0)
+                    self.say(f"cell {st.cell.index} {st.cell.name} ({st.cell.describe()}): "
+                             f"{'resuming' if st.status in ('partial', 'preempted', 'stopped', 'failed') else 'starting'}"
+                             f" | {done}/{total} done | elapsed {fmt_duration(time.monotonic() - start)}"
+                             f" | ETA {fmt_duration(self._eta(durations, len(queue) + 1))}")
+                    t0 = time.monotonic()
+                    self._run_cell(st, signals)
+                finally:
+                    lock.release()
                 st.wall_s = time.monotonic() - t0
                 if st.status == "finished":
                     durations.append(st.wall_s)
@@ -285,7 +307,7 @@ class SweepRunner:
                          + (f" (exit {st.returncode})" if st.returncode else "")
                          + f" in {fmt_duration(st.wall_s)} | {done}/{total} done"
                          f" | elapsed {fmt_duration(time.monotonic() - start)}"
-                         f" | ETA {fmt_duration(self._eta(durations, len(to_run) - pos - 1))}")
+                         f" | ETA {fmt_duration(self._eta(durations, len(queue)))}")
                 if st.status == "preempted":
                     preempted = True  # the machine is going away: start nothing else
                     break
@@ -303,6 +325,16 @@ class SweepRunner:
             self.say("a cell was preempted; launch the same command to resume")
             return REQUEUE_EXIT_CODE
         return 1 if failed else 0
+
+    def _wait_for(self, st: CellState, lock: CellLock, signals: _Signals, poll_s: float = 5.0) -> bool:
+        """Wait until the sweep running ``st`` lets go of it; False when a signal stops this one."""
+        if not lock.acquire():
+            self.say(f"cell {st.cell.index} {st.cell.name}: waiting for the other sweep ({lock.holder()}) to end it")
+        while not lock.acquire():
+            if signals.signum is not None:
+                return False
+            time.sleep(poll_s)
+        return True
 
     @staticmethod
     def _eta(durations: list[float], remaining: int) -> Optional[float]:

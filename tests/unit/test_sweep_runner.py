@@ -115,3 +115,56 @@ def test_diverged_cell_is_a_result_and_not_relaunched(tmp_path: Path) -> None:
     with open(root / "div" / "seed0" / "metrics.jsonl", "a") as f:
         f.write('{"kind": "tra')
     assert SweepRunner(grid, cells, root, script=script, say=lines.append).states[0].status == "diverged"
+
+
+HOLDER = r'''
+import fcntl, json, os, sys, time
+run_dir, after, finish = sys.argv[1], sys.argv[2], sys.argv[3] == "finish"
+os.makedirs(run_dir, exist_ok=True)
+fd = os.open(os.path.join(run_dir, ".sweep.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\n".encode())
+open(os.path.join(run_dir, "held"), "w").close()
+while not os.path.exists(os.path.join(after, "summary.json")):  # held until the sweep ran its other cell
+    time.sleep(0.05)
+time.sleep(2)
+if finish:  # the other sweep's trainer finished the cell
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump({"status": "finished", "epochs": 2}, f)
+'''
+
+
+@pytest.mark.parametrize("finish", [True, False])
+def test_a_cell_another_sweep_is_running_is_never_launched_beside_it(tmp_path: Path, finish: bool) -> None:
+    # Another process (a second sweep of the grid) holds seed 0's folder: this sweep runs seed 3
+    # first, then waits, and launches seed 0 only where the other one stopped without finishing it.
+    import subprocess
+    import time
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    holder = tmp_path / "holder.py"
+    holder.write_text(HOLDER)
+    grid = Grid.from_dict({"name": "fake", "config": "configs/quickstart.yaml", "overrides": ["train.epochs=2"],
+                           "axes": {"train.seed": [0, 3]}})
+    root = tmp_path / "runs"
+    seed0 = root / "fake" / "seed0"
+    other = subprocess.Popen([sys.executable, str(holder), str(seed0), str(root / "fake" / "seed3"),
+                              "finish" if finish else "stop"])
+    try:
+        while not (seed0 / "held").exists():
+            assert other.poll() is None, "the holder died before taking the lock"
+            time.sleep(0.05)
+        lines: list[str] = []
+        runner = SweepRunner(grid, expand_grid(grid), root, script=script, say=lines.append)
+        assert runner.run() == 0
+    finally:
+        other.wait(timeout=30)
+    assert _launches(root / "fake" / "seed3") == 1
+    assert _launches(seed0) == (0 if finish else 1)  # never while the other sweep had it
+    text = "\n".join(lines)
+    assert f"seed0: another sweep is running it (pid {other.pid}); back to it at the end" in text
+    assert text.index("seed3 (") < text.index("seed0: waiting for the other sweep")
+    assert ("seed0: finished by the other sweep" in text) == finish
+    sweep = json.loads((root / "fake" / "sweep.json").read_text())
+    assert [c["status"] for c in sweep["cells"]] == ["finished", "finished"]
