@@ -33,10 +33,15 @@ def runs(tmp_path: Path) -> Path:
     return root
 
 
+def _recording_python(record: Path) -> str:
+    """Bash that makes `python` a function writing its arguments to ``record`` instead of running."""
+    return f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; '
+
+
 def _bash(script: str, runs: Path, grids: Path, *, record: Path | None = None) -> subprocess.CompletedProcess:
-    # With ``record`` set, `python` is a shell function that writes its arguments down instead of
-    # running: the writers' commands, as they would run, without loading records 27 times.
-    shim = f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; ' if record else ""
+    # With ``record`` set, the writers' commands are written down as they would run, without
+    # loading records 27 times.
+    shim = _recording_python(record) if record else ""
     env = f"R={shlex.quote(str(runs))} C={shlex.quote(str(grids))} S=0"
     return subprocess.run(["bash", "-c", f"{env}; {shim}. {STUDY}/lib.sh; {script}"], cwd=REPO, text=True,
                           capture_output=True, timeout=120)
@@ -208,7 +213,7 @@ def test_stage_two_can_start_beside_stage_one_and_neither_twice() -> None:
 
 def test_the_report_reads_every_cnn_tiny_folder_by_name_and_nothing_else(tmp_path: Path) -> None:
     record = tmp_path / "command"
-    shim = f'python() {{ printf "%s\\n" "$(printf "%q " "$@")" >> {shlex.quote(str(record))}; }}; export -f python; '
+    shim = _recording_python(record) + "export -f python; "
     done = subprocess.run(["bash", "-c", f"{shim}OUT={shlex.quote(str(tmp_path / 'out'))} bash {STUDY}/report.sh"],
                           cwd=REPO, text=True, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
