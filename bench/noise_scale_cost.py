@@ -33,6 +33,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from _common import fmt_ratio, interleave, paired_ratio, print_machine
+from dreg_dist.distributed import exit_process, init_distributed, shutdown
 from dreg_dist.methods import StepContext, method_class
 from dreg_dist.models import build_model
 from dreg_dist.train.noise import NoiseScaleMeter
@@ -100,9 +101,10 @@ def _free_port() -> int:
 
 
 def _hook_worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_distributed("cpu")
     fns = {}
     for on in (False, True):
         model, optimizer, batches = _setup(args.arch, args.batch, 1, world)
@@ -126,7 +128,8 @@ def _hook_worker(rank: int, world: int, port: int, args: argparse.Namespace) -> 
         ratio = paired_ratio(walls["on"], walls["off"])
         print(f"hook mode, {world} gloo workers, {args.arch}, batch {args.batch} ({args.batch // world} per worker): "
               f"step wall time with the meter's hook / DDP's built-in all-reduce = {fmt_ratio(ratio)}")
-    dist.destroy_process_group()
+    shutdown()
+    exit_process(0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

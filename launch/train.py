@@ -17,6 +17,7 @@ from dreg_dist.train.preemption import PreemptionFlag  # noqa: E402
 if __name__ == "__main__":
     flag = PreemptionFlag()
     flag.install()
+    from dreg_dist.distributed import exit_process
     from dreg_dist.train.run import main
 
-    sys.exit(main(preempt=flag))
+    exit_process(main(preempt=flag))

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dreg_dist.config import Config, build_method
+from dreg_dist.distributed import exit_process, init_distributed, shutdown
 from dreg_dist.methods import StepContext, method_class
 from dreg_dist.methods._util import seed_from
 
@@ -88,10 +89,10 @@ def _counting_allreduce(state, bucket):  # type: ignore[no-untyped-def]
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(K))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=K)
+    init_distributed("cpu")
     results: dict[str, Any] = {}
     try:
         for key, (name, methods, extras, accumulation) in CASES.items():
@@ -115,7 +116,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
+    exit_process(0)
 
 
 def _free_port() -> int:

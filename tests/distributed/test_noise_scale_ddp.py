@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dreg_dist.distributed import exit_process, init_distributed, shutdown
 from dreg_dist.train.noise import NoiseScaleMeter
 
 from ..conftest import assert_ok, final_weights, launch
@@ -35,9 +36,10 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, batches: list[int], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(K))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=K)
+    init_distributed("cpu")
     results = {}
     for batch in batches:
         model, wstar = regression()
@@ -59,7 +61,8 @@ def _worker(rank: int, port: int, batches: list[int], out: str) -> None:
         results[batch] = (vec / K).tolist() + [meter.small_batch]
     if rank == 0:
         Path(out).write_text(json.dumps(results))
-    dist.destroy_process_group()
+    shutdown()
+    exit_process(0)
 
 
 def test_two_worker_estimate_is_within_ten_percent_of_the_closed_form(tmp_path: Path) -> None:
