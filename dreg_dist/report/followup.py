@@ -33,7 +33,7 @@ from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group, Setup
 from dreg_dist.report.analysis import Analysis
 from dreg_dist.report.compare import seed_difference
-from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
+from dreg_dist.report.followup_grid import Grid, base_setup, check, chosen_group, compared, followup, under
 from dreg_dist.report.errors import NothingToRun, ReportError
 from dreg_dist.report.runs import Run
 from dreg_dist.report.select import common_seeds, edge_of
@@ -133,7 +133,7 @@ def seed_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         "gap (and the baseline), at their")
     description = (f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} at {which} "
                    "learning rate selected on "
-                   f"validation in '{grid.get('name')}'. " + str(grid.get("description") or ""))
+                   f"validation in '{grid.get('name')}'. " + base_setup(grid))
     return followup(grid, name, description, seeds, picks), lines
 
 
@@ -162,5 +162,5 @@ def edge_grid(analysis: Analysis, grid: Mapping[str, Any], name: str) -> tuple[G
     if not lines:
         raise NothingToRun("every selected learning rate is inside its grid: nothing to extend")
     description = (f"Learning rates beyond the edge of '{grid.get('name')}' where a variant's best was its lowest or "
-                   "highest. " + str(grid.get("description") or ""))
+                   "highest. " + base_setup(grid))
     return followup(grid, name, description, sorted(seeds), picks), lines

@@ -58,6 +58,15 @@ def _cell_filter(group: Group, axes: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def base_setup(grid: Mapping[str, Any]) -> str:
+    """The first grid's description, marked as the setup the cells start from: a follow-up's cells
+    set their own seeds, rates and tuned knobs (a 5-epoch warmup under a grid written with 2), so
+    copied bare it would state settings they do not run."""
+    text = str(grid.get("description") or "").strip()
+    return f"The cells set their own seeds, rates and tuned knobs over the setup of '{grid.get('name')}': {text}" \
+        if text else ""
+
+
 def followup(grid: Mapping[str, Any], name: str, description: str, seeds: Sequence[int],
               picks: Mapping[tuple, tuple[Group, Optional[float]]],
               cell_values: Optional[Mapping[tuple, Sequence[Mapping[str, Any]]]] = None) -> Grid:

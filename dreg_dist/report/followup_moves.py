@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from dreg_dist.records import BASELINE
 from dreg_dist.report.aggregate import Group
 from dreg_dist.report.analysis import Analysis
-from dreg_dist.report.followup_grid import Grid, check, chosen_group, compared, followup, under
+from dreg_dist.report.followup_grid import Grid, base_setup, check, chosen_group, compared, followup, under
 from dreg_dist.report.keys import BATCH_KEY, EPOCHS_KEY, LR_KEY, RULE_KEYS, WARMUP_KEY
 from dreg_dist.report.panels import panel_name
 from dreg_dist.report.errors import NothingToRun, ReportError
@@ -164,7 +164,7 @@ def transfer_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[i
                           f"tuned, {accumulation} accumulation steps) with the learning rate selected on validation "
                           f"at {old} in '{grid.get('name')}', {how}"
                           + ("; for the tuned run's optimizer steps and warmup steps" if match_steps else "")
-                          + ". " + str(grid.get("description") or ""))
+                          + ". " + base_setup(grid))
     return out, lines
 
 
@@ -214,7 +214,7 @@ def knob_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int],
         "its selected learning rate times " + ", ".join(name_value(f) for f in factors))
     description = (f"Each selected method variant of '{grid.get('name')}' at {at} with "
                    + ", ".join(f"{k}={name_value(v)}" for k, v in values.items())
-                   + " (a method's key for its own selections only). " + str(grid.get("description") or ""))
+                   + " (a method's key for its own selections only). " + base_setup(grid))
     out = followup(grid, name, description, seeds, picks, cells)
     # An optimizer knob of the run set here (a warmup) is chosen with the rate, as the method's own
     # knobs are: the report then selects across its values instead of reading each as a variant.
@@ -291,7 +291,7 @@ def steps_grid(analysis: Analysis, grid: Mapping[str, Any], seeds: Sequence[int]
     description = (f"Matched steps: each selected method variant of '{grid.get('name')}'"
                    + (f" among the {best} best methods on validation (and the baseline)" if best is not None else "")
                    + " at its batch and learning rate for the optimizer steps of the baseline at the smallest "
-                     "batch, its warmup the same share of them. " + str(grid.get("description") or ""))
+                     "batch, its warmup the same share of them. " + base_setup(grid))
     return followup(grid, name, description, seeds, picks, cells), lines
 
 

@@ -281,3 +281,22 @@ def test_transfer_of_the_best_method_takes_its_best_variant_and_the_baseline(sta
     assert [c.method for c in expand_grid(load_grid(tmp_path / "b.yaml"))] == ["vanilla"]  # DReg's runs are elsewhere
     assert report([str(more[1]), "--against", str(big), str(more[0]), str(ref), "--transfer-grid",
                    str(tmp_path / "c.yaml"), "--batch", "8192", "--seeds", "0", "--best", "1"]) == 3  # nothing to move: an answer
+
+
+def test_a_follow_up_states_its_base_grid_as_the_setup_its_cells_change(stages: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    # Copied bare, the first grid's "2 warmup epochs, seed 0" would describe cells that set their own.
+    _, big = stages
+    sweep = json.loads((big / "sweep.json").read_text())
+    sweep["grid"]["description"] = "CIFAR-10, cnn_tiny, 2 warmup epochs, seed 0."
+    (big / "sweep.json").write_text(json.dumps(sweep))
+    report = launch_script("report.py").main
+    for kind, args in (("--seed-grid", ["--seeds", "1,2"]), ("--edge-grid", []),
+                       ("--transfer-grid", ["--batch", "8192", "--seeds", "0"]),
+                       ("--knob-grid", ["--seeds", "0", "--set", "optim.warmup_epochs=5", "--rate-factors", "2"])):
+        out = tmp_path / f"{kind[2:]}.yaml"
+        assert report([str(big), kind, str(out), *args]) == 0, kind
+        description = " ".join(load_grid(out).description.split())
+        assert description.endswith("The cells set their own seeds, rates and tuned knobs over the setup of "
+                                    "'big': CIFAR-10, cnn_tiny, 2 warmup epochs, seed 0."), (kind, description)
+        assert not description.startswith("CIFAR-10"), kind
