@@ -68,6 +68,10 @@ def test_runner_skips_resumes_and_records(tmp_path: Path) -> None:
     sweep = json.loads((root / "fake" / "sweep.json").read_text())
     assert [c["status"] for c in sweep["cells"]] == ["finished", "failed", "finished", "finished"]
     assert sweep["counts"] == {"total": 4, "finished": 3, "failed": 1}
+    # The skipped cell keeps how the first invocation ran it (a resumed study's recipe needs it).
+    assert sweep["cells"][0]["returncode"] == 0
+    assert sweep["cells"][0]["command"][:2] == [sys.executable, str(script)]
+    assert "wall_s" in sweep["cells"][0]
 
     # --cell-index: only that cell; a finished one is skipped without a launch.
     only = SweepRunner(grid, cells, root, script=script, say=lines.append)
