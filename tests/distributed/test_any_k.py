@@ -34,7 +34,8 @@ import pytest
 import torch
 
 from ..conftest import REPO, _env, final_weights
-from .test_cluster_ops import TRAIN_SBATCH, Job, children, clean_env, free_port, records, slurm_env
+from .gloo_world import free_port
+from .test_cluster_ops import TRAIN_SBATCH, Job, children, clean_env, records, slurm_env
 
 QUICKSTART = "configs/quickstart.yaml"
 BASE = [

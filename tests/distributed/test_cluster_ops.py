@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
+from .gloo_world import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 FAKE_SLURM = REPO / "tests" / "fixtures" / "fake_slurm"
 TRAIN_SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
@@ -76,12 +78,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_slurm_bin(folder: Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from dreg_dist.methods import StepContext, method_class
 from dreg_dist.methods._util import seed_from
 
 from ..conftest import launch
+from .gloo_world import free_port, rank_env
 
 pytestmark = pytest.mark.distributed
 
@@ -89,8 +89,7 @@ def _counting_allreduce(state, bucket):  # type: ignore[no-untyped-def]
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(K))
+    os.environ.update(rank_env(rank, K, port))
     torch.set_num_threads(1)
     init_distributed("cpu")
     results: dict[str, Any] = {}
@@ -120,16 +119,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     exit_process(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("methods_ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=K, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=K, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(K)]
 
 

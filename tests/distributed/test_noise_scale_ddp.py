@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -21,6 +19,7 @@ from dreg_dist.distributed import exit_process, init_distributed, shutdown
 from dreg_dist.train.noise import NoiseScaleMeter
 
 from ..conftest import assert_ok, final_weights, launch
+from .gloo_world import free_port, rank_env
 from ..unit.test_noise_scale import SIGMA, D, regression, truth
 
 pytestmark = pytest.mark.distributed
@@ -29,15 +28,8 @@ K = 2
 STEPS = 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, batches: list[int], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(K))
+    os.environ.update(rank_env(rank, K, port))
     torch.set_num_threads(1)
     init_distributed("cpu")
     results = {}
@@ -68,7 +60,7 @@ def _worker(rank: int, port: int, batches: list[int], out: str) -> None:
 def test_two_worker_estimate_is_within_ten_percent_of_the_closed_form(tmp_path: Path) -> None:
     out = tmp_path / "estimates.json"
     batches = [64, 512]
-    mp.spawn(_worker, args=(_free_port(), batches, str(out)), nprocs=K, join=True)
+    mp.spawn(_worker, args=(free_port(), batches, str(out)), nprocs=K, join=True)
     model, wstar = regression()
     g_sq, trace = truth(model.weight.detach()[0] - wstar)
     got = json.loads(out.read_text())

@@ -9,12 +9,12 @@ a process that was never in a group to the normal teardown.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from ..conftest import REPO
+from .gloo_world import free_port, rank_env
 
 WORKER = """
 import atexit, sys
@@ -35,15 +35,8 @@ exit_process(int(sys.argv[2]) + env.rank)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(script: Path, out: Path, code: int, rank: int, world: int, port: int) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **rank_env(rank, world, port))
     return subprocess.Popen([sys.executable, str(script), str(out), str(code)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -51,7 +44,7 @@ def _start(script: Path, out: Path, code: int, rank: int, world: int, port: int)
 def test_workers_of_a_group_exit_with_their_code_and_output_but_no_teardown(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     procs = [_start(script, tmp_path, 3, rank, 2, port) for rank in range(2)]
     for rank, proc in enumerate(procs):
         stdout, stderr = proc.communicate(timeout=120)
@@ -63,7 +56,7 @@ def test_workers_of_a_group_exit_with_their_code_and_output_but_no_teardown(tmp_
 def test_a_process_never_in_a_group_exits_through_the_normal_teardown(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    proc = _start(script, tmp_path, 5, 0, 1, _free_port())
+    proc = _start(script, tmp_path, 5, 0, 1, free_port())
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 5, stderr
     assert stdout == "rank 0 of 1 summed 3"
