@@ -197,14 +197,13 @@ class SweepRunner:
                 st.status = st.outcome
             elif old.get("status") in _CARRIED:
                 st.status = old["status"]
-                st.returncode = old.get("returncode")
-            if st.outcome is None:  # run by an earlier invocation: keep how that one ran it
+            if st.outcome is None:  # run by an earlier invocation (or none): keep how that one ran it
                 if st.returncode is None and old.get("returncode") is not None:
                     st.returncode = old["returncode"]
                 if not st.command and isinstance(old.get("command"), list):
                     st.command = list(old["command"])
-            if st.wall_s is None and old.get("wall_s") is not None:
-                st.wall_s = old["wall_s"]
+                if st.wall_s is None and old.get("wall_s") is not None:
+                    st.wall_s = old["wall_s"]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"total": len(self.states)}
