@@ -223,3 +223,30 @@ def test_the_report_reads_every_cnn_tiny_folder_by_name_and_nothing_else(tmp_pat
     committed = {p.name for p in (STUDY / "runs").iterdir() if p.is_dir()}
     assert read == {n for n in committed if n.startswith("cifar10_h2h2_tiny")}  # every stage folder of cnn_tiny
     assert "cifar10_h2h2_horizon" in committed and args.out == str(tmp_path / "out") and args.title
+
+
+def test_the_pool_runs_each_unfinished_cell_once_on_two_workers(tmp_path: Path) -> None:
+    # Stage 5's cells are few and uneven: pool.sh hands them out one at a time. `python` is a shim
+    # that answers `--dry-run` with a sweep's listing and records the cells it is asked to run.
+    grids, runs, record = tmp_path / "grids", tmp_path / "runs", tmp_path / "ran"
+    grids.mkdir()
+    runs.mkdir()
+    for name in ("base_a", "base_b"):
+        (grids / f"cifar10_h2h2_{name}.yaml").write_text("name: x\n")
+    listing = {"base_a": "   0  finished   a0  optim.lr=0.1\n   1  pending    a1  optim.lr=0.2\n2 cells",
+               "base_b": "   0  partial    b0  optim.lr=0.1\n   1  pending    b1  optim.lr=0.2\n"
+                         "   2  pending    b2  optim.lr=0.4\n3 cells"}
+    shim = ("python() { case \"$*\" in *--dry-run*) case \"$*\" in "
+            + " ".join(f"*{name}.yaml*) printf '%s\\n' {shlex.quote(text)};;" for name, text in listing.items())
+            + f" esac;; *) sleep 0.2; printf '%s\\n' \"$*\" >> {shlex.quote(str(record))};; esac; }}; export -f python; ")
+    env = f"R={shlex.quote(str(runs))} C={shlex.quote(str(grids))}"
+    done = subprocess.run(["bash", "-c", f"{shim}{env} bash {STUDY}/pool.sh base_a base_missing base_b"],
+                          cwd=REPO, text=True, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ran = [(Path(a[a.index("--grid") + 1]).stem, a[a.index("--cell-index") + 1])
+           for a in (line.split() for line in record.read_text().splitlines())]
+    assert sorted(ran) == [("cifar10_h2h2_base_a", "1"), ("cifar10_h2h2_base_b", "0"), ("cifar10_h2h2_base_b", "1"),
+                           ("cifar10_h2h2_base_b", "2")]  # the finished cell and the count lines are not run
+    workers = {line.split()[2] for line in done.stdout.splitlines() if "exit code 0" in line}
+    assert workers == {"0:", "1:"}  # both workers took cells
+    assert not list(runs.glob(".pool.*"))  # the claims go with the pool

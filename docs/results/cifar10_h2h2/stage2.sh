@@ -12,9 +12,8 @@
 #   G  seeds 3 and 4 where the seed-paired 95% interval is wider than a third of the gap
 #   H  stage 3: matched steps (348 epochs at 4096) for vanilla and the two best of (a)
 #   I  stage 4: transfer to 8192 under the linear and the sqrt rule, and vanilla re-tuned there
-#   J  stage 5: cnn_base, the reference and vanilla at 4096, the best method of (a) (written from
-#      every record before it), one more rate beyond any of their selections at an edge, and the
-#      horizon check
+# Stage 5 (cnn_base: 1, 3, 6 and 3 cells, too few and uneven for two static shards) runs after it
+# from start_stage5.sh.
 # Start both shards with start_stage2.sh beside it; run it again to resume.
 S=$1; HERE=$(cd "$(dirname "$0")" && pwd); SYNC=${R:-/work/dreg_runs}/.sync2
 cd "$HERE/../../.."; . "$HERE/lib.sh"; mkdir -p "$SYNC"
@@ -61,13 +60,3 @@ for g in tiny tiny_lars tiny_lamb tiny_gbn tiny_penalties; do for s in "" _steps
 for s in "" _steps; do sweep tiny_x8192_retune$s; done
 barrier I1; for s in "" _steps; do for r in "" _sqrt; do solo tiny_gm_x8192$r$s; done; done; barrier I
 
-written base_best base_best
-for g in base_ref base; do sweep $g; done
-if gm_grid base_best; then barrier J0; solo base_best; else sweep base_best; fi
-barrier J1
-written base_edge edge_base
-for g in base_ref base; do sweep ${g}_edge; done
-if gm_grid base_best_edge; then barrier J2a; solo base_best_edge; else sweep base_best_edge; fi
-barrier J2
-sweep base_horizon
-barrier J
