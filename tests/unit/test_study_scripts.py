@@ -250,3 +250,9 @@ def test_the_pool_runs_each_unfinished_cell_once_on_two_workers(tmp_path: Path) 
     workers = {line.split()[2] for line in done.stdout.splitlines() if "exit code 0" in line}
     assert workers == {"0:", "1:"}  # both workers took cells
     assert not list(runs.glob(".pool.*"))  # the claims go with the pool
+    # a grid of GradientMix's (8 worker processes) is refused before any cell runs
+    (grids / "cifar10_h2h2_base_gm.yaml").write_text("axes:\n  method: gradientmix\n")
+    record.unlink()
+    done = subprocess.run(["bash", "-c", f"{shim}{env} bash {STUDY}/pool.sh base_a base_gm"],
+                          cwd=REPO, text=True, capture_output=True, timeout=60)
+    assert done.returncode == 2 and "--nproc-per-node 8" in done.stderr and not record.exists()
